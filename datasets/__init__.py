@@ -1,0 +1,1 @@
+"""Datasets: synthetic scenes with ground truth, trajectory sampling, readers, metrics."""

@@ -1,0 +1,1 @@
+"""Generation stages: panorama (FLUX), panoramic depth (MoGe), panoramic video (Wan)."""

@@ -1,0 +1,31 @@
+"""User-facing errors and lazy imports of heavy optional packages."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+class InputError(ValueError):
+    """Bad user input. The message is one line: what was wrong and what is expected.
+
+    Command-line entry points catch it, print ``error: <message>`` and exit with code 2.
+    """
+
+
+class MissingDependencyError(ImportError):
+    """An optional package is needed for this code path but is not installed."""
+
+
+def require(module: str, install: str) -> ModuleType:
+    """Import ``module`` or raise an error naming the package and its install command.
+
+    Heavy and GPU-only packages (diffusers, gsplat, nvdiffrast, moge) are imported through
+    this inside the functions that need them, never at module level.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"this feature needs the Python package '{module}' ({exc}); install it with: {install}"
+        ) from exc

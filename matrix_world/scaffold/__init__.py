@@ -1,0 +1,1 @@
+"""Occlusion-aware scaffold mesh from a panorama + distance, and its renderers."""

@@ -1,0 +1,1 @@
+"""Reconstruction: 3D Gaussians from panoramic frames (lift, gsplat optimisation, LRM)."""
