@@ -1,0 +1,176 @@
+"""Reading and writing images, arrays and videos; atomic writes.
+
+Every artifact is written to a temporary name in the same folder and renamed when complete,
+so a killed run never leaves a half-written file (DESIGN.md §1). Write failures (disk full,
+permissions, a folder in the way) surface as :class:`OutputError` with one clear line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from matrix_world.errors import InputError
+
+
+class OutputError(OSError):
+    """Writing an output failed (disk full, no permission, a path that is a folder or file)."""
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.
+
+    The temporary name keeps the suffix (writers that pick the format from it still work).
+    On any error the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise OutputError(f"writing {path} failed: {exc.strerror or exc}") from exc
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes atomically."""
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 text atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def save_npz(path: str | os.PathLike, compressed: bool = True, **arrays: np.ndarray) -> None:
+    """Save arrays into one .npz atomically."""
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as f:
+            (np.savez_compressed if compressed else np.savez)(f, **arrays)
+
+
+def load_npz(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Load an .npz; raise InputError when it is unreadable or lacks a required key."""
+    try:
+        with np.load(path) as data:
+            out = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path} as .npz: {exc}") from None
+    missing = [k for k in keys if k not in out]
+    if missing:
+        raise InputError(f"{path} lacks the array(s) {missing}; it has {sorted(out)}")
+    return out
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float [0, 1] or uint8 image(s) -> uint8 (rounded, clipped)."""
+    if image.dtype == np.uint8:
+        return image
+    return (np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def read_image(path: str | os.PathLike, *, strict: bool = False) -> np.ndarray:
+    """Read an image file as float32 RGB [H, W, 3] in [0, 1].
+
+    With ``strict=False`` grayscale is replicated to RGB, alpha is dropped and 16-bit
+    images are scaled by 1/65535. With ``strict=True`` anything but 8-bit RGB raises
+    InputError naming what was found and what is expected.
+    """
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image {path} does not exist (expected a PNG/JPEG/... file)")
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise InputError(f"cannot decode {path} as an image (expected a PNG/JPEG/TIFF/WebP file)")
+    depth = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(raw.dtype)
+    channels = 1 if raw.ndim == 2 else raw.shape[2]
+    if strict and (raw.dtype != np.uint8 or channels != 3):
+        raise InputError(
+            f"{path} is a {channels}-channel {raw.dtype} image; expected 8-bit RGB (3 channels)"
+        )
+    if depth is None:
+        if raw.dtype.kind != "f":
+            raise InputError(f"{path} has unsupported pixel type {raw.dtype}; expected 8- or 16-bit")
+        image = raw.astype(np.float32)
+    else:
+        image = raw.astype(np.float32) / depth
+    if channels == 1:
+        image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=2)
+    elif channels == 4:
+        image = image[:, :, :3]
+    elif channels != 3:
+        raise InputError(f"{path} has {channels} channels; expected gray, RGB or RGBA")
+    image = image[:, :, ::-1]  # OpenCV reads BGR
+    return np.ascontiguousarray(np.clip(image, 0.0, 1.0), dtype=np.float32)
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write an RGB image (float [0, 1] or uint8, [H, W, 3]) or a gray one [H, W] atomically."""
+    import cv2
+
+    data = to_uint8(np.asarray(image))
+    if data.ndim == 3:
+        data = data[:, :, ::-1]
+    with atomic_write(path) as tmp:
+        if not cv2.imwrite(str(tmp), np.ascontiguousarray(data)):
+            raise OutputError(f"could not encode an image for {path}")
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16.0, quality: int = 8) -> None:
+    """Write frames [F, H, W, 3] (uint8 or float [0, 1]) as an H.264 .mp4 atomically.
+
+    Odd sizes are padded by one pixel (H.264 with yuv420p needs even sizes). Gray
+    frames [F, H, W] are replicated to RGB.
+    """
+    import imageio.v2 as imageio
+
+    data = to_uint8(np.asarray(frames))
+    if data.ndim == 3:
+        data = np.repeat(data[..., None], 3, axis=3)
+    pad_h, pad_w = data.shape[1] % 2, data.shape[2] % 2
+    if pad_h or pad_w:
+        data = np.pad(data, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    with atomic_write(path) as tmp:
+        writer = imageio.get_writer(str(tmp), format="FFMPEG", fps=fps, codec="libx264", quality=quality,
+                                    macro_block_size=1, pixelformat="yuv420p")
+        try:
+            for frame in data:
+                writer.append_data(frame)
+        finally:
+            writer.close()
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Read a video file as uint8 frames [F, H, W, 3]."""
+    import imageio.v2 as imageio
+
+    try:
+        reader = imageio.get_reader(str(path), format="FFMPEG")
+        try:
+            frames = [np.asarray(f)[..., :3] for f in reader]
+        finally:
+            reader.close()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise InputError(f"cannot read {path} as a video: {exc}") from None
+    return np.stack(frames)
