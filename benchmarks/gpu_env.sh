@@ -1,0 +1,26 @@
+# Source this on the GPU machine (repo root): installs the carried wheels and the project,
+# and points the CUDA extension builds at a cache folder.
+#   usage: source benchmarks/gpu_env.sh
+set -o pipefail
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+t0=$(date +%s)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
+export PYTHONPATH=/tmp/site
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . || return 1
+# A gsplat extension built by an earlier call (carried in .ext/) is registered as gsplat.csrc,
+# which gsplat imports before it tries to JIT-compile.
+if [ -f .ext/gsplat_cuda.so ]; then
+cat > /tmp/site/sitecustomize.py <<'PY'
+import importlib.util, os, sys
+_so = os.path.join(os.environ.get("MW_EXT_DIR", ""), "gsplat_cuda.so")
+if os.path.isfile(_so):
+    import torch  # noqa: F401  (the extension links against torch)
+    _spec = importlib.util.spec_from_file_location("gsplat_cuda", _so)
+    _mod = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_mod)
+    sys.modules["gsplat.csrc"] = _mod
+PY
+export MW_EXT_DIR=$PWD/.ext
+fi
+echo "[gpu_env] installed in $(( $(date +%s) - t0 )) s; $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1)"
