@@ -1,0 +1,236 @@
+"""The scaffold job behind ``scripts/render_scaffold.py``: inputs -> run directory.
+
+Steps (each a resumable stage of :class:`~matrix_world.rundir.RunDir`):
+
+1. Read and check the inputs (before anything is written): an 8-bit RGB equirect panorama
+   (W = 2H) and a float distance map [H, W] of the same size (.npy, or an .npz holding
+   ``distance``). Distances must be > 0 and not NaN; ``+inf`` marks sky (no return) and is
+   replaced by 2 x the largest finite distance when the mesh is built (Matrix-3D's rule).
+   Gray, RGBA and 16-bit images are rejected unless ``allow_convert`` (then gray is
+   replicated, alpha dropped, 16-bit scaled to [0, 1], and a note says so).
+2. Stage ``trajectory`` -> ``trajectory.json``: a preset or a JSON file
+   (:func:`~matrix_world.trajectory.load_trajectory`), its yaw rounded to whole panorama
+   columns. The file holds the poses actually rendered.
+3. Stage ``scaffold`` -> ``scaffold.npz`` (``rgb`` [F, H, 2H, 3] uint8, ``mask``
+   [F, H, 2H] bool), ``scaffold_rgb.mp4``, ``scaffold_mask.mp4`` (+ ``scaffold_mesh.ply``
+   or ``.glb``): the panorama and distance are turned by the trajectory's yaw, the
+   occlusion-aware mesh is built and rendered along the poses; frame 0 is the turned
+   panorama with a full mask.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from matrix_world.errors import InputError
+from matrix_world.io import read_image, to_uint8, save_npz, write_video
+from matrix_world.rundir import RunDir
+from matrix_world.trajectory import PRESETS, Trajectory, load_trajectory, snap_yaw, turn_equirect
+
+BACKENDS = ("auto", "cpu", "cuda")
+CUSTOM_SCALES = {"auto": None, "keep": False, "fit": True}
+MIN_HEIGHT = 4
+
+
+@dataclass
+class ScaffoldJob:
+    """Everything the scaffold command needs (mirrors its command-line options)."""
+
+    panorama: Path
+    distance: Path
+    trajectory: str
+    out: Path
+    frames: int | None = None  # presets: default 81; files: their pose count
+    height: int = 256  # output equirect height (width 2 x height)
+    yaw: float = 0.0  # presets: motion azimuth, degrees turning right
+    move: float = 0.6  # presets: path length as a fraction of the forward distance
+    custom_scale: str = "auto"  # files: auto | keep | fit (Matrix-3D's rescaling)
+    fps: float | None = None
+    backend: str = "auto"
+    occlusion_threshold: float = 0.05
+    mesh_out: str | None = None  # None | "ply" | "glb"
+    allow_convert: bool = False
+    force: bool = False
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def load_panorama(path: str | Path, *, allow_convert: bool = False,
+                  on_convert: Callable[[str], None] | None = None) -> np.ndarray:
+    """Read an equirect panorama: float32 [H, 2H, 3] in [0, 1]; InputError on bad input.
+
+    Gray / RGBA / 16-bit / float images raise unless ``allow_convert``; then they are
+    converted (gray replicated, alpha dropped, 16-bit scaled) and ``on_convert`` is told.
+    """
+    try:
+        image = read_image(path, strict=True)
+    except InputError as strict_error:
+        image = read_image(path, strict=False)  # raises again when the file itself is the problem
+        if not allow_convert:
+            raise InputError(f"{strict_error} (pass --allow-convert to convert it)") from None
+        if on_convert is not None:
+            on_convert(f"converted {Path(path).name} to RGB in [0, 1]: {strict_error}")
+    h, w = image.shape[:2]
+    if w != 2 * h:
+        raise InputError(f"panorama {path} is {w}x{h} (width x height); expected an equirectangular image "
+                         "with width = 2 x height")
+    if h < MIN_HEIGHT:
+        raise InputError(f"panorama {path} is only {h} pixels high; expected at least {MIN_HEIGHT}")
+    return image
+
+
+def load_distance(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """Read a distance map [H, W] (float .npy, or .npz with ``distance``) matching ``shape``.
+
+    Returns float32 with +inf kept (sky). Raises InputError on NaN, -inf, values <= 0, a
+    non-float dtype, a wrong rank or a size different from the panorama's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"distance file {path} does not exist (expected a float32 [H, W] .npy)")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"cannot read {path} as .npy ({exc}); expected a float32 [H, W] distance array") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            if "distance" not in loaded.files:
+                raise InputError(f"{path} has no 'distance' array (it has {loaded.files}); expected a float32 [H, W] .npy")
+            loaded = loaded["distance"]
+    d = np.asarray(loaded)
+    if d.dtype.kind != "f":
+        raise InputError(f"distance {path} has dtype {d.dtype}; expected float32 [H, W] distances")
+    if d.ndim != 2:
+        raise InputError(f"distance {path} has shape {d.shape}; expected a 2-D [H, W] array")
+    if d.shape != tuple(shape):
+        raise InputError(f"distance {path} is {d.shape[0]}x{d.shape[1]} (H x W) but the panorama is "
+                         f"{shape[0]}x{shape[1]}; expected the same size")
+    d = d.astype(np.float32)
+    nan = int(np.isnan(d).sum())
+    if nan:
+        raise InputError(f"distance {path} has {nan} NaN value(s); expected distances > 0 (+inf marks sky)")
+    bad = int((d <= 0).sum())  # includes -inf
+    if bad:
+        raise InputError(f"distance {path} has {bad} value(s) <= 0 (min {float(d.min()):.4g}); "
+                         "expected distances > 0 (+inf marks sky)")
+    if not np.isfinite(d).any():
+        raise InputError(f"distance {path} is all +inf (sky); expected finite distances > 0")
+    return d
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is present, else ``cpu``."""
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def check_job(job: ScaffoldJob) -> None:
+    """Option checks that need no file access."""
+    if job.height < MIN_HEIGHT:
+        raise InputError(f"--height {job.height} is too small; expected at least {MIN_HEIGHT} (width = 2 x height)")
+    if job.frames is not None and job.frames < 2:
+        raise InputError(f"--frames {job.frames}: a trajectory needs at least 2 frames")
+    if job.custom_scale not in CUSTOM_SCALES:
+        raise InputError(f"unknown custom scale {job.custom_scale!r}; expected one of {', '.join(CUSTOM_SCALES)}")
+    if job.mesh_out not in (None, "ply", "glb"):
+        raise InputError(f"--mesh-out {job.mesh_out!r}; expected ply or glb")
+    if not (math.isfinite(job.move) and job.move > 0):
+        raise InputError(f"--move {job.move}; expected a fraction of the forward distance > 0")
+    resolve_backend(job.backend)
+    out = Path(job.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output folder {out} is a file; expected a folder (created if missing)")
+
+
+def run_scaffold_job(job: ScaffoldJob, log: Callable[[str], None] = print,
+                     note: Callable[[str], None] | None = None) -> RunDir:
+    """Run the scaffold job into ``job.out`` (see the module docstring); returns the RunDir.
+
+    log: progress lines. note: things the user should know (e.g. an image was converted).
+    """
+    # 1. everything that can be wrong with the inputs is found before anything is written
+    check_job(job)
+    pano = load_panorama(job.panorama, allow_convert=job.allow_convert, on_convert=note or log)
+    h, w = pano.shape[:2]
+    distance = load_distance(job.distance, (h, w))
+    traj = load_trajectory(job.trajectory, distance, job.frames, rescale=CUSTOM_SCALES[job.custom_scale],
+                           yaw=job.yaw, scale=job.move, fps=job.fps)
+    traj, columns = snap_yaw(traj, w)
+    backend = resolve_backend(job.backend)
+
+    run = RunDir(job.out, force=job.force)
+    run.set_inputs(panorama=job.panorama, distance=job.distance,
+                   trajectory=None if job.trajectory in PRESETS else job.trajectory)
+
+    # 2. trajectory.json
+    traj_config = {"trajectory": job.trajectory if job.trajectory in PRESETS else "file", "frames": job.frames,
+                   "yaw": job.yaw, "move": job.move, "custom_scale": job.custom_scale, "fps": job.fps}
+    traj_files = {"distance": job.distance, "trajectory": None if job.trajectory in PRESETS else job.trajectory}
+    with run.stage("trajectory", traj_config, files=traj_files, outputs=["trajectory.json"],
+                   backend="preset" if job.trajectory in PRESETS else "file") as st:
+        if not st.done:
+            traj.to_json(st.path("trajectory.json"))
+            st.info.update(frames=len(traj), yaw=traj.yaw, yaw_columns=columns)
+    traj = Trajectory.from_json(run.path / "trajectory.json")  # render exactly what the file says
+    log(f"trajectory: {traj.name}, {len(traj)} frames, yaw {traj.yaw:.3f} deg" + (" (reused)" if st.done else ""))
+
+    # 3. scaffold frames
+    from matrix_world.scaffold.mesh import ScaffoldConfig
+
+    mesh_config = ScaffoldConfig(occlusion_threshold=job.occlusion_threshold)
+    outputs = ["scaffold.npz", "scaffold_rgb.mp4", "scaffold_mask.mp4"]
+    if job.mesh_out:
+        outputs.append(f"scaffold_mesh.{job.mesh_out}")
+    config = {"height": job.height, "backend": job.backend, "mesh": asdict(mesh_config),
+              "allow_convert": job.allow_convert}
+    with run.stage("scaffold", config, inputs=["trajectory.json"],
+                   files={"panorama": job.panorama, "distance": job.distance}, outputs=outputs, backend=backend) as st:
+        if not st.done:
+            _render_into(st, pano, distance, traj, columns, job.height, backend, mesh_config, job.mesh_out, log)
+    if st.done:
+        log(f"scaffold: up to date in {run.path} (reused)")
+    return run
+
+
+def _render_into(st, pano, distance, traj: Trajectory, columns: int, height: int, backend: str, mesh_config,
+                 mesh_out: str | None, log: Callable[[str], None]) -> None:
+    """Build the mesh of the turned panorama, render it along ``traj`` and write the stage outputs."""
+    import time
+
+    from matrix_world.scaffold.mesh import build_scaffold_mesh, export_mesh
+    from matrix_world.scaffold.render import render_scaffold
+
+    pano = turn_equirect(pano, columns)
+    distance = turn_equirect(distance, columns)
+    t0 = time.perf_counter()
+    mesh = build_scaffold_mesh(pano, distance, mesh_config)
+    t1 = time.perf_counter()
+    frames = render_scaffold(mesh, traj.c2w, height, backend=backend, pano_rgb=pano)
+    t2 = time.perf_counter()
+    rgb = to_uint8(frames.rgb.cpu().numpy() if hasattr(frames.rgb, "cpu") else frames.rgb)  # [F, H, 2H, 3]
+    mask = np.asarray(frames.mask.cpu().numpy() if hasattr(frames.mask, "cpu") else frames.mask, dtype=bool)
+    save_npz(st.path("scaffold.npz"), rgb=rgb, mask=mask)
+    write_video(st.path("scaffold_rgb.mp4"), rgb, fps=traj.fps)
+    write_video(st.path("scaffold_mask.mp4"), mask.astype(np.uint8) * 255, fps=traj.fps)
+    if mesh_out:
+        export_mesh(mesh, st.path(f"scaffold_mesh.{mesh_out}"))
+    known = float(mask.mean())
+    st.info.update(frames=int(rgb.shape[0]), height=int(rgb.shape[1]), width=int(rgb.shape[2]),
+                   mesh_vertices=int(mesh.vertices.shape[0]), mesh_faces=int(mesh.faces.shape[0]),
+                   mesh_seconds=round(t1 - t0, 4), render_seconds=round(t2 - t1, 4), known_fraction=round(known, 4))
+    log(f"scaffold: {rgb.shape[0]} frames {rgb.shape[2]}x{rgb.shape[1]}, backend {backend}, "
+        f"mesh {t1 - t0:.2f} s, render {t2 - t1:.2f} s, {100 * known:.1f}% pixels known")
