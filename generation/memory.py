@@ -1,0 +1,139 @@
+"""GPU memory modes for the video (and other diffusers) pipelines.
+
+* ``full``    every component on the GPU (fastest; Wan2.1-I2V-14B needs ~60 GB at 480p).
+* ``offload`` diffusers model CPU offload: one component on the GPU at a time (the 14B
+              transformer alone: ~41 GB at 480p, ~52 GB at 720p, FACTS §A); VAE tiling on.
+* ``lowvram`` diffusers group offloading, block level, one block per group, prefetched on a
+              CUDA stream (weights live in pinned CPU RAM; ~11 GB at 480p at ~1.07x the
+              time, FACTS §A); VAE tiling on.
+
+``auto`` picks the fastest mode whose estimate fits the free GPU memory, with a margin. The
+estimate is weights (bytes of the loaded modules) + transformer activations, calibrated on
+the 14B measurements of FACTS §A (≈ 45 bytes per latent token per hidden unit, per batch
+row). The choice, the estimates and the reason go into the info dict that the stage puts in
+the manifest.
+
+:func:`oom_guard` turns a CUDA out-of-memory error into one clear InputError that names the
+next mode to try. The stage writes nothing itself (the run directory writes atomically), so
+an OOM never leaves a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+from matrix_world.errors import InputError
+
+MEMORY_MODES = ("full", "offload", "lowvram")
+NEXT_MODE = {"full": "offload", "offload": "lowvram", "lowvram": None}
+ACTIVATION_BYTES_PER_TOKEN_PER_DIM = 45.0  # 14B: 8.2 GB at 37,800 tokens (480p), 19.2 GB at 85,050 (720p), dim 5120
+GB = 1024**3
+
+
+class VideoOutOfMemoryError(InputError):
+    """CUDA ran out of memory; the message names the next memory mode to try."""
+
+
+def module_bytes(module) -> int:
+    """Bytes of a module's parameters and buffers (0 for None)."""
+    if module is None:
+        return 0
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def estimate_memory_gb(pipe, *, height: int, width: int, num_frames: int, cfg_batch: bool = False) -> dict[str, float]:
+    """Estimated peak GPU memory (GB) of each mode for one generation with ``pipe``."""
+    tr = pipe.transformer
+    p_t, p_h, p_w = tr.config.patch_size
+    s, t = pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal
+    tokens = ((num_frames - 1) // t + 1) // p_t * (height // s // p_h) * (width // s // p_w)
+    dim = tr.config.num_attention_heads * tr.config.attention_head_dim
+    act = ACTIVATION_BYTES_PER_TOKEN_PER_DIM * tokens * dim * (2 if cfg_batch else 1)
+    weights = {name: module_bytes(getattr(pipe, name, None)) for name in ("transformer", "text_encoder", "image_encoder", "vae")}
+    block = weights["transformer"] / max(len(tr.blocks), 1)
+    vae_decode = 6.0 * GB * (height * width) / (480 * 960) * num_frames / 81  # FACTS §A, untiled decode
+    vae_tiled = 2.0 * GB
+    full = sum(weights.values()) + max(act, vae_decode)
+    offload = max(weights["transformer"] + act, weights["text_encoder"], weights["vae"] + vae_tiled)
+    lowvram = 3 * block + act + vae_tiled
+    return {"full": full / GB, "offload": offload / GB, "lowvram": lowvram / GB}
+
+
+def free_gpu_gb(device) -> float | None:
+    """Free memory on a CUDA device in GB (None for other devices)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return free / GB
+
+
+def choose_memory_mode(requested: str, *, estimate_gb: dict[str, float], free_gb: float | None, margin_gb: float = 2.0) -> tuple[str, str]:
+    """(mode, reason). ``requested`` is 'auto' or one of MEMORY_MODES (forced)."""
+    if requested != "auto":
+        if requested not in MEMORY_MODES:
+            raise InputError(f"memory mode must be 'auto' or one of {MEMORY_MODES}, got {requested!r}")
+        return requested, "forced"
+    if free_gb is None:
+        return "full", "not a CUDA device: everything stays on it"
+    for mode in MEMORY_MODES:
+        if estimate_gb[mode] + margin_gb <= free_gb:
+            return mode, f"fastest mode that fits: needs ~{estimate_gb[mode]:.1f} GB of {free_gb:.1f} GB free"
+    return "lowvram", f"even lowvram (~{estimate_gb['lowvram']:.1f} GB) may not fit in {free_gb:.1f} GB free"
+
+
+def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None) -> dict:
+    """Place ``pipe`` for ``mode`` on ``device``; returns {'memory_mode', 'vae_tiling'}.
+
+    Call once on a freshly loaded pipeline (components on the CPU); LoRAs must be loaded and
+    fused before (group offloading keeps its own copy of the weights).
+    """
+    device = torch.device(device)
+    if mode not in MEMORY_MODES:
+        raise InputError(f"memory mode must be one of {MEMORY_MODES}, got {mode!r}")
+    if mode == "full" or device.type == "cpu":
+        pipe.to(device)
+    elif mode == "offload":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.enable_group_offload(
+            onload_device=device,
+            offload_device=torch.device("cpu"),
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            use_stream=device.type == "cuda",
+        )
+    tiling = (mode != "full") if vae_tiling is None else bool(vae_tiling)
+    if tiling:
+        pipe.vae.enable_tiling()
+    else:
+        pipe.vae.disable_tiling()
+    return {"memory_mode": mode, "vae_tiling": tiling}
+
+
+@contextlib.contextmanager
+def oom_guard(mode: str, *, what: str = "video generation") -> Iterator[None]:
+    """Turn a CUDA out-of-memory error into a VideoOutOfMemoryError suggesting the next mode."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        nxt = NEXT_MODE.get(mode)
+        hint = (
+            f"rerun with memory mode '{nxt}' (e.g. --video-memory {nxt})"
+            if nxt
+            else "use 480p, fewer frames, or a GPU with more free memory"
+        )
+        raise VideoOutOfMemoryError(f"CUDA out of memory during {what} in memory mode '{mode}'; {hint}. Nothing was written.") from None
+
+
+def peak_memory_gb(device) -> float | None:
+    """Peak allocated CUDA memory since the last reset (None off CUDA)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / GB

@@ -1,0 +1,278 @@
+"""Video stage: scaffold video + masks + trajectory -> panoramic video (DESIGN §1).
+
+Backends (chosen by name; ``auto`` picks ``wan`` when CUDA and the weights are present, else
+``fill``, and says why):
+
+* ``wan``    Wan2.1-I2V-14B + Matrix-3D LoRA conditioned on the scaffold (generation.wan_pipeline)
+* ``fill``   no model: known scaffold pixels, last known colours along the trajectory, OpenCV
+             inpainting wrapped in longitude (generation.video_fill)
+* ``oracle`` ground-truth renders of a synthetic scene along the trajectory (benchmarks only)
+
+Every backend returns frames at the working resolution ``height x 2*height`` (480p: 480 x 960,
+720p: 720 x 1440); a scaffold of another size is resized first (colours premultiplied by the
+mask, a pixel stays known only if all its source pixels are). Inputs follow DESIGN §3:
+``scaffold_rgb [F, H, W, 3]`` float32 [0, 1] (0 where unknown), ``scaffold_mask [F, H, W]``
+bool (True = known), ``c2w [F, 4, 4]`` OpenCV camera-to-world, world = frame-0 camera.
+Nothing is written to disk here; the run directory writes the result atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from matrix_world.errors import InputError
+
+BACKENDS = ("wan", "fill", "oracle")
+RESOLUTIONS = {"480p": 480, "720p": 720}
+
+
+@dataclass
+class VideoConfig:
+    backend: str = "auto"  # auto | wan | fill | oracle
+    resolution: str = "480p"  # 480p (480 x 960) | 720p (720 x 1440)
+    height: int | None = None  # overrides resolution; width = 2 * height
+    # wan
+    model: str | None = None  # hub id or folder; None -> Wan-AI/Wan2.1-I2V-14B-{480P,720P}-Diffusers
+    lora: str | None = "matrix3d"  # "matrix3d" = official LoRA for the resolution; a path/hub id; None = none
+    lora_filename: str | None = None  # file inside a folder / hub repo given as ``lora``
+    lora_strength: float = 1.0
+    fuse_lora: bool = True
+    num_inference_steps: int = 50
+    guidance_scale: float = 5.0
+    shift: float = 5.0
+    prompt_suffix: str | None = None  # None -> Matrix-3D's quality suffix
+    negative_prompt: str | None = None  # None -> Matrix-3D's negative prompt
+    memory: str = "auto"  # auto | full | offload | lowvram
+    vae_tiling: bool | None = None  # None: on for offload / lowvram
+    dtype: str = "bfloat16"
+    cfg_batch: bool = False
+    seam: str = "wrap"  # wrap | blend | none
+    seam_pad_cols: int = 2
+    late_roll_fraction: float = 0.0
+    widen_input: int = 0  # extra zero-initialised input channels (training experiments)
+    allow_download: bool = False
+    # fill
+    fill_method: str = "telea"  # telea | ns
+    fill_radius: float = 3.0
+    fill_max_age: int | None = None
+    # randomness (used when no generator is passed) and the oracle's scene
+    seed: int = 0
+
+    def working_height(self) -> int:
+        if self.height is not None:
+            return int(self.height)
+        if self.resolution not in RESOLUTIONS:
+            raise InputError(f"resolution must be one of {sorted(RESOLUTIONS)} (or set height), got {self.resolution!r}")
+        return RESOLUTIONS[self.resolution]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class VideoResult:
+    frames: np.ndarray  # [F, H, W, 3] float32 in [0, 1]
+    info: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- validation and resizing
+
+
+def validate_inputs(scaffold_rgb, scaffold_mask, c2w, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check shapes and return (rgb float32, mask bool, c2w float64) as numpy arrays."""
+    rgb = np.asarray(scaffold_rgb.cpu() if isinstance(scaffold_rgb, torch.Tensor) else scaffold_rgb, dtype=np.float32)
+    mask = np.asarray(scaffold_mask.cpu() if isinstance(scaffold_mask, torch.Tensor) else scaffold_mask).astype(bool)
+    poses = np.asarray(c2w.cpu() if isinstance(c2w, torch.Tensor) else c2w, dtype=np.float64)
+    if rgb.ndim != 4 or rgb.shape[-1] != 3:
+        raise InputError(f"scaffold_rgb must be [F, H, W, 3], got shape {rgb.shape}")
+    if mask.shape != rgb.shape[:3]:
+        raise InputError(f"scaffold_mask must be [F, H, W] = {rgb.shape[:3]}, got {mask.shape}")
+    if poses.ndim != 3 or poses.shape[1:] != (4, 4):
+        raise InputError(f"c2w must be [F, 4, 4], got shape {poses.shape}")
+    if poses.shape[0] != rgb.shape[0]:
+        raise InputError(
+            f"the scaffold has {rgb.shape[0]} frames but the trajectory has {poses.shape[0]} poses; they must match "
+            "(render the scaffold along the same trajectory)"
+        )
+    if rgb.shape[2] != 2 * rgb.shape[1]:
+        raise InputError(f"scaffold frames must be equirectangular (W = 2H), got {rgb.shape[1]}x{rgb.shape[2]}")
+    if height % 16:
+        raise InputError(f"video height must be divisible by 16 (width = 2 x height), got {height}")
+    if not np.isfinite(rgb).all() or not np.isfinite(poses).all():
+        raise InputError("scaffold_rgb and c2w must be finite (found NaN or Inf)")
+    return rgb, mask, poses
+
+
+def resize_scaffold(rgb: np.ndarray, mask: np.ndarray, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize a scaffold video to ``height x 2*height`` without bleeding unknown pixels.
+
+    rgb: [F, H, W, 3] float32, mask: [F, H, W] bool -> same at the new size.
+    Colours are premultiplied by the mask and divided back; a resized pixel is known only if
+    (almost) all of what it covers was known (area weight >= 0.999, as Matrix-3D's alpha test).
+    """
+    from matrix_world.equirect import resize_equirect
+
+    if rgb.shape[1] == height:
+        return rgb, mask
+    m = torch.from_numpy(mask).float()[:, None]  # [F, 1, H, W]
+    premul = torch.from_numpy(rgb).permute(0, 3, 1, 2) * m
+    rgb_r = resize_equirect(premul, height, mode="area")
+    m_r = resize_equirect(m, height, mode="area")
+    known = m_r >= 0.999
+    colour = torch.where(known, rgb_r / m_r.clamp_min(1e-6), torch.zeros_like(rgb_r)).clamp(0.0, 1.0)
+    return colour.permute(0, 2, 3, 1).numpy().astype(np.float32), known[:, 0].numpy()
+
+
+# --------------------------------------------------------------------------- backends
+
+
+def _run_fill(config: VideoConfig, rgb, mask, c2w, **_) -> tuple[np.ndarray, dict]:
+    from matrix_world.generation.video_fill import fill_video
+
+    frames, info = fill_video(rgb, mask, c2w, radius=config.fill_radius, method=config.fill_method, max_age=config.fill_max_age)
+    return frames, {"fill": info}
+
+
+def _run_oracle(config: VideoConfig, rgb, mask, c2w, *, prompt: str, scene=None, **_) -> tuple[np.ndarray, dict]:
+    try:
+        from matrix_world.datasets import scenes
+    except ImportError as exc:
+        raise InputError(
+            f"the 'oracle' video backend needs the synthetic scenes (matrix_world.datasets.scenes), which cannot be imported: {exc}"
+        ) from None
+    if scene is None:
+        scene = scenes.make_scene(prompt, seed=config.seed)
+    frames, _distance, _sky = scene.render(torch.from_numpy(c2w), rgb.shape[1], backend="auto")
+    frames = np.asarray(frames.cpu() if isinstance(frames, torch.Tensor) else frames, dtype=np.float32)
+    return frames, {"scene": getattr(scene, "kind", None), "scene_seed": getattr(scene, "seed", None)}
+
+
+def load_video_pipeline(config: VideoConfig, device, *, num_frames: int = 81) -> tuple[Any, dict]:
+    """Load the Wan pipeline (+ LoRA), place it for the memory mode; returns (pipe, info)."""
+    from matrix_world.generation.memory import apply_memory_mode, choose_memory_mode, estimate_memory_gb, free_gpu_gb
+    from matrix_world.generation.wan_lora import load_lora
+    from matrix_world.generation.wan_pipeline import HUB_IDS, PanoVideoPipeline, widen_patch_embedding
+    from matrix_world.generation.weights import resolve_pretrained
+
+    height = config.working_height()
+    res_name = {480: "480p", 720: "720p"}.get(height, config.resolution)
+    model = config.model or HUB_IDS.get(res_name, HUB_IDS["480p"])
+    folder = resolve_pretrained(model, what="Wan2.1 I2V video model", allow_download=config.allow_download)
+    dtype = getattr(torch, config.dtype)
+    pipe = PanoVideoPipeline.from_pretrained(
+        folder, dtype={"default": dtype, "vae": torch.float32, "image_encoder": torch.float32}
+    )
+    pipe.use_flow_matching(config.shift)
+    pipe.set_progress_bar_config(disable=True)
+    widen_patch_embedding(pipe.transformer, config.widen_input)
+    info: dict = {"model": model}
+    if config.lora:
+        source = f"matrix3d-{res_name}" if config.lora == "matrix3d" else config.lora
+        info["lora"] = load_lora(
+            pipe, source, filename=config.lora_filename, strength=config.lora_strength, fuse=config.fuse_lora,
+            allow_download=config.allow_download,
+        )
+    estimate = estimate_memory_gb(pipe, height=height, width=2 * height, num_frames=num_frames, cfg_batch=config.cfg_batch)
+    free = free_gpu_gb(device)
+    mode, reason = choose_memory_mode(config.memory, estimate_gb=estimate, free_gb=free)
+    info.update(apply_memory_mode(pipe, mode, device, vae_tiling=config.vae_tiling))
+    info.update({"memory_reason": reason, "memory_estimate_gb": {k: round(v, 1) for k, v in estimate.items()},
+                 "free_gpu_gb": None if free is None else round(free, 1)})
+    return pipe, info
+
+
+def _run_wan(config: VideoConfig, rgb, mask, c2w, *, prompt: str, device, generator, pipeline=None, **_) -> tuple[np.ndarray, dict]:
+    from matrix_world.generation.memory import oom_guard, peak_memory_gb
+    from matrix_world.generation.wan_pipeline import NEGATIVE_PROMPT, PROMPT_SUFFIX
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    info: dict = {}
+    mode = config.memory if config.memory != "auto" else "full"
+    with oom_guard(mode, what="loading the video model"):
+        if pipeline is None:
+            pipeline, info = load_video_pipeline(config, device, num_frames=rgb.shape[0])
+        mode = info.get("memory_mode", mode)
+    scaffold = torch.from_numpy(rgb).permute(3, 0, 1, 2)[None]  # [1, 3, F, H, W]
+    masks = torch.from_numpy(mask)[None]  # [1, F, H, W]
+    suffix = PROMPT_SUFFIX if config.prompt_suffix is None else config.prompt_suffix
+    negative = NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt
+    with oom_guard(mode):
+        out = pipeline(
+            prompt + suffix, scaffold=scaffold, mask=masks, negative_prompt=negative,
+            num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale, generator=generator,
+            cfg_batch=config.cfg_batch, seam=config.seam, seam_pad_cols=config.seam_pad_cols,
+            late_roll_fraction=config.late_roll_fraction, output_type="pt",
+        )
+    frames = out.frames[0].permute(1, 2, 3, 0).float().cpu().numpy()  # [F, H, W, 3]
+    info.update({"steps": config.num_inference_steps, "guidance_scale": config.guidance_scale, "shift": config.shift,
+                 "seam": config.seam, "peak_gpu_gb": peak_memory_gb(device)})
+    return frames, info
+
+
+_BACKEND_FNS: dict[str, Callable[..., tuple[np.ndarray, dict]]] = {"wan": _run_wan, "fill": _run_fill, "oracle": _run_oracle}
+
+
+def resolve_backend(config: VideoConfig, device) -> tuple[str, str]:
+    """(backend, reason). ``auto``: wan when on CUDA with the weights present, else fill."""
+    if config.backend != "auto":
+        if config.backend not in BACKENDS:
+            raise InputError(f"video backend must be 'auto' or one of {BACKENDS}, got {config.backend!r}")
+        return config.backend, "requested"
+    from matrix_world.generation.wan_lora import OFFICIAL_FILES, OFFICIAL_REPO
+    from matrix_world.generation.wan_pipeline import HUB_IDS
+    from matrix_world.generation.weights import weights_available
+
+    if torch.device(device).type != "cuda":
+        return "fill", "auto: no CUDA device for the Wan model"
+    res = {480: "480p", 720: "720p"}.get(config.working_height(), "480p")
+    model = config.model or HUB_IDS[res]
+    if not weights_available(model):
+        return "fill", f"auto: Wan weights '{model}' not found locally"
+    if config.lora == "matrix3d" and not weights_available(OFFICIAL_REPO, OFFICIAL_FILES[res]):
+        return "fill", f"auto: Matrix-3D LoRA {OFFICIAL_REPO}/{OFFICIAL_FILES[res]} not found locally"
+    return "wan", "auto: CUDA and weights present"
+
+
+def generate_video(
+    config: VideoConfig,
+    *,
+    scaffold_rgb,  # [F, H, W, 3] float32 in [0, 1]
+    scaffold_mask,  # [F, H, W] bool
+    prompt: str,
+    c2w,  # [F, 4, 4] camera-to-world
+    device="cpu",
+    generator: torch.Generator | None = None,
+    pipeline=None,
+    scene=None,
+) -> VideoResult:
+    """Run the video stage. Returns frames [F, height, 2*height, 3] float32 and an info dict
+    (backend and why, resolution, timings, memory mode and peak memory for wan, ...).
+
+    pipeline: an already loaded PanoVideoPipeline to reuse (wan); scene: the synthetic scene
+    for ``oracle`` (default: ``make_scene(prompt, seed=config.seed)``).
+    """
+    height = config.working_height()
+    rgb, mask, poses = validate_inputs(scaffold_rgb, scaffold_mask, c2w, height)
+    backend, reason = resolve_backend(config, device)
+    if backend == "wan":
+        from matrix_world.generation.wan_pipeline import check_frames_and_size
+
+        check_frames_and_size(rgb.shape[0], height, 2 * height)  # 4k+1 frames: said, never rounded
+    if generator is None:
+        generator = torch.Generator().manual_seed(config.seed)
+    start = time.perf_counter()
+    rgb, mask = resize_scaffold(rgb, mask, height)
+    frames, extra = _BACKEND_FNS[backend](
+        config, rgb, mask, poses, prompt=prompt, device=device, generator=generator, pipeline=pipeline, scene=scene
+    )
+    info = {"backend": backend, "backend_reason": reason, "height": height, "width": 2 * height,
+            "frames": int(frames.shape[0]), "seconds": round(time.perf_counter() - start, 3), **extra}
+    return VideoResult(frames=np.ascontiguousarray(frames, dtype=np.float32), info=info)

@@ -1,0 +1,216 @@
+"""Wan2.1 LoRA loading: our own (peft/diffusers layout) and Matrix-3D's official checkpoints.
+
+Matrix-3D ships its Wan2.1-I2V-14B LoRAs (``pano_video_gen_480p.ckpt``,
+``pano_video_gen_720p.bin`` in the hub repo ``Skywork/Matrix-3D``, folder ``checkpoints/``)
+as plain torch dicts in the ORIGINAL Wan module layout, e.g.
+``blocks.0.self_attn.q.lora_A.weight`` (optionally prefixed ``diffusion_model.``, optionally
+with a peft adapter segment ``lora_A.default.weight``). DiffSynth merges them as
+``W += alpha * B @ A`` with alpha = 1, i.e. a LoRA scale of 1 whatever the rank; diffusers'
+peft loader without alphas also uses scale 1 (lora_alpha = r), so the tensors are carried
+over unchanged and only the names are converted.
+
+The conversion is an explicit table (:data:`BLOCK_MODULES`, :data:`GLOBAL_MODULES`) and is
+strict: every key must map, unmapped keys raise an InputError that lists them (a silently
+ignored key would be a silently different model). Converted keys are in the layout
+``load_lora_weights`` reads: ``transformer.blocks.0.attn1.to_q.lora_A.weight``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from matrix_world.errors import InputError
+
+# Original Wan module (inside ``blocks.N.``) -> diffusers WanTransformer3DModel module.
+BLOCK_MODULES: dict[str, str] = {
+    "self_attn.q": "attn1.to_q",
+    "self_attn.k": "attn1.to_k",
+    "self_attn.v": "attn1.to_v",
+    "self_attn.o": "attn1.to_out.0",
+    "cross_attn.q": "attn2.to_q",
+    "cross_attn.k": "attn2.to_k",
+    "cross_attn.v": "attn2.to_v",
+    "cross_attn.o": "attn2.to_out.0",
+    "cross_attn.k_img": "attn2.add_k_proj",
+    "cross_attn.v_img": "attn2.add_v_proj",
+    "ffn.0": "ffn.net.0.proj",
+    "ffn.2": "ffn.net.2",
+}
+# Original Wan module outside the blocks -> diffusers module.
+GLOBAL_MODULES: dict[str, str] = {
+    "text_embedding.0": "condition_embedder.text_embedder.linear_1",
+    "text_embedding.2": "condition_embedder.text_embedder.linear_2",
+    "time_embedding.0": "condition_embedder.time_embedder.linear_1",
+    "time_embedding.2": "condition_embedder.time_embedder.linear_2",
+    "time_projection.1": "condition_embedder.time_proj",
+    "head.head": "proj_out",
+    "img_emb.proj.1": "condition_embedder.image_embedder.ff.net.0.proj",
+    "img_emb.proj.3": "condition_embedder.image_embedder.ff.net.2",
+}
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.(?P<adapter>[A-Za-z0-9_]+))?\.weight$")
+_AB = {"lora_A": "lora_A", "lora_down": "lora_A", "lora_B": "lora_B", "lora_up": "lora_B"}
+OFFICIAL_FILES = {"480p": "checkpoints/pano_video_gen_480p.ckpt", "720p": "checkpoints/pano_video_gen_720p.bin"}
+OFFICIAL_REPO = "Skywork/Matrix-3D"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_lora_file(path: str | Path) -> dict[str, Tensor]:
+    """Read a LoRA state dict: .safetensors, or a torch pickle loaded with weights_only=True."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, ValueError, EOFError) as exc:  # pickle errors surface as these
+        raise InputError(f"cannot read LoRA file {path} with torch.load(weights_only=True): {exc}") from None
+    if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), dict):
+        obj = next(iter(obj.values()))  # {'state_dict': {...}} / {'module': {...}}
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise InputError(f"LoRA file {path} does not hold a flat dict of tensors")
+    return dict(obj)
+
+
+def detect_layout(state_dict: dict[str, Tensor]) -> str:
+    """'diffusers' (transformer.* / attn1 names) or 'original' (Wan's self_attn / cross_attn names)."""
+    keys = [k.removeprefix("diffusion_model.") for k in state_dict]
+    if keys and all(k.startswith("transformer.") for k in keys):
+        return "diffusers"
+    if any(re.match(r"blocks\.\d+\.(self_attn|cross_attn|ffn\.\d)\.", k) for k in keys) or any(
+        k.split(".lora")[0] in GLOBAL_MODULES for k in keys
+    ):
+        return "original"
+    if any(re.match(r"blocks\.\d+\.(attn1|attn2|ffn\.net)\.", k) for k in keys):
+        return "diffusers"
+    raise InputError(f"unrecognised Wan LoRA key layout (first keys: {sorted(state_dict)[:3]})")
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def original_to_diffusers_module(module: str) -> str | None:
+    """Map an original Wan module name (``blocks.3.self_attn.q``) to diffusers' (``blocks.3.attn1.to_q``)."""
+    if module in GLOBAL_MODULES:
+        return GLOBAL_MODULES[module]
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
+    if m and m.group(2) in BLOCK_MODULES:
+        return f"blocks.{m.group(1)}.{BLOCK_MODULES[m.group(2)]}"
+    return None
+
+
+def convert_original_wan_lora(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Official Matrix-3D / original-Wan LoRA keys -> ``transformer.<diffusers module>.lora_{A,B}.weight``.
+
+    Strict: raises InputError listing every key that does not map (alpha keys included,
+    because DiffSynth ignores them and merges with scale 1) and every module missing its
+    A or B half. Tensors are passed through unchanged.
+    """
+    converted: dict[str, Tensor] = {}
+    unmapped: list[str] = []
+    for key, value in state_dict.items():
+        m = _LORA_KEY.match(key.removeprefix("diffusion_model."))
+        target = original_to_diffusers_module(m.group("module")) if m else None
+        if target is None:
+            unmapped.append(key)
+            continue
+        new_key = f"transformer.{target}.{_AB[m.group('kind')]}.weight"
+        if new_key in converted:
+            raise InputError(f"LoRA key {key} maps to {new_key}, which another key already produced")
+        converted[new_key] = value
+    if unmapped:
+        shown = ", ".join(sorted(unmapped)[:8])
+        raise InputError(
+            f"{len(unmapped)} LoRA key(s) have no mapping to diffusers' Wan transformer (e.g. {shown}); "
+            "expected original Wan names like blocks.N.self_attn.q.lora_A.weight"
+        )
+    modules = {k.rsplit(".lora_", 1)[0] for k in converted}
+    half = sorted(m for m in modules if f"{m}.lora_A.weight" not in converted or f"{m}.lora_B.weight" not in converted)
+    if half:
+        raise InputError(f"LoRA modules with only one of lora_A / lora_B: {', '.join(half[:8])}")
+    return converted
+
+
+def to_diffusers_lora(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Either layout -> diffusers/peft keys prefixed ``transformer.`` (strict for the original layout)."""
+    if detect_layout(state_dict) == "original":
+        return convert_original_wan_lora(state_dict)
+    return {k if k.startswith("transformer.") else f"transformer.{k}": v for k, v in state_dict.items()}
+
+
+def check_against_transformer(lora: dict[str, Tensor], transformer) -> None:
+    """Every LoRA module must exist in ``transformer`` as a Linear with matching in/out sizes."""
+    modules = dict(transformer.named_modules())
+    problems = []
+    for key, value in lora.items():
+        name, kind = key.removeprefix("transformer.").rsplit(".lora_", 1)
+        module = modules.get(name)
+        module = getattr(module, "base_layer", module)  # already wrapped by peft
+        if not isinstance(module, torch.nn.Linear):
+            problems.append(f"{name} (not a Linear in this transformer)")
+        elif kind.startswith("A") and value.shape[1] != module.in_features:
+            problems.append(f"{key} in={value.shape[1]} vs {module.in_features}")
+        elif kind.startswith("B") and value.shape[0] != module.out_features:
+            problems.append(f"{key} out={value.shape[0]} vs {module.out_features}")
+    if problems:
+        raise InputError(f"LoRA does not fit this transformer ({len(problems)} problems, e.g. {'; '.join(problems[:4])})")
+
+
+# --------------------------------------------------------------------------- pipeline helpers
+
+
+def resolve_lora(source: str, *, filename: str | None = None, allow_download: bool = False) -> str:
+    """A LoRA file from a path, a folder + filename, an official alias ('matrix3d-480p'/'matrix3d-720p')
+    or a hub id + filename. Missing weights raise WeightsNotFoundError with the download command."""
+    from matrix_world.generation.weights import resolve_file
+
+    alias = {"matrix3d-480p": "480p", "matrix3d-720p": "720p"}.get(source)
+    if alias is not None:
+        source, filename = OFFICIAL_REPO, OFFICIAL_FILES[alias]
+    return resolve_file(source, what="Wan LoRA", filename=filename, allow_download=allow_download)
+
+
+def load_lora(
+    pipe,
+    source: str | dict[str, Tensor],
+    *,
+    filename: str | None = None,
+    adapter_name: str = "pano",
+    strength: float = 1.0,
+    fuse: bool = True,
+    allow_download: bool = False,
+) -> dict:
+    """Load a Wan LoRA (either layout) into ``pipe.transformer`` through diffusers' loader.
+
+    strength: LoRA scale (1.0 = Matrix-3D's merge). fuse: merge into the weights (no runtime
+    cost; undo with :func:`unload_lora`). Returns an info dict for the manifest.
+    """
+    path = None
+    if isinstance(source, dict):
+        raw = source
+    else:
+        path = resolve_lora(source, filename=filename, allow_download=allow_download)
+        raw = read_lora_file(path)
+    layout = detect_layout(raw)
+    lora = to_diffusers_lora(raw)
+    check_against_transformer(lora, pipe.transformer)
+    pipe.load_lora_weights(lora, adapter_name=adapter_name)
+    if fuse:
+        pipe.fuse_lora(components=["transformer"], lora_scale=strength, adapter_names=[adapter_name])
+    else:
+        pipe.set_adapters([adapter_name], adapter_weights=[strength])
+    rank = max(v.shape[0] for k, v in lora.items() if k.endswith("lora_A.weight"))
+    return {"lora": path or "<state dict>", "layout": layout, "modules": len(lora) // 2, "rank": int(rank),
+            "strength": float(strength), "fused": bool(fuse), "adapter": adapter_name}
+
+
+def unload_lora(pipe) -> None:
+    """Undo :func:`load_lora`: unfuse if fused, then remove the LoRA layers."""
+    pipe.unfuse_lora(components=["transformer"])
+    pipe.unload_lora_weights()
