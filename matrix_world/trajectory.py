@@ -214,15 +214,16 @@ def forward_distance(distance, yaw: float = 0.0) -> float:
     """Distance just below the horizon in the direction ``yaw`` (degrees, turning right).
 
     Matrix-3D reads one pixel about 4.5 degrees below the horizon; we take the median over
-    a window of +-3 degrees around that point (at least the nearest pixel), after setting
+    a window of +-3 degrees (at least +-1.5 pixels) around that point, after setting
     sky (+inf / invalid) to 2 x the largest finite distance as Matrix-3D does.
     """
     d = _as_distance(distance)
     h, w = d.shape
     lat = (0.5 - (np.arange(h) + 0.5) / h) * 180.0
     lon = ((np.arange(w) + 0.5) / w - 0.5) * 360.0
-    rows = _window(lat, FORWARD_LATITUDE_DEG, FORWARD_WINDOW_DEG, wrap=False)
-    cols = _window(lon, yaw, FORWARD_WINDOW_DEG, wrap=True)
+    half = max(FORWARD_WINDOW_DEG, 1.5 * 180.0 / h)  # at least about 3 x 3 pixels
+    rows = _window(lat, FORWARD_LATITUDE_DEG, half, wrap=False)
+    cols = _window(lon, yaw, half, wrap=True)
     return float(np.median(d[np.ix_(rows, cols)]))
 
 
