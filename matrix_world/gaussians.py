@@ -12,7 +12,7 @@ Conventions (DESIGN.md §3), the same as the INRIA 3DGS code and gsplat:
 * ``opacity_logits`` [N]: opacity = sigmoid(logit).
 * ``sh_dc`` [N, 1, 3]: degree-0 SH coefficient per colour channel, as in 3DGS:
   colour = 0.5 + C0 * sh_dc with C0 = 0.28209479177387814 (view-independent part).
-* ``sh_rest`` [N, K, 3] or None: higher SH bands, K = (degree + 1)^2 - 1 (3, 8 or 15), in
+* ``sh_rest`` [N, K, 3] or None: higher SH bands, K = (degree + 1)^2 - 1 (3, 8 or 15; degree <= 3), in
   the real SH basis of 3DGS (``eval_sh_basis``).
 * ``segment`` [N] int64 or None: which world segment (chained exploration) a Gaussian
   belongs to.
@@ -49,10 +49,10 @@ def sh_dc_to_rgb(sh_dc: Tensor) -> Tensor:
 
 def sh_degree_from_rest(num_rest: int) -> int:
     """Number K of higher-band coefficients -> SH degree (0 -> 0, 3 -> 1, 8 -> 2, 15 -> 3)."""
-    for degree in range(5):
+    for degree in range(4):
         if (degree + 1) ** 2 - 1 == num_rest:
             return degree
-    raise InputError(f"{num_rest} higher-order SH coefficients per channel is not (degree+1)^2 - 1 for a degree <= 4")
+    raise InputError(f"{num_rest} higher-order SH coefficients per channel is not (degree+1)^2 - 1 for an SH degree 0..3")
 
 
 # --------------------------------------------------------------------------- rotations
@@ -195,7 +195,10 @@ class Gaussians:
         if self.sh_rest is not None:
             if self.sh_rest.dim() != 3 or self.sh_rest.shape[0] != n or self.sh_rest.shape[2] != 3:
                 raise InputError(f"Gaussians.sh_rest must have shape [N, K, 3] (N={n}), got {tuple(self.sh_rest.shape)}")
-            sh_degree_from_rest(self.sh_rest.shape[1])
+            try:
+                sh_degree_from_rest(self.sh_rest.shape[1])
+            except InputError as exc:
+                raise InputError(f"Gaussians.sh_rest: {exc}") from None
             if self.sh_rest.shape[1] == 0:
                 self.sh_rest = None
         if self.segment is not None and tuple(self.segment.shape) != (n,):
