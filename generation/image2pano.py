@@ -112,9 +112,12 @@ def estimate_photo_fov(photo: np.ndarray, config: PanoramaConfig, device) -> tup
             raise InputError(f"photo FOV must be in [{FOV_RANGE[0]:g}, {FOV_RANGE[1]:g}] degrees, got {fov:g}")
         return fov, "given"
     if config.fov_model and weights_available(config.fov_model, "model.pt" if not _is_file(config.fov_model) else None):
-        from matrix_world.generation.depth import estimate_fov
+        from matrix_world.generation.moge_backend import estimate_fov
 
-        fov = estimate_fov(photo, config.fov_model, device=device)
+        try:
+            fov = estimate_fov(photo, config.fov_model, device=device)
+        except InputError:  # MoGe could not recover a focal length: fall back to the default
+            return DEFAULT_FOV, "default (MoGe estimate failed)"
         return float(np.clip(fov, *FOV_RANGE)), "moge"
     return DEFAULT_FOV, "default"
 

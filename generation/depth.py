@@ -1,0 +1,274 @@
+"""Depth stage: a 2:1 RGB panorama -> per-pixel distance along each ray (+ valid and sky masks).
+
+The depth stage lives in ``generation/`` (beside the panorama stage it follows; it runs a
+learned model, MoGe). Output convention (DESIGN §3): ``distance`` [H, 2H] is the length along
+each equirect pixel's ray from the panorama centre — never perspective z-depth.
+
+Backends (``DepthConfig.backend``):
+
+* ``moge``        MoGe-1 or MoGe-2 (auto-detected from the checkpoint) on the 12 perspective
+                  views at the icosahedron vertices (FOV 100°, ``view_size``² each, batched),
+                  distance = ‖points‖ per view, merged on the sphere in the gradient domain
+                  (:mod:`depth_merge`: sparse least squares, coarse to fine, continuous across
+                  the ±180° seam). MoGe-2's metric scale is kept (units: metres); MoGe-1 gives
+                  a normalised scale (geometric-mean distance = 1) and ``info['units']`` says so.
+* ``prior``       a heuristic for any panorama without weights: a ground plane ``camera_height``
+                  metres below the camera (below the horizon) and a dome of radius
+                  ``dome_radius`` above, joined by a smooth minimum. Not a measurement.
+* ``file``        a distance map from ``.npz`` (``distance`` [+ ``sky``, ``valid``]) or ``.npy``.
+* ``procedural``  the exact distance of the synthetic scene behind a ``procedural`` panorama
+                  (same prompt, seed and size; checked against the given RGB).
+* ``auto``        ``moge`` when its weights are on this machine, else ``prior``.
+
+Masks: ``valid`` = pixels with a measured distance; ``sky`` = pixels with no geometry (MoGe's
+invalid mask: sky and undefined regions). Invalid pixels get ``sky_factor`` x the largest
+valid distance (FACTS §C: 2x), so the array is finite everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from matrix_world.cameras import crop_perspective, icosahedron_views
+from matrix_world.equirect import equirect_directions, resize_equirect
+from matrix_world.errors import InputError
+from matrix_world.generation.depth_merge import MergeConfig, merge_log_distances
+from matrix_world.generation.moge_backend import MOGE2_DEFAULT, LoadedMoGe, estimate_fov, infer_views, load_moge
+from matrix_world.generation.panorama import as_rgb_image
+from matrix_world.generation.weights import weights_available
+
+MAX_HEIGHT = 4096  # panoramas up to 8192 x 4096
+MAX_MERGE_HEIGHT = 1024  # the merge runs at <= 2048 x 1024 and is upsampled (Matrix-3D: 1920 x 960)
+
+
+@dataclass
+class DepthConfig:
+    """Options of the depth stage (one dataclass for all backends; unused fields are ignored)."""
+
+    backend: str = "auto"  # auto | moge | prior | file | procedural
+    model: str = MOGE2_DEFAULT  # MoGe hub id, folder or model.pt (MoGe-1: Ruicheng/moge-vitl)
+    view_size: int = 768  # pixels per icosahedron view (square)
+    view_fov: float = 100.0
+    num_tokens: int | None = None  # MoGe ViT tokens per view; None -> the model's maximum
+    batch_size: int = 12  # views per MoGe forward
+    use_fp16: bool = True  # MoGe's fp16 autocast (CUDA only)
+    merge_height: int | None = None  # None -> min(H, 1024)
+    sky_factor: float = 2.0  # invalid pixels get sky_factor x max valid distance
+    camera_height: float = 1.6  # prior: metres from the camera down to the ground
+    dome_radius: float = 30.0  # prior: metres to the far dome
+    path: str | None = None  # file backend
+    prompt: str | None = None  # procedural backend: the panorama's prompt ...
+    seed: int = 0  # ... and seed
+    allow_download: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DepthResult:
+    distance: np.ndarray  # [H, 2H] float32, finite, > 0 (metres, or normalised: see info['units'])
+    valid: np.ndarray  # [H, 2H] bool: measured
+    sky: np.ndarray  # [H, 2H] bool: no geometry (filled with sky_factor x max)
+    info: dict = field(default_factory=dict)
+
+
+def check_panorama(rgb, *, what: str = "panorama") -> np.ndarray:
+    """RGB panorama -> float32 [H, 2H, 3] in [0, 1]; InputError unless 2:1 and at most MAX_HEIGHT rows."""
+    shape = getattr(rgb, "shape", None)
+    if shape is not None and len(shape) == 3 and shape[0] > MAX_HEIGHT:  # before converting a huge array
+        raise InputError(f"{what} height must be in [8, {MAX_HEIGHT}] rows, got {shape[0]}; resize it")
+    rgb = as_rgb_image(rgb, what=what)
+    h, w = rgb.shape[:2]
+    if w != 2 * h:
+        raise InputError(f"a {what} must be 2:1 (width = 2 x height); got {w}x{h}")
+    if h > MAX_HEIGHT or h < 8:
+        raise InputError(f"{what} height must be in [8, {MAX_HEIGHT}] rows, got {h} ({w}x{h}); resize it")
+    return rgb
+
+
+def fill_invalid(distance: np.ndarray, valid: np.ndarray, sky_factor: float) -> np.ndarray:
+    """Invalid pixels -> sky_factor x the largest valid distance (all-invalid -> 1)."""
+    out = distance.astype(np.float32).copy()
+    far = float(out[valid].max()) * sky_factor if valid.any() else 1.0
+    out[~valid] = far
+    return out
+
+
+# --------------------------------------------------------------------------- moge
+
+
+def panorama_depth_from_model(rgb: np.ndarray, moge: LoadedMoGe, config: DepthConfig, *, device) -> DepthResult:
+    """12-view MoGe panorama depth with a loaded model (or any object with MoGe's ``infer``)."""
+    h = rgb.shape[0]
+    start = time.perf_counter()
+    views = icosahedron_views(config.view_size, config.view_fov)
+    pano = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device)  # [1, 3, H, 2H]
+    crops = torch.cat([crop_perspective(pano, v)[0] for v in views]).clamp(0, 1)  # [12, 3, s, s]
+    points, mask = infer_views(moge, crops, fov=config.view_fov, num_tokens=config.num_tokens,
+                               batch_size=config.batch_size, use_fp16=config.use_fp16)
+    t_views = time.perf_counter() - start
+    dist = points.norm(dim=-1)  # [12, s, s] distance along each view ray
+    valid = mask & torch.isfinite(dist) & (dist > 0)
+    log_d = torch.where(valid, dist.clamp_min(1e-12).log(), torch.zeros_like(dist))
+    merge_h = min(h, config.merge_height or MAX_MERGE_HEIGHT)
+    merge_h -= merge_h % 2
+    log_pano, seen, merge_info = merge_log_distances(log_d, valid, views, merge_h, MergeConfig())
+    t_merge = time.perf_counter() - start - t_views
+    if not seen.any():
+        raise InputError("MoGe found no valid geometry in any of the 12 views (all sky or undefined)")
+    if not moge.metric:  # arbitrary scale: geometric-mean distance over valid pixels = 1
+        log_pano = log_pano - log_pano[seen].mean()
+    distance = log_pano.exp()
+    if merge_h != h:
+        distance = resize_equirect(distance[None, None], h, mode="bilinear")[0, 0]
+        seen = resize_equirect(seen[None, None].float(), h, mode="nearest")[0, 0] > 0.5
+    valid_np = seen.cpu().numpy()
+    out = fill_invalid(distance.cpu().numpy(), valid_np, config.sky_factor)
+    info = {
+        "backend": "moge", "model": config.model, "checkpoint": moge.checkpoint, "moge_version": moge.version,
+        "metric": moge.metric, "units": "metres" if moge.metric else "normalised (geometric-mean distance = 1)",
+        "views": len(views), "view_size": config.view_size, "view_fov": config.view_fov, "merge_height": merge_h,
+        "merge": merge_info, "seconds_views": round(t_views, 3), "seconds_merge": round(t_merge, 3),
+        "valid_fraction": round(float(valid_np.mean()), 5),
+    }
+    return DepthResult(out, valid_np, ~valid_np, info)
+
+
+# --------------------------------------------------------------------------- prior
+
+
+def prior_distance(height: int, *, camera_height: float = 1.6, dome_radius: float = 30.0, sharpness: float = 4.0) -> np.ndarray:
+    """Heuristic distance [H, 2H]: ground plane ``camera_height`` below, dome of ``dome_radius`` above.
+
+    Below the horizon the ray meets the ground at t = camera_height / sin(-lat); the result is a
+    smooth minimum (t^-p + R^-p)^(-1/p) with the dome, so it is continuous at the horizon
+    (-> R) and everywhere else.
+    """
+    if camera_height <= 0 or dome_radius <= camera_height:
+        raise InputError(f"prior needs 0 < camera_height < dome_radius, got {camera_height} and {dome_radius}")
+    dirs = equirect_directions(height, dtype=torch.float64)
+    down = dirs[..., 1].clamp_min(0.0)  # y points down: the ground is at y = +camera_height
+    inv_ground = (down / camera_height) ** sharpness  # (1 / t_ground)^p, 0 above the horizon
+    dist = (inv_ground + dome_radius ** -sharpness) ** (-1.0 / sharpness)
+    return dist.numpy().astype(np.float32)
+
+
+# --------------------------------------------------------------------------- backends
+
+DepthBackend = Callable[..., DepthResult]
+DEPTH_BACKENDS: dict[str, DepthBackend] = {}
+
+
+def register_depth_backend(name: str):
+    def deco(fn: DepthBackend) -> DepthBackend:
+        DEPTH_BACKENDS[name] = fn
+        return fn
+
+    return deco
+
+
+@register_depth_backend("moge")
+def _moge_backend(rgb: np.ndarray, config: DepthConfig, *, device) -> DepthResult:
+    if not 16 <= config.view_size <= 2048:
+        raise InputError(f"view_size must be in [16, 2048], got {config.view_size}")
+    moge = load_moge(config.model, device=device, allow_download=config.allow_download)
+    return panorama_depth_from_model(rgb, moge, config, device=device)
+
+
+@register_depth_backend("prior")
+def _prior_backend(rgb: np.ndarray, config: DepthConfig, *, device) -> DepthResult:
+    h = rgb.shape[0]
+    dist = prior_distance(h, camera_height=config.camera_height, dome_radius=config.dome_radius)
+    ones = np.ones((h, 2 * h), bool)
+    return DepthResult(dist, ones, ~ones, {"backend": "prior", "units": "metres (heuristic, not measured)",
+                                          "camera_height": config.camera_height, "dome_radius": config.dome_radius})
+
+
+@register_depth_backend("file")
+def _file_backend(rgb: np.ndarray, config: DepthConfig, *, device) -> DepthResult:
+    if not config.path:
+        raise InputError("depth backend 'file' needs config.path: a .npz with 'distance' (optional 'sky', 'valid') or a .npy")
+    path = Path(config.path)
+    if path.suffix == ".npy":
+        try:
+            arrays = {"distance": np.load(path)}
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read {path} as .npy: {exc}") from None
+    elif path.suffix == ".npz":
+        from matrix_world.io import load_npz
+
+        arrays = load_npz(path, keys=("distance",))
+    else:
+        raise InputError(f"depth file {path} must be .npz (with 'distance') or .npy")
+    distance = np.asarray(arrays["distance"], dtype=np.float32)
+    h = rgb.shape[0]
+    if distance.ndim != 2 or distance.shape[1] != 2 * distance.shape[0]:
+        raise InputError(f"depth file {path}: distance must be a 2:1 array [H, 2H], got shape {distance.shape}")
+    valid = np.isfinite(distance) & (distance > 0)
+    if "valid" in arrays:
+        valid &= np.asarray(arrays["valid"], bool)
+    sky = np.asarray(arrays["sky"], bool) if "sky" in arrays else ~valid
+    valid &= ~sky
+    if distance.shape[0] != h:
+        def resize(a, mode):
+            return resize_equirect(torch.from_numpy(a.astype(np.float32))[None, None], h, mode=mode)[0, 0].numpy()
+        distance = resize(np.where(valid, distance, 0), "nearest")
+        valid, sky = resize(valid, "nearest") > 0.5, resize(sky, "nearest") > 0.5
+    out = fill_invalid(np.where(valid, distance, 0.0), valid, config.sky_factor)
+    return DepthResult(out, valid, sky, {"backend": "file", "path": str(path), "units": "as in the file"})
+
+
+@register_depth_backend("procedural")
+def _procedural_backend(rgb: np.ndarray, config: DepthConfig, *, device) -> DepthResult:
+    try:
+        from matrix_world.datasets.procedural import procedural_panorama
+    except ImportError as exc:
+        raise InputError(f"the procedural depth backend needs matrix_world.datasets.procedural, which is not available ({exc})") from None
+    h = rgb.shape[0]
+    ref_rgb, distance, sky, _ = procedural_panorama(config.prompt or "", h, int(config.seed))
+    if np.abs(np.asarray(ref_rgb, np.float32) - rgb).mean() > 2.0 / 255.0:
+        raise InputError("procedural depth: the panorama is not the procedural one for this prompt/seed/size "
+                         "(set DepthConfig.prompt and seed to those of the procedural panorama)")
+    sky = np.asarray(sky, bool)
+    distance = np.asarray(distance, np.float32)
+    valid = ~sky & np.isfinite(distance) & (distance > 0)
+    out = fill_invalid(np.where(valid, distance, 0.0), valid, config.sky_factor)
+    return DepthResult(out, valid, sky, {"backend": "procedural", "units": "metres (synthetic ground truth)",
+                                          "prompt": config.prompt or "", "seed": int(config.seed)})
+
+
+def estimate_depth(rgb, config: DepthConfig | None = None, *, device="cpu") -> DepthResult:
+    """Run the depth stage on a panorama (path, PIL image or array [H, 2H, 3]) -> DepthResult."""
+    config = config or DepthConfig()
+    rgb = check_panorama(rgb)
+    backend, reason = config.backend, "requested"
+    if backend == "auto":
+        if weights_available(config.model, None if Path(config.model).expanduser().exists() else "model.pt"):
+            backend, reason = "moge", f"{config.model} is available locally"
+        else:
+            backend, reason = "prior", f"{config.model} is not on this machine: using the ground-plane/dome heuristic"
+    if backend not in DEPTH_BACKENDS:
+        raise InputError(f"unknown depth backend {backend!r}; expected one of {['auto', *DEPTH_BACKENDS]}")
+    start = time.perf_counter()
+    result = DEPTH_BACKENDS[backend](rgb, replace(config, backend=backend), device=device)
+    result.info.setdefault("backend", backend)
+    result.info["backend_reason"] = reason
+    result.info["seconds"] = round(time.perf_counter() - start, 3)
+    h = rgb.shape[0]
+    for name in ("distance", "valid", "sky"):
+        if getattr(result, name).shape != (h, 2 * h):
+            raise RuntimeError(f"depth backend {backend} returned {name} of shape {getattr(result, name).shape}, expected {(h, 2 * h)}")
+    if not np.isfinite(result.distance).all() or (result.distance <= 0).any():
+        raise RuntimeError(f"depth backend {backend} returned non-finite or non-positive distances")
+    return result
+
+
+__all__ = ["DepthConfig", "DepthResult", "estimate_depth", "DEPTH_BACKENDS", "register_depth_backend",
+           "panorama_depth_from_model", "prior_distance", "estimate_fov", "check_panorama"]
