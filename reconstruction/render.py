@@ -74,6 +74,7 @@ class Cameras:
             self.w2c = self.w2c[None]
         if self.K.dim() == 2:
             self.K = self.K[None].expand(self.w2c.shape[0], 3, 3)
+        self.w2c, self.K = self.w2c.contiguous(), self.K.contiguous()  # gsplat's kernels read raw memory
         if self.w2c.shape[1:] != (4, 4) or self.K.shape != (self.w2c.shape[0], 3, 3):
             raise InputError(f"cameras need w2c [C, 4, 4] and K [C, 3, 3], got {tuple(self.w2c.shape)} and {tuple(self.K.shape)}")
         if int(self.width) <= 0 or int(self.height) <= 0:
@@ -99,6 +100,7 @@ class Cameras:
         return self.w2c.shape[0]
 
     def to(self, device=None, dtype: torch.dtype | None = torch.float32) -> "Cameras":
+        """Move/cast (float32 by default: what gsplat's CUDA kernels take)."""
         return Cameras(self.w2c.to(device=device, dtype=dtype), self.K.to(device=device, dtype=dtype), self.width, self.height)
 
 

@@ -163,7 +163,7 @@ def test_panorama_of_a_shell_is_seamless():
     covered = pano.alpha[0] > 0.95
     # splat depth is the alpha-weighted z of the Gaussians' centres, so it sits a little in front
     # of the shell, most towards the corners of the cube faces (rays 45-55 degrees off-axis)
-    assert ((pano.distance[0][covered] - 2.0).abs() < 0.2).all()
+    assert ((pano.distance[0][covered] - 2.0).abs() < 0.25).all()
     # no seams: neighbouring columns (and the wrap-around) differ little, like the rows do
     dist = pano.distance[0]
     col_step = (dist - torch.roll(dist, 1, dims=1)).abs().max()
@@ -211,4 +211,6 @@ def test_cuda_matches_cpu_reference():
     for ga, gb in zip(grads["cuda"], grads["cpu"]):
         cos = torch.nn.functional.cosine_similarity(ga.flatten(), gb.flatten(), dim=0)
         assert cos > 0.99
-    assert torch.equal(outs["cuda"].info["radii"], outs["cpu"].info["radii"])
+    # screen radii (integer ceil of float32 maths) agree but for rare rounding at integer boundaries
+    diff = (outs["cuda"].info["radii"] - outs["cpu"].info["radii"]).abs()
+    assert diff.max() <= 1 and (diff == 0).float().mean() > 0.99
