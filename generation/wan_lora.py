@@ -62,14 +62,18 @@ OFFICIAL_REPO = "Skywork/Matrix-3D"
 
 def read_lora_file(path: str | Path) -> dict[str, Tensor]:
     """Read a LoRA state dict: .safetensors, or a torch pickle loaded with weights_only=True."""
+    import pickle
+
     path = Path(path)
+    if not path.is_file():
+        raise InputError(f"LoRA file {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError, EOFError) as exc:  # pickle errors surface as these
+    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as exc:
         raise InputError(f"cannot read LoRA file {path} with torch.load(weights_only=True): {exc}") from None
     if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), dict):
         obj = next(iter(obj.values()))  # {'state_dict': {...}} / {'module': {...}}
@@ -212,5 +216,8 @@ def load_lora(
 
 def unload_lora(pipe) -> None:
     """Undo :func:`load_lora`: unfuse if fused, then remove the LoRA layers."""
-    pipe.unfuse_lora(components=["transformer"])
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if any(isinstance(m, BaseTunerLayer) and m.merged for m in pipe.transformer.modules()):
+        pipe.unfuse_lora(components=["transformer"])
     pipe.unload_lora_weights()
