@@ -1,0 +1,367 @@
+"""The splat viewer: .ply reading, browser budget, trajectory discovery, the viser scene,
+and a real headless-browser check that the page draws the splats where they should be.
+
+The browser test needs Debian's ``chromium`` (or Chrome). It is skipped with a reason when
+none is found, unless ``MATRIX_WORLD_INSTALL_BROWSER=1`` is set and we run as root on a
+Debian-like system: then the test installs it with apt-get first (CI's way; a developer
+machine is never changed without asking).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from matrix_world.errors import InputError
+from matrix_world.gaussians import Gaussians
+from matrix_world.splat_io import load_splats, write_ply
+from matrix_world.viewer import (
+    TRAJECTORY_COLORS, ViewerConfig, find_camera_paths, read_camera_path, resolve_world, splats_for_browser, start_viewer,
+)
+
+pytest.importorskip("viser", reason="the viewer needs viser: pip install viser==1.1.1")
+
+REPO = Path(__file__).resolve().parents[1]
+# Three coloured clusters in front of the start camera: red left (-x), green right (+x),
+# blue above (-y is up in OpenCV).
+# (Placed to stay clear of viser's panel at the top right of an 800x600 page.)
+CLUSTERS = {"red": ((-1.0, 0.6, 4.0), (1.0, 0.0, 0.0)), "green": ((1.0, 0.6, 4.0), (0.0, 1.0, 0.0)),
+            "blue": ((0.0, -0.4, 4.0), (0.0, 0.0, 1.0))}
+START = (0.0, 0.0, -1.0)  # first trajectory pose: 1 unit behind the world origin, looking +z
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def write_world(path: Path, means, rgb, scales, opacities, quats) -> None:
+    """A standard 3DGS .ply from activated values (numpy)."""
+    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    write_ply(path, Gaussians.from_values(t(means), t(rgb), t(scales), t(opacities), t(quats)))
+
+
+def pose(position, yaw_deg: float = 0.0) -> np.ndarray:
+    """OpenCV c2w [4, 4]: camera at ``position`` turned right by ``yaw_deg`` about -y."""
+    a = math.radians(yaw_deg)
+    c2w = np.eye(4)
+    c2w[:3, :3] = [[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]]
+    c2w[:3, 3] = position
+    return c2w
+
+
+def write_trajectory(path: Path, poses) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"convention": "opencv_c2w", "poses": [p.reshape(16).tolist() for p in poses], "fps": 16}))
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    """A run directory with a few hundred coloured Gaussians and a short forward trajectory."""
+    rng = np.random.default_rng(0)
+    means, rgb = [], []
+    for centre, colour in CLUSTERS.values():
+        means.append(rng.normal(centre, 0.12, (100, 3)))
+        rgb.append(np.tile(colour, (100, 1)))
+    means, rgb = np.concatenate(means), np.concatenate(rgb)
+    n = len(means)
+    quats = rng.normal(size=(n, 4))
+    quats /= np.linalg.norm(quats, axis=1, keepdims=True)
+    write_world(tmp_path / "world.ply", means, rgb, np.full((n, 3), 0.06), np.full(n, 0.95), quats)
+    # A path curving to the right and down from the start pose (a straight line through the
+    # camera would project to a point).
+    poses = [pose((0.08 * i * i, 0.1 * i, -1.0 + 0.5 * i)) for i in range(6)]
+    write_trajectory(tmp_path / "trajectory.json", poses)
+    (tmp_path / "manifest.json").write_text(json.dumps({"segments": {}}))
+    return tmp_path
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_ply_to_browser_arrays_covariances_colours_opacities(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 50
+    means = rng.normal(size=(n, 3))
+    rgb = rng.uniform(0.05, 0.95, (n, 3))
+    scales = rng.uniform(0.01, 0.5, (n, 3))
+    opac = rng.uniform(0.05, 0.95, n)
+    quats = rng.normal(size=(n, 4))
+    quats /= np.linalg.norm(quats, axis=1, keepdims=True)
+    write_world(tmp_path / "g.ply", means, rgb, scales, opac, quats)
+
+    splats = splats_for_browser(load_splats(tmp_path / "g.ply"))
+    assert len(splats) == splats.total == n
+    np.testing.assert_allclose(splats.centers, means, atol=1e-6)
+    np.testing.assert_allclose(splats.rgbs, rgb, atol=1e-5)
+    np.testing.assert_allclose(splats.opacities[:, 0], opac, atol=1e-5)
+    # Independent covariance: rotation from scipy (x, y, z, w order) and R S^2 R^T.
+    from scipy.spatial.transform import Rotation
+
+    rot = Rotation.from_quat(quats[:, [1, 2, 3, 0]]).as_matrix()
+    expected = rot @ (scales[:, :, None] ** 2 * rot.transpose(0, 2, 1))
+    np.testing.assert_allclose(splats.covariances, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_browser_budget_drops_invisible_and_keeps_most_important():
+    n = 10
+    g = Gaussians.from_values(
+        means=torch.zeros(n, 3), rgb=torch.full((n, 3), 0.5),
+        scales=torch.linspace(0.1, 1.0, n), opacities=torch.full((n,), 0.5))
+    g.opacity_logits[0] = -10.0  # opacity 4.5e-5: draws nothing
+    splats = splats_for_browser(g, max_gaussians=4)
+    assert splats.total == n and len(splats) == 4
+    # Importance = opacity x volume: the four largest (indices 6..9) survive.
+    kept = np.sort(np.sqrt(np.diagonal(splats.covariances, axis1=1, axis2=2))[:, 0])
+    np.testing.assert_allclose(kept, np.linspace(0.1, 1.0, n)[6:], rtol=1e-5)
+    assert len(splats_for_browser(g, max_gaussians=100)) == n - 1
+    with pytest.raises(InputError):
+        splats_for_browser(g, max_gaussians=0)
+
+
+def test_trajectories_of_chained_segments(run_dir):
+    seg_a = [pose((0.08 * i * i, 0.1 * i, -1.0 + 0.5 * i)) for i in range(6)]  # same as the run's: drawn once
+    seg_b = [pose((2.0, 0.5, 1.5 + 0.4 * i), yaw_deg=10.0 * i) for i in range(4)]
+    write_trajectory(run_dir / "segments" / "a" / "trajectory.json", seg_a)
+    write_trajectory(run_dir / "segments" / "b" / "trajectory.json", seg_b)
+    (run_dir / "manifest.json").write_text(json.dumps({"segments": {"a": "segments/a", "b": "segments/b", "c": "segments/c"}}))
+
+    paths = find_camera_paths(run_dir)
+    assert [p.name for p in paths] == ["run", "segment b"]
+    np.testing.assert_allclose(paths[1].c2w, np.stack(seg_b))
+    np.testing.assert_allclose(paths[0].positions[-1], (2.0, 0.5, 1.5))
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, run_dir, capsys):
+    with pytest.raises(InputError, match="does not exist"):
+        resolve_world(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no world.ply"):
+        resolve_world(tmp_path / "empty")
+    with pytest.raises(InputError, match="not a splat file"):
+        resolve_world(run_dir / "trajectory.json")
+    assert resolve_world(run_dir / "world.ply") == (run_dir / "world.ply", run_dir)
+    (tmp_path / "empty" / "bad.ply").write_text("not a ply")
+    assert resolve_world(tmp_path / "empty" / "bad.ply") == (tmp_path / "empty" / "bad.ply", None)
+    with pytest.raises(InputError, match="not a valid PLY"):
+        start_viewer(tmp_path / "empty" / "bad.ply", ViewerConfig(port=0))
+    (tmp_path / "traj.json").write_text(json.dumps({"convention": "opengl_c2w", "poses": [np.eye(4).ravel().tolist()]}))
+    with pytest.raises(InputError, match="opengl_c2w"):
+        read_camera_path(tmp_path / "traj.json")
+    # The script: one line on stderr, exit code 2.
+    spec = importlib.util.spec_from_file_location("view_script", REPO / "scripts" / "view.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "does not exist" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- the scene
+
+
+def test_scene_starts_at_first_pose_and_draws_trajectory(run_dir):
+    viewer = start_viewer(run_dir, ViewerConfig(port=0, max_frustums=4))
+    try:
+        assert viewer.url == f"http://127.0.0.1:{viewer.port}" and viewer.port > 0
+        assert len(viewer.splats) == 300
+        np.testing.assert_allclose(viewer.server.initial_camera.position, START)
+        look = viewer.server.initial_camera.look_at - np.asarray(START)
+        np.testing.assert_allclose(look / np.linalg.norm(look), (0.0, 0.0, 1.0), atol=1e-12)
+        assert len(viewer.frustum_handles) == 4  # 6 poses, at most 4 frustums: first and last kept
+        np.testing.assert_allclose(viewer.frustum_handles[-1].position, (2.0, 0.5, 1.5), atol=1e-6)
+        points = viewer.path_handles[0].points  # [C-1, 2, 3]
+        np.testing.assert_allclose(points[:, 0], viewer.paths[0].positions[:-1], atol=1e-6)
+        np.testing.assert_allclose(points[:, 1], viewer.paths[0].positions[1:], atol=1e-6)
+    finally:
+        viewer.stop()
+
+
+# --------------------------------------------------------------------------- a real browser
+
+
+def _find_browser() -> str | None:
+    names = [os.environ.get("MATRIX_WORLD_CHROMIUM", ""), "chromium", "chromium-browser", "google-chrome", "chrome"]
+    return next((shutil.which(n) for n in names if n and shutil.which(n)), None)
+
+
+def chromium_or_skip() -> str:
+    """Path of a Chromium/Chrome; installs Debian's ``chromium`` only when asked to (see module doc)."""
+    found = _find_browser()
+    if found:
+        return found
+    if os.environ.get("MATRIX_WORLD_INSTALL_BROWSER") != "1":
+        pytest.skip("no chromium/chrome found: install it (Debian: apt-get install -y chromium) "
+                    "or set MATRIX_WORLD_INSTALL_BROWSER=1 to let the test install it (root, apt-get)")
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("MATRIX_WORLD_INSTALL_BROWSER=1 but installing chromium needs root and apt-get")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+        if done.returncode != 0:
+            pytest.skip(f"could not install chromium ({' '.join(cmd)} failed: {done.stderr.strip()[-300:]})")
+    return _find_browser() or pytest.skip("apt-get installed chromium but no chromium executable is on PATH")
+
+
+class HeadlessChromium:
+    """Headless Chromium with software WebGL, driven over the DevTools protocol (real time,
+    so the page's websocket and render loop run as in a normal browser)."""
+
+    def __init__(self, executable: str, size=(800, 600)):
+        import re
+        import urllib.request
+
+        self.size = size
+        self._profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
+        self.process = subprocess.Popen(
+            [executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={self._profile.name}", "--use-gl=angle", "--use-angle=swiftshader",
+             "--enable-unsafe-swiftshader", "--hide-scrollbars", f"--window-size={size[0]},{size[1]}",
+             "--remote-debugging-port=0", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        lines = []
+        for line in self.process.stderr:  # Chromium prints its DevTools address first thing
+            lines.append(line)
+            found = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
+            if found:
+                break
+        else:
+            self.close()
+            raise AssertionError(f"chromium did not start: {''.join(lines)[-1500:]}")
+        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{found.group(1)}/json/list", timeout=10))
+        page = next(t for t in targets if t["type"] == "page")
+        from websockets.sync.client import connect
+
+        self._ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
+        self._id = 0
+        self._events: list[str | None] = []
+        self.call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1, mobile=False)
+
+    def call(self, method: str, **params) -> dict:
+        self._id += 1
+        self._ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        while True:  # keep events for wait_event until our answer comes
+            message = json.loads(self._ws.recv(timeout=30))
+            if message.get("id") == self._id:
+                assert "error" not in message, f"{method}: {message['error']}"
+                return message["result"]
+            self._events.append(message.get("method"))
+
+    def navigate(self, url: str, timeout: float = 20.0) -> None:
+        """Open ``url`` and wait for its load event."""
+        self._events.clear()
+        self.call("Page.enable")
+        self.call("Page.navigate", url=url)
+        deadline = time.monotonic() + timeout
+        while "Page.loadEventFired" not in self._events:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"{url} did not load in {timeout} s"
+            self._events.append(json.loads(self._ws.recv(timeout=remaining)).get("method"))
+
+    def text(self) -> str:
+        return self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''")["result"].get("value", "")
+
+    def screenshot(self) -> np.ndarray:
+        """The page as uint8 [H, W, 3]."""
+        import base64
+
+        import imageio.v3 as iio
+
+        return iio.imread(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))[..., :3]
+
+    def settled_screenshot(self, ready, timeout: float = 20.0) -> np.ndarray:
+        """Poll until ``ready(text)`` holds and two screenshots 0.3 s apart are identical."""
+        deadline, previous = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            image = self.screenshot()
+            if previous is not None and np.array_equal(image, previous) and ready(self.text()):
+                return image
+            previous = image
+            time.sleep(0.3)
+        raise AssertionError(f"page did not settle in {timeout} s; its text: {self.text()[:300]!r}")
+
+    def close(self) -> None:
+        if getattr(self, "_ws", None) is not None:
+            self._ws.close()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._profile.cleanup()
+
+
+def expected_pixel(point, start, size=(800, 600), fov_deg: float = 75.0) -> tuple[int, int]:
+    """Where a world point lands in the page for a camera at ``start`` looking +z with -y up
+    (viser's default vertical fov is 75 degrees; the canvas fills the window)."""
+    f = size[1] / 2 / math.tan(math.radians(fov_deg) / 2)
+    x, y, z = np.asarray(point) - np.asarray(start)
+    return round(size[0] / 2 + f * x / z), round(size[1] / 2 + f * y / z)
+
+
+def colour_fraction(image: np.ndarray, centre: tuple[int, int], colour, radius: int = 6) -> float:
+    """Fraction of pixels in a (2r+1)^2 window that are clearly ``colour`` (a primary)."""
+    u, v = centre
+    patch = image[v - radius:v + radius + 1, u - radius:u + radius + 1].astype(int)
+    on = np.asarray(colour) > 0.5
+    strong = (patch[..., on] > 120).all(-1) & (patch[..., ~on] < 90).all(-1)
+    return float(strong.mean())
+
+
+def check_clusters(with_splats: np.ndarray, without: np.ndarray | None, camera_position) -> None:
+    """Each cluster is drawn in its colour where a camera at ``camera_position`` looking +z
+    sees it (this checks the camera pose, the -y up direction and left/right), and that
+    colour is gone there once the splats are hidden."""
+    for name, (centre, colour) in CLUSTERS.items():
+        u, v = expected_pixel(centre, camera_position)
+        assert colour_fraction(with_splats, (u, v), colour) > 0.5, f"{name} splats not drawn at {(u, v)}"
+        if without is None:
+            continue
+        assert colour_fraction(without, (u, v), colour) == 0.0, f"{name} colour at {(u, v)} without splats"
+        diff = np.abs(with_splats[v - 6:v + 7, u - 6:u + 7].astype(int) - without[v - 6:v + 7, u - 6:u + 7])
+        assert diff.mean() > 60, f"{name}: the page barely changes at {(u, v)} when the splats are hidden"
+
+
+def test_headless_browser_draws_splats_where_they_are(run_dir, tmp_path):
+    import imageio.v3 as iio
+
+    browser = HeadlessChromium(chromium_or_skip())
+    viewer = start_viewer(run_dir, ViewerConfig(port=0))
+    shots = {}
+    try:
+        browser.navigate(viewer.url)
+        # Our panel text comes after the splats in viser's message stream: once it shows and
+        # the picture stops changing, the splats have arrived and faded in.
+        shots["start"] = browser.settled_screenshot(lambda text: "300 splats" in text)
+        # "Go to frame": move the browser's camera to trajectory frame 2.
+        (client,) = viewer.server.get_clients().values()
+        viewer.move_camera(client, viewer.paths[0].c2w[2])
+        time.sleep(0.5)
+        shots["frame2"] = browser.settled_screenshot(lambda text: True)
+        viewer.splat_handle.visible = False
+        time.sleep(0.5)
+        shots["frame2_hidden"] = browser.settled_screenshot(lambda text: True)
+    finally:
+        browser.close()
+        viewer.stop()
+        for name, image in shots.items():  # kept in tmp_path for a look when it fails
+            iio.imwrite(tmp_path / f"{name}.png", image)
+    assert all(image.shape == (600, 800, 3) for image in shots.values())
+
+    check_clusters(shots["start"], None, START)  # the camera starts at the first trajectory pose
+    check_clusters(shots["frame2"], shots["frame2_hidden"], viewer.paths[0].c2w[2, :3, 3])
+    # The trajectory (first trajectory colour) is drawn with and without splats.
+    traj = np.asarray(TRAJECTORY_COLORS[0])
+    for image in shots.values():
+        assert (np.abs(image.astype(int) - traj).max(-1) < 40).sum() > 20
