@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from matrix_world.errors import InputError, MissingDependencyError
 from matrix_world.io import OutputError

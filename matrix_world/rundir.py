@@ -46,8 +46,9 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from matrix_world.errors import InputError
 from matrix_world.io import OutputError, write_text
@@ -130,7 +131,7 @@ class Stage:
     info: extra JSON-able facts to record (e.g. frame count, chosen device).
     """
 
-    def __init__(self, run: "RunDir", name: str, config: dict, inputs: dict, outputs: list[str],
+    def __init__(self, run: RunDir, name: str, config: dict, inputs: dict, outputs: list[str],
                  backend: str | None, digest: str, done: bool):
         self.run = run
         self.name = name
@@ -367,7 +368,7 @@ class RunDir:
 
     # ----------------------------------------------------------------- segments
 
-    def segment(self, name: str, *, seed: int | None = None) -> "RunDir":
+    def segment(self, name: str, *, seed: int | None = None) -> RunDir:
         """A sub-run in ``segments/<name>/`` with its own manifest (chained exploration)."""
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"invalid segment name {name!r}")

@@ -21,16 +21,22 @@ Steps (each a resumable stage of :class:`~matrix_world.rundir.RunDir`):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from matrix_world.errors import InputError
-from matrix_world.io import read_image, to_uint8, save_npz, write_video
+from matrix_world.io import read_image, save_npz, to_uint8, write_video
 from matrix_world.rundir import RunDir
-from matrix_world.trajectory import PRESETS, Trajectory, load_trajectory, snap_yaw, turn_equirect
+from matrix_world.trajectory import (
+    PRESETS,
+    Trajectory,
+    load_trajectory,
+    snap_yaw,
+    turn_equirect,
+)
 
 BACKENDS = ("auto", "cpu", "cuda")
 CUSTOM_SCALES = {"auto": None, "keep": False, "fit": True}
@@ -52,6 +58,7 @@ class ScaffoldJob:
     custom_scale: str = "auto"  # files: auto | keep | fit (Matrix-3D's rescaling)
     fps: float | None = None
     backend: str = "auto"
+    device: str | None = None  # cuda backend: which GPU (cuda, cuda:1)
     occlusion_threshold: float = 0.05
     mesh_out: str | None = None  # None | "ply" | "glb"
     allow_convert: bool = False
@@ -124,15 +131,33 @@ def load_distance(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     return d
 
 
-def resolve_backend(backend: str) -> str:
-    """``auto`` -> ``cuda`` when a CUDA device is present, else ``cpu``."""
+def resolve_backend(backend: str, device: str | None = None) -> tuple[str, str]:
+    """(backend, torch device) to render with.
+
+    ``auto`` -> ``cuda`` when a CUDA GPU and nvdiffrast are usable, else ``cpu``.
+    ``cuda`` without a GPU raises InputError; a missing nvdiffrast surfaces as
+    MissingDependencyError (with its pip command) when rendering starts.
+    """
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    if backend != "auto":
-        return backend
+    if device is not None and not str(device).startswith(("cpu", "cuda")):
+        raise InputError(f"--device {device!r}; expected cpu, cuda or cuda:N")
+    if backend == "auto":
+        if device is not None:
+            backend = "cuda" if str(device).startswith("cuda") else "cpu"
+        else:
+            from matrix_world.scaffold.raster_cuda import nvdiffrast_available
+
+            backend = "cuda" if nvdiffrast_available() else "cpu"
+    if backend == "cpu":
+        if device is not None and str(device) != "cpu":
+            raise InputError(f"backend cpu renders on the CPU; got --device {device}")
+        return "cpu", "cpu"
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise InputError("backend cuda needs a CUDA GPU, and none is visible; use --backend cpu")
+    return "cuda", str(device or "cuda")
 
 
 # --------------------------------------------------------------------------- the job
@@ -150,7 +175,6 @@ def check_job(job: ScaffoldJob) -> None:
         raise InputError(f"--mesh-out {job.mesh_out!r}; expected ply or glb")
     if not (math.isfinite(job.move) and job.move > 0):
         raise InputError(f"--move {job.move}; expected a fraction of the forward distance > 0")
-    resolve_backend(job.backend)
     out = Path(job.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"output folder {out} is a file; expected a folder (created if missing)")
@@ -170,7 +194,7 @@ def run_scaffold_job(job: ScaffoldJob, log: Callable[[str], None] = print,
     traj = load_trajectory(job.trajectory, distance, job.frames, rescale=CUSTOM_SCALES[job.custom_scale],
                            yaw=job.yaw, scale=job.move, fps=job.fps)
     traj, columns = snap_yaw(traj, w)
-    backend = resolve_backend(job.backend)
+    backend, device = resolve_backend(job.backend, job.device)
 
     run = RunDir(job.out, force=job.force)
     run.set_inputs(panorama=job.panorama, distance=job.distance,
@@ -200,36 +224,44 @@ def run_scaffold_job(job: ScaffoldJob, log: Callable[[str], None] = print,
     with run.stage("scaffold", config, inputs=["trajectory.json"],
                    files={"panorama": job.panorama, "distance": job.distance}, outputs=outputs, backend=backend) as st:
         if not st.done:
-            _render_into(st, pano, distance, traj, columns, job.height, backend, mesh_config, job.mesh_out, log)
+            _render_into(st, pano, distance, traj, columns, job.height, backend, device, mesh_config, job.mesh_out, log)
     if st.done:
         log(f"scaffold: up to date in {run.path} (reused)")
     return run
 
 
-def _render_into(st, pano, distance, traj: Trajectory, columns: int, height: int, backend: str, mesh_config,
-                 mesh_out: str | None, log: Callable[[str], None]) -> None:
-    """Build the mesh of the turned panorama, render it along ``traj`` and write the stage outputs."""
+def _render_into(st, pano: np.ndarray, distance: np.ndarray, traj: Trajectory, columns: int, height: int,
+                 backend: str, device: str, mesh_config, mesh_out: str | None, log: Callable[[str], None]) -> None:
+    """Build the mesh of the turned panorama, render it along ``traj`` and write the stage outputs.
+
+    pano: [H, W, 3] float32, distance: [H, W] float32 (+inf = sky), both untouched by the turn.
+    """
     import time
+
+    import torch
 
     from matrix_world.scaffold.mesh import build_scaffold_mesh, export_mesh
     from matrix_world.scaffold.render import render_scaffold
 
-    pano = turn_equirect(pano, columns)
-    distance = turn_equirect(distance, columns)
+    pano_t = torch.from_numpy(np.ascontiguousarray(turn_equirect(pano, columns))).to(device)
+    dist_t = torch.from_numpy(np.ascontiguousarray(turn_equirect(distance, columns))).to(device)
+    sync = torch.cuda.synchronize if backend == "cuda" else (lambda: None)
     t0 = time.perf_counter()
-    mesh = build_scaffold_mesh(pano, distance, mesh_config)
+    mesh = build_scaffold_mesh(pano_t, dist_t, mesh_config)  # on `device`, panorama camera frame
+    sync()
     t1 = time.perf_counter()
-    frames = render_scaffold(mesh, traj.c2w, height, backend=backend, pano_rgb=pano)
+    frames = render_scaffold(mesh, traj.c2w.to(device), height, backend=backend, pano_rgb=pano_t)
+    sync()
     t2 = time.perf_counter()
-    rgb = to_uint8(frames.rgb.cpu().numpy() if hasattr(frames.rgb, "cpu") else frames.rgb)  # [F, H, 2H, 3]
-    mask = np.asarray(frames.mask.cpu().numpy() if hasattr(frames.mask, "cpu") else frames.mask, dtype=bool)
+    rgb = to_uint8(frames.rgb.cpu().numpy())  # [F, H, 2H, 3]
+    mask = frames.mask.cpu().numpy().astype(bool)  # [F, H, 2H]
     save_npz(st.path("scaffold.npz"), rgb=rgb, mask=mask)
     write_video(st.path("scaffold_rgb.mp4"), rgb, fps=traj.fps)
     write_video(st.path("scaffold_mask.mp4"), mask.astype(np.uint8) * 255, fps=traj.fps)
     if mesh_out:
         export_mesh(mesh, st.path(f"scaffold_mesh.{mesh_out}"))
     known = float(mask.mean())
-    st.info.update(frames=int(rgb.shape[0]), height=int(rgb.shape[1]), width=int(rgb.shape[2]),
+    st.info.update(device=str(device), frames=int(rgb.shape[0]), height=int(rgb.shape[1]), width=int(rgb.shape[2]),
                    mesh_vertices=int(mesh.vertices.shape[0]), mesh_faces=int(mesh.faces.shape[0]),
                    mesh_seconds=round(t1 - t0, 4), render_seconds=round(t2 - t1, 4), known_fraction=round(known, 4))
     log(f"scaffold: {rgb.shape[0]} frames {rgb.shape[2]}x{rgb.shape[1]}, backend {backend}, "

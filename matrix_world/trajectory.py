@@ -49,7 +49,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from matrix_world.cameras import c2w_to_w2c, make_pose, rigidity_error, rotation_yaw, w2c_to_c2w
+from matrix_world.cameras import (
+    c2w_to_w2c,
+    make_pose,
+    rigidity_error,
+    rotation_yaw,
+    w2c_to_c2w,
+)
 from matrix_world.equirect import direction_to_lonlat
 from matrix_world.errors import InputError
 from matrix_world.io import write_text
@@ -115,7 +121,7 @@ class Trajectory:
         write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
-    def from_dict(cls, data: dict, *, source: str = "trajectory") -> "Trajectory":
+    def from_dict(cls, data: dict, *, source: str = "trajectory") -> Trajectory:
         """Parse our JSON form exactly as stored (no re-expression, no rescaling)."""
         if not isinstance(data, dict):
             raise InputError(f"{source}: expected a JSON object with \"convention\" and \"poses\"")
@@ -136,7 +142,7 @@ class Trajectory:
         return cls(torch.from_numpy(c2w), fps=fps, yaw=yaw, name=name, meta=meta)
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "Trajectory":
+    def from_json(cls, path: str | os.PathLike) -> Trajectory:
         """Read our JSON form exactly as stored (bit-exact inverse of :meth:`to_json`)."""
         return cls.from_dict(_read_json(path), source=str(path))
 
@@ -242,7 +248,7 @@ def distance_along(distance, directions: Tensor) -> Tensor:
 
 def yaw_to_columns(yaw: float, width: int) -> int:
     """Whole columns (in [0, W)) that turn a W-wide panorama right by about ``yaw`` degrees."""
-    return int(round(yaw / 360.0 * width)) % width
+    return round(yaw / 360.0 * width) % width
 
 
 def turn_equirect(image: np.ndarray | Tensor, columns: int, axis: int = 1):

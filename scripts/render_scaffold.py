@@ -17,7 +17,12 @@ import sys
 from pathlib import Path
 
 from matrix_world.cli import finite_float, note, positive_float, positive_int, run_main
-from matrix_world.scaffold_job import BACKENDS, CUSTOM_SCALES, ScaffoldJob, run_scaffold_job
+from matrix_world.scaffold_job import (
+    BACKENDS,
+    CUSTOM_SCALES,
+    ScaffoldJob,
+    run_scaffold_job,
+)
 from matrix_world.trajectory import PRESETS
 
 
@@ -41,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the distance in its direction); auto = fit Matrix-3D lists, keep our JSON")
     p.add_argument("--fps", type=positive_float, default=None, help="video frame rate (default: the file's, or 16)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="renderer: cuda (nvdiffrast) or cpu")
+    p.add_argument("--device", default=None, help="cuda backend: which GPU, e.g. cuda:1 (default cuda)")
     p.add_argument("--occlusion-threshold", type=positive_float, default=0.05,
                    help="a vertex is unknown where (max-min)/d over its 3x3 neighbourhood exceeds this")
     p.add_argument("--mesh-out", choices=("ply", "glb"), default=None, help="also write DIR/scaffold_mesh.ply or .glb")
@@ -54,7 +60,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     job = ScaffoldJob(panorama=args.panorama, distance=args.distance, trajectory=args.trajectory, out=args.out,
                       frames=args.frames, height=args.height, yaw=args.yaw, move=args.move,
-                      custom_scale=args.custom_scale, fps=args.fps, backend=args.backend,
+                      custom_scale=args.custom_scale, fps=args.fps, backend=args.backend, device=args.device,
                       occlusion_threshold=args.occlusion_threshold, mesh_out=args.mesh_out,
                       allow_convert=args.allow_convert, force=args.force)
     run = run_scaffold_job(job, log=lambda msg: print(msg, flush=True), note=note)

@@ -186,15 +186,12 @@ def test_bad_output_folders_and_outputs(tmp_path):
     with pytest.raises(InputError, match="unreadable"):
         RunDir(tmp_path / "bad")
     run = RunDir(tmp_path / "ok")
-    with pytest.raises(ValueError, match="relative path inside"):
-        with run.stage("s", {}, outputs=["../escape.txt"]):
-            pass
-    with pytest.raises(ValueError, match="did not declare"):
-        with run.stage("s", {}, outputs=["a.txt"]) as st:
-            st.path("b.txt")
-    with pytest.raises(InputError, match="does not exist"):
-        with run.stage("s", {}, outputs=["a.txt"], inputs=["nope.npz"]):
-            pass
+    with pytest.raises(ValueError, match="relative path inside"), run.stage("s", {}, outputs=["../escape.txt"]):
+        pass
+    with pytest.raises(ValueError, match="did not declare"), run.stage("s", {}, outputs=["a.txt"]) as st:
+        st.path("b.txt")
+    with pytest.raises(InputError, match="does not exist"), run.stage("s", {}, outputs=["a.txt"], inputs=["x.npz"]):
+        pass
 
 
 def test_segments_and_canonical_hash(tmp_path):
