@@ -184,7 +184,10 @@ def read_ply(path: str | os.PathLike, *, opacity: str = "auto", fuse_filter_3d: 
         _note(f"{path.name}: ignored non-standard properties: {', '.join(extra)}")
 
     def col(*names: str) -> torch.Tensor:
-        return torch.from_numpy(np.stack([np.asarray(data[name], dtype=np.float32) for name in names], axis=1))
+        try:
+            return torch.from_numpy(np.stack([np.asarray(data[name], dtype=np.float32) for name in names], axis=1))
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"{path}: properties {', '.join(names)} must be numeric scalars ({exc})") from exc
 
     means = col("x", "y", "z")
     sh_dc = col("f_dc_0", "f_dc_1", "f_dc_2")[:, None, :]
@@ -287,6 +290,8 @@ def decode_spz(blob: bytes, *, name: str = "spz") -> Gaussians:
         raise InputError(f"{name}: .spz extension records are not supported; re-export without extensions")
     if n == 0:
         raise InputError(f"{name}: the .spz holds no Gaussians")
+    if flags & 0x1:
+        _note(f"{Path(name).name}: trained with antialiasing (Mip-Splatting); render with rasterize_mode='antialiased'")
     k = (degree + 1) ** 2 - 1
     rot_bytes = 4 if version >= 3 else 3
     sizes = [9 * n, n, 3 * n, 3 * n, rot_bytes * n, 3 * k * n]

@@ -205,9 +205,12 @@ def test_cuda_matches_cpu_reference():
         outs[backend] = out
         loss = (out.rgb * torch.linspace(0, 1, 64, device="cuda")).sum() + out.alpha.sum() + 0.1 * out.depth.sum()
         grads[backend] = torch.autograd.grad(loss, params)
+    # depth is compared as accumulated depth (alpha x depth): where a pixel's alpha is ~1/255 the
+    # expected depth flips between 0 and z when float32 rounding moves alpha across the threshold
+    images = {b: {"rgb": o.rgb, "alpha": o.alpha, "depth": o.alpha * o.depth} for b, o in outs.items()}
     for key in ("rgb", "alpha", "depth"):
-        a, b = getattr(outs["cuda"], key), getattr(outs["cpu"], key)
-        assert (a - b).abs().mean() < 1e-4 and (a - b).abs().max() < 2e-2, key
+        d = (images["cuda"][key] - images["cpu"][key]).abs()
+        assert d.mean() < 1e-4 and d.max() < 2e-2, (key, float(d.mean()), float(d.max()))
     for ga, gb in zip(grads["cuda"], grads["cpu"]):
         cos = torch.nn.functional.cosine_similarity(ga.flatten(), gb.flatten(), dim=0)
         assert cos > 0.99
