@@ -178,7 +178,7 @@ class RunDir:
         self.manifest = self._load_manifest()
         if seed is not None:
             self.manifest["seed"] = int(seed)
-        self._run_record = {"started": _now(), "argv": list(sys.argv), "ran": [], "skipped": []}
+        self._run_record = {"id": time.time_ns(), "started": _now(), "argv": list(sys.argv), "ran": [], "skipped": []}
         self._hash_cache: dict[tuple, str] = {}
 
     def _sha256(self, path: str | os.PathLike) -> str:
@@ -209,7 +209,7 @@ class RunDir:
         """Rewrite ``manifest.json`` atomically with the current versions and this run's record."""
         self.manifest["updated"] = _now()
         self.manifest["versions"] = package_versions()
-        runs = [r for r in self.manifest["runs"] if r.get("started") != self._run_record["started"]]
+        runs = [r for r in self.manifest["runs"] if r.get("id") != self._run_record["id"]]
         self.manifest["runs"] = (runs + [self._run_record])[-20:]
         write_text(self.path / MANIFEST, json.dumps(_jsonable(self.manifest), indent=1, sort_keys=False) + "\n")
 

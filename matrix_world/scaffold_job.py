@@ -93,7 +93,8 @@ def load_panorama(path: str | Path, *, allow_convert: bool = False,
 
 
 def load_distance(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
-    """Read a distance map [H, W] (float .npy, or .npz with ``distance``) matching ``shape``.
+    """Read a distance map [H, W] (float .npy, or .npz with ``distance`` and optional bool
+    ``sky``, which becomes +inf) matching ``shape``.
 
     Returns float32 with +inf kept (sky). Raises InputError on NaN, -inf, values <= 0, a
     non-float dtype, a wrong rank or a size different from the panorama's.
@@ -105,10 +106,13 @@ def load_distance(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise InputError(f"cannot read {path} as .npy ({exc}); expected a float32 [H, W] distance array") from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
+    sky = None
+    if isinstance(loaded, np.lib.npyio.NpzFile):  # a run's depth.npz: distance (+ optional sky mask)
         with loaded:
             if "distance" not in loaded.files:
                 raise InputError(f"{path} has no 'distance' array (it has {loaded.files}); expected a float32 [H, W] .npy")
+            if "sky" in loaded.files:
+                sky = np.asarray(loaded["sky"], dtype=bool)
             loaded = loaded["distance"]
     d = np.asarray(loaded)
     if d.dtype.kind != "f":
@@ -119,6 +123,10 @@ def load_distance(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
         raise InputError(f"distance {path} is {d.shape[0]}x{d.shape[1]} (H x W) but the panorama is "
                          f"{shape[0]}x{shape[1]}; expected the same size")
     d = d.astype(np.float32)
+    if sky is not None:
+        if sky.shape != d.shape:
+            raise InputError(f"{path}: 'sky' has shape {sky.shape} but 'distance' has {d.shape}; expected the same")
+        d[sky] = np.inf
     nan = int(np.isnan(d).sum())
     if nan:
         raise InputError(f"distance {path} has {nan} NaN value(s); expected distances > 0 (+inf marks sky)")

@@ -13,6 +13,7 @@ import torch
 
 from matrix_world.cli import run_main
 from matrix_world.equirect import equirect_directions
+from matrix_world.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "render_scaffold.py"
@@ -247,6 +248,20 @@ def test_allow_convert_and_sky(bad, tmp_path, capsys):
     assert "note: converted gray.png" in err
     rgb = np.load(out / "scaffold.npz")["rgb"]
     assert (rgb[0, ..., 0] == rgb[0, ..., 1]).all()  # gray replicated to RGB
+
+
+def test_distance_from_a_run_depth_npz(tmp_path):
+    from matrix_world.scaffold_job import load_distance
+
+    good = box_distance()
+    sky = np.zeros_like(good, dtype=bool)
+    sky[:3] = True
+    np.savez(tmp_path / "depth.npz", distance=good, sky=sky)
+    d = load_distance(tmp_path / "depth.npz", (H, 2 * H))
+    assert np.isinf(d[:3]).all() and np.array_equal(d[3:], good[3:])
+    np.savez(tmp_path / "other.npz", depth=good)
+    with pytest.raises(InputError, match="no 'distance' array"):
+        load_distance(tmp_path / "other.npz", (H, 2 * H))
 
 
 def test_bad_input_exit_code_from_the_script(bad, inputs, tmp_path):

@@ -44,6 +44,7 @@ def test_resume_skips_a_finished_stage(tmp_path):
     after = json.loads((out / MANIFEST).read_text())
     assert after["stages"]["s1"] == manifest["stages"]["s1"]
     assert after["runs"][-1]["skipped"] == ["s1"] and after["runs"][-1]["ran"] == []
+    assert [r["ran"] for r in after["runs"]] == [["s1"], []]
     assert after["seed"] == 7  # kept from the first run
     # the context-manager form agrees
     with RunDir(out).stage("s1", {"k": 1}, outputs=["a.txt", "sub/b.npz"], backend="cpu") as st3:
