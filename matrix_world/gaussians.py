@@ -211,9 +211,9 @@ class Gaussians:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def empty(cls, *, sh_degree: int = 0, device=None, dtype=torch.float32) -> "Gaussians":
+    def empty(cls, *, sh_degree: int = 0, device=None, dtype=torch.float32) -> Gaussians:
         """No Gaussians (N = 0)."""
-        z = lambda *s: torch.zeros(*s, device=device, dtype=dtype)  # noqa: E731
+        z = lambda *s: torch.zeros(*s, device=device, dtype=dtype)
         rest = z(0, (sh_degree + 1) ** 2 - 1, 3) if sh_degree > 0 else None
         return cls(z(0, 3), z(0, 4), z(0, 3), z(0), z(0, 1, 3), rest)
 
@@ -226,7 +226,7 @@ class Gaussians:
         opacities: Tensor,  # [N] in (0, 1)
         quats: Tensor | None = None,  # [N, 4] (w, x, y, z); identity by default
         segment: Tensor | None = None,  # [N]
-    ) -> "Gaussians":
+    ) -> Gaussians:
         """Build from activated values (linear scales, opacities in (0, 1), colours in [0, 1])."""
         n = means.shape[0]
         if scales.dim() == 1:
@@ -293,41 +293,41 @@ class Gaussians:
     def _fields(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    def _map(self, fn) -> "Gaussians":
+    def _map(self, fn) -> Gaussians:
         return Gaussians(**{k: (None if v is None else fn(v)) for k, v in self._fields().items()})
 
     # ------------------------------------------------------------------ device / copies
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "Gaussians":
+    def to(self, device=None, dtype: torch.dtype | None = None) -> Gaussians:
         """Move to a device and (optionally) cast the floating fields; ``segment`` stays int64."""
         return self._map(lambda v: v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else None))
 
-    def detach(self) -> "Gaussians":
+    def detach(self) -> Gaussians:
         return self._map(lambda v: v.detach())
 
-    def clone(self) -> "Gaussians":
+    def clone(self) -> Gaussians:
         return self._map(lambda v: v.clone())
 
     # ------------------------------------------------------------------ selection
 
-    def select(self, index: Tensor) -> "Gaussians":
+    def select(self, index: Tensor) -> Gaussians:
         """Subset by a boolean mask [N] or an index tensor [M] (order kept as given)."""
         index = index.to(self.device)
         if index.dtype == torch.bool and tuple(index.shape) != (len(self),):
             raise InputError(f"mask must have shape ({len(self)},), got {tuple(index.shape)}")
         return self._map(lambda v: v[index])
 
-    def filter_opacity(self, min_opacity: float) -> "Gaussians":
+    def filter_opacity(self, min_opacity: float) -> Gaussians:
         """Keep Gaussians with opacity >= ``min_opacity``."""
         return self.select(self.opacities >= min_opacity)
 
-    def filter_box(self, lower, upper) -> "Gaussians":
+    def filter_box(self, lower, upper) -> Gaussians:
         """Keep Gaussians whose mean lies in the axis-aligned box [lower, upper] (each [3])."""
         lo = torch.as_tensor(lower, device=self.device, dtype=self.dtype)
         hi = torch.as_tensor(upper, device=self.device, dtype=self.dtype)
         return self.select(((self.means >= lo) & (self.means <= hi)).all(dim=-1))
 
-    def filter_distance(self, max_distance: float, center=(0.0, 0.0, 0.0), min_distance: float = 0.0) -> "Gaussians":
+    def filter_distance(self, max_distance: float, center=(0.0, 0.0, 0.0), min_distance: float = 0.0) -> Gaussians:
         """Keep Gaussians whose mean is within [min_distance, max_distance] of ``center`` [3]."""
         c = torch.as_tensor(center, device=self.device, dtype=self.dtype)
         d = (self.means - c).norm(dim=-1)
@@ -342,7 +342,7 @@ class Gaussians:
         """
         return torch.nn.functional.logsigmoid(self.opacity_logits) + self.log_scales.sum(dim=-1)
 
-    def prune(self, budget: int, score: Tensor | None = None) -> "Gaussians":
+    def prune(self, budget: int, score: Tensor | None = None) -> Gaussians:
         """Keep the ``budget`` most important Gaussians (``score`` [N], higher = keep; default
         ``importance()``). The kept ones stay in their original order; ties keep lower indices."""
         if budget < 0:
@@ -358,7 +358,7 @@ class Gaussians:
     # ------------------------------------------------------------------ combination
 
     @staticmethod
-    def concatenate(items: list["Gaussians"], *, assign_segments: bool = False) -> "Gaussians":
+    def concatenate(items: list[Gaussians], *, assign_segments: bool = False) -> Gaussians:
         """Concatenate sets in order. Higher SH bands are zero-padded to the largest degree.
 
         Segments: with ``assign_segments`` item i gets segment id i; otherwise existing ids are
@@ -378,7 +378,7 @@ class Gaussians:
                 segs.append(torch.full((len(g),), i, dtype=torch.int64, device=ref.device))
             else:
                 segs.append(g.segment.to(ref.device) if g.segment is not None else torch.full((len(g),), -1, dtype=torch.int64, device=ref.device))
-        cat = lambda name: torch.cat([getattr(g, name).to(ref.device, ref.dtype) for g in items])  # noqa: E731
+        cat = lambda name: torch.cat([getattr(g, name).to(ref.device, ref.dtype) for g in items])
         any_segment = assign_segments or any(g.segment is not None for g in items)
         return Gaussians(
             means=cat("means"), quats=cat("quats"), log_scales=cat("log_scales"), opacity_logits=cat("opacity_logits"),
@@ -388,7 +388,7 @@ class Gaussians:
 
     # ------------------------------------------------------------------ geometry
 
-    def transform(self, matrix: Tensor) -> "Gaussians":
+    def transform(self, matrix: Tensor) -> Gaussians:
         """Apply a similarity ``x' = s Q x + t`` given as a 4x4 (or 3x4) matrix ``[sQ | t]``.
 
         Q must be orthogonal (a rotation, or a reflection with det -1); s > 0 uniform. Means
@@ -427,7 +427,7 @@ class Gaussians:
 
     # ------------------------------------------------------------------ validation
 
-    def validated(self, *, drop_invalid: bool = False, name: str = "Gaussians") -> "Gaussians":
+    def validated(self, *, drop_invalid: bool = False, name: str = "Gaussians") -> Gaussians:
         """Check values and return a clean copy.
 
         * NaN/Inf in means, quats, opacity logits or SH, or NaN/+Inf in log-scales: InputError

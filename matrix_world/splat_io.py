@@ -129,10 +129,9 @@ def write_ply(path: str | os.PathLike, gaussians: Gaussians, *, axes: str = "ope
         _f32(g.quats),
     ]
     data = np.ascontiguousarray(np.concatenate(columns, axis=1), dtype="<f4")
-    with atomic_write(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(ply_header(n, g.sh_degree).encode("ascii"))
-            f.write(data.tobytes())
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        f.write(ply_header(n, g.sh_degree).encode("ascii"))
+        f.write(data.tobytes())
 
 
 def _read_vertex(path: Path):
@@ -318,7 +317,7 @@ def decode_spz(blob: bytes, *, name: str = "spz") -> Gaussians:
     sh_rest = None
     if k:
         sh_rest = torch.from_numpy((sh.reshape(n, k, 3).astype(np.float64) - 128.0) / 128.0).float()
-    t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).float()  # noqa: E731
+    t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).float()
     g = Gaussians(t(means), t(quats), t(log_scales), t(logits), t(dc)[:, None, :], sh_rest)
     g = g.transform(get_preset("opengl").transform().inverse())  # RUB -> ours
     return g.validated(name=name)
@@ -397,7 +396,7 @@ def read_splat(path: str | os.PathLike) -> Gaussians:
     quats = (rec["rot"].astype(np.float64) - 128.0) / 128.0
     norm = np.linalg.norm(quats, axis=1, keepdims=True)
     quats = np.where(norm > 0, quats / np.where(norm > 0, norm, 1.0), 0.0)  # 8-bit quantisation, not an error
-    t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).float()  # noqa: E731
+    t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).float()
     g = Gaussians(
         t(rec["position"]), t(quats), t(log_scales), t(np.log(a / (1.0 - a))), t((rgba[:, :3] - 0.5) / SH_C0)[:, None, :]
     )

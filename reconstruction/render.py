@@ -50,7 +50,7 @@ TRANSMITTANCE_MIN = 1e-4
 MAX_ALPHA = 0.999
 GSPLAT_INSTALL = "pip install gsplat==1.5.3"
 
-__all__ = ["Cameras", "RenderOutput", "PanoramaRender", "rasterize", "render", "render_panorama", "composite", "resolve_backend", "CUBE_FACE_NAMES"]
+__all__ = ["CUBE_FACE_NAMES", "Cameras", "PanoramaRender", "RenderOutput", "composite", "rasterize", "render", "render_panorama", "resolve_backend"]
 
 
 # --------------------------------------------------------------------------- cameras
@@ -83,12 +83,12 @@ class Cameras:
             raise InputError("camera poses and intrinsics must be finite")
 
     @classmethod
-    def from_c2w(cls, c2w: Tensor, K: Tensor, width: int, height: int) -> "Cameras":
+    def from_c2w(cls, c2w: Tensor, K: Tensor, width: int, height: int) -> Cameras:
         """From camera-to-world poses [C, 4, 4] (or [4, 4]) and K [C, 3, 3] (or [3, 3])."""
         return cls(c2w_to_w2c(c2w.to(torch.float64)).to(c2w.dtype if c2w.is_floating_point() else torch.float32), K, width, height)
 
     @classmethod
-    def from_views(cls, views: list[PerspectiveView], pano_c2w: Tensor | None = None) -> "Cameras":
+    def from_views(cls, views: list[PerspectiveView], pano_c2w: Tensor | None = None) -> Cameras:
         """The crops ``views`` (one image size) of a panoramic camera at ``pano_c2w`` [4, 4] (identity by default)."""
         if not views or len({(v.width, v.height) for v in views}) != 1:
             raise InputError("from_views needs at least one view, all of the same size")
@@ -99,7 +99,7 @@ class Cameras:
     def __len__(self) -> int:
         return self.w2c.shape[0]
 
-    def to(self, device=None, dtype: torch.dtype | None = torch.float32) -> "Cameras":
+    def to(self, device=None, dtype: torch.dtype | None = torch.float32) -> Cameras:
         """Move/cast (float32 by default: what gsplat's CUDA kernels take)."""
         return Cameras(self.w2c.to(device=device, dtype=dtype), self.K.to(device=device, dtype=dtype), self.width, self.height)
 
@@ -354,7 +354,7 @@ def render_panorama(
     """
     face_size = face_size or max(8, math.ceil(0.64 * height))
     views = cube_faces(face_size)
-    out = render(gaussians, Cameras.from_views(views, c2w.detach().cpu().to(torch.float64)), backend=backend)
+    out = render(gaussians, Cameras.from_views(views, torch.as_tensor(c2w).detach().cpu().to(torch.float64)), backend=backend)
     dev, dt = out.rgb.device, out.rgb.dtype
     K = views[0].intrinsics(dtype=dt).to(dev)
     dist_alpha = depth_to_distance(out.depth[:, 0], K)[:, None] * out.alpha  # [6, 1, s, s]

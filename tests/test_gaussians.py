@@ -21,7 +21,7 @@ from matrix_world.gaussians import (
 
 def random_gaussians(n=64, degree=0, seed=0, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)
     rest = 0.3 * r(n, (degree + 1) ** 2 - 1, 3) if degree else None
     return Gaussians(r(n, 3), torch.nn.functional.normalize(r(n, 4), dim=-1), r(n, 3) - 2.0, 2.0 * r(n), r(n, 1, 3), rest)
 
@@ -144,7 +144,7 @@ def test_similarity_transform_maps_means_covariances_and_sh(reflect):
     assert torch.allclose(h.quats.norm(dim=-1), torch.ones(40, dtype=torch.float64))
     # view-dependent colour seen from direction q d equals the original seen from d
     d = torch.nn.functional.normalize(torch.randn(40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)), dim=-1)
-    col = lambda gg, dirs: (eval_sh_basis(1, dirs)[..., None] * gg.sh_coeffs()).sum(-2)  # noqa: E731
+    col = lambda gg, dirs: (eval_sh_basis(1, dirs)[..., None] * gg.sh_coeffs()).sum(-2)
     assert torch.allclose(col(h, d @ q.T), col(g, d), atol=1e-10)
     with pytest.raises(InputError, match="similarity"):
         g.transform(torch.diag(torch.tensor([1.0, 2.0, 1.0, 1.0], dtype=torch.float64)))

@@ -29,7 +29,7 @@ from matrix_world.splat_io import (
 
 def random_gaussians(n=64, degree=0, seed=0, rgb_range=False):
     gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=gen)
     dc = (torch.rand(n, 1, 3, generator=gen) - 0.5) / SH_C0 * 0.98 if rgb_range else r(n, 1, 3)
     rest = (torch.rand(n, (degree + 1) ** 2 - 1, 3, generator=gen) * 1.8 - 0.9) if degree else None
     return Gaussians(r(n, 3), torch.nn.functional.normalize(r(n, 4), dim=-1), r(n, 3) - 2.0,

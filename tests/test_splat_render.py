@@ -8,8 +8,8 @@ import torch
 from matrix_world.cameras import make_pose, rotation_yaw
 from matrix_world.equirect import direction_to_lonlat, equirect_directions, lonlat_to_direction
 from matrix_world.errors import InputError
-from matrix_world.gaussians import SH_C0, Gaussians, eval_sh_basis, quat_to_rotmat
-from matrix_world.reconstruction.render import Cameras, rasterize, render, render_panorama
+from matrix_world.gaussians import SH_C0, Gaussians, eval_sh_basis
+from matrix_world.reconstruction.render import Cameras, render, render_panorama
 
 F64 = torch.float64
 
