@@ -30,7 +30,8 @@ from matrix_world.viewer import (
     TRAJECTORY_COLORS, ViewerConfig, find_camera_paths, read_camera_path, resolve_world, splats_for_browser, start_viewer,
 )
 
-pytest.importorskip("viser", reason="the viewer needs viser: pip install viser==1.1.1")
+needs_viser = pytest.mark.skipif(importlib.util.find_spec("viser") is None,
+                                 reason="the viewer needs viser: pip install viser==1.1.1")
 
 REPO = Path(__file__).resolve().parents[1]
 # Three coloured clusters in front of the start camera: red left (-x), green right (+x),
@@ -169,6 +170,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, run_dir, capsys):
 # --------------------------------------------------------------------------- the scene
 
 
+@needs_viser
 def test_scene_starts_at_first_pose_and_draws_trajectory(run_dir):
     viewer = start_viewer(run_dir, ViewerConfig(port=0, max_frustums=4))
     try:
@@ -333,6 +335,7 @@ def check_clusters(with_splats: np.ndarray, without: np.ndarray | None, camera_p
         assert diff.mean() > 60, f"{name}: the page barely changes at {(u, v)} when the splats are hidden"
 
 
+@needs_viser
 def test_headless_browser_draws_splats_where_they_are(run_dir, tmp_path):
     import imageio.v3 as iio
 
