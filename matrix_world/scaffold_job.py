@@ -60,6 +60,7 @@ class ScaffoldJob:
     backend: str = "auto"
     device: str | None = None  # cuda backend: which GPU (cuda, cuda:1)
     occlusion_threshold: float = 0.05
+    decimate: int = 1  # one mesh vertex per decimate x decimate pixels (faster on CPU)
     mesh_out: str | None = None  # None | "ply" | "glb"
     allow_convert: bool = False
     force: bool = False
@@ -179,6 +180,8 @@ def check_job(job: ScaffoldJob) -> None:
         raise InputError(f"--frames {job.frames}: a trajectory needs at least 2 frames")
     if job.custom_scale not in CUSTOM_SCALES:
         raise InputError(f"unknown custom scale {job.custom_scale!r}; expected one of {', '.join(CUSTOM_SCALES)}")
+    if job.decimate < 1:
+        raise InputError(f"--decimate {job.decimate}; expected a positive integer")
     if job.mesh_out not in (None, "ply", "glb"):
         raise InputError(f"--mesh-out {job.mesh_out!r}; expected ply or glb")
     if not (math.isfinite(job.move) and job.move > 0):
@@ -198,6 +201,9 @@ def run_scaffold_job(job: ScaffoldJob, log: Callable[[str], None] = print,
     check_job(job)
     pano = load_panorama(job.panorama, allow_convert=job.allow_convert, on_convert=note or log)
     h, w = pano.shape[:2]
+    if h % job.decimate or h // job.decimate < 2:
+        raise InputError(f"--decimate {job.decimate} does not divide the panorama height {h}; "
+                         "expected a divisor of it (leaving at least 2 rows)")
     distance = load_distance(job.distance, (h, w))
     traj = load_trajectory(job.trajectory, distance, job.frames, rescale=CUSTOM_SCALES[job.custom_scale],
                            yaw=job.yaw, scale=job.move, fps=job.fps)
@@ -223,7 +229,7 @@ def run_scaffold_job(job: ScaffoldJob, log: Callable[[str], None] = print,
     # 3. scaffold frames
     from matrix_world.scaffold.mesh import ScaffoldConfig
 
-    mesh_config = ScaffoldConfig(occlusion_threshold=job.occlusion_threshold)
+    mesh_config = ScaffoldConfig(occlusion_threshold=job.occlusion_threshold, decimate=job.decimate)
     outputs = ["scaffold.npz", "scaffold_rgb.mp4", "scaffold_mask.mp4"]
     if job.mesh_out:
         outputs.append(f"scaffold_mesh.{job.mesh_out}")

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda backend: which GPU, e.g. cuda:1 (default cuda)")
     p.add_argument("--occlusion-threshold", type=positive_float, default=0.05,
                    help="a vertex is unknown where (max-min)/d over its 3x3 neighbourhood exceeds this")
+    p.add_argument("--decimate", type=positive_int, default=1,
+                   help="one mesh vertex per NxN pixel block (must divide the panorama size; faster on CPU)")
     p.add_argument("--mesh-out", choices=("ply", "glb"), default=None, help="also write DIR/scaffold_mesh.ply or .glb")
     p.add_argument("--allow-convert", action="store_true",
                    help="convert gray / RGBA / 16-bit panoramas to RGB instead of rejecting them")
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
     job = ScaffoldJob(panorama=args.panorama, distance=args.distance, trajectory=args.trajectory, out=args.out,
                       frames=args.frames, height=args.height, yaw=args.yaw, move=args.move,
                       custom_scale=args.custom_scale, fps=args.fps, backend=args.backend, device=args.device,
-                      occlusion_threshold=args.occlusion_threshold, mesh_out=args.mesh_out,
+                      occlusion_threshold=args.occlusion_threshold, decimate=args.decimate, mesh_out=args.mesh_out,
                       allow_convert=args.allow_convert, force=args.force)
     run = run_scaffold_job(job, log=lambda msg: print(msg, flush=True), note=note)
     print(f"wrote {run.path}")

@@ -211,6 +211,7 @@ CASES = [  # (panorama, distance, trajectory, extra args, words the one-line err
     (None, None, "one.json", ["--frames", "7"], ["1 pose(s)"]),
     (None, None, "straight", ["--frames", "1"], ["at least 2 frames"]),
     (None, None, "straight", ["--height", "2"], ["--height 2", "at least 4"]),
+    (None, None, "straight", ["--decimate", "3"], ["--decimate 3", "height 32"]),
 ]
 
 
