@@ -30,7 +30,7 @@ from matrix_world.errors import InputError
 MEMORY_MODES = ("full", "offload", "lowvram")
 NEXT_MODE = {"full": "offload", "offload": "lowvram", "lowvram": None}
 ACTIVATION_BYTES_PER_TOKEN_PER_DIM = 45.0  # 14B: 8.2 GB at 37,800 tokens (480p), 19.2 GB at 85,050 (720p), dim 5120
-GB = 1024**3
+GB = 1e9  # decimal gigabytes, as FACTS §A reports
 
 
 class VideoOutOfMemoryError(InputError):

@@ -140,17 +140,26 @@ def _run_fill(config: VideoConfig, rgb, mask, c2w, **_) -> tuple[np.ndarray, dic
 
 
 def _run_oracle(config: VideoConfig, rgb, mask, c2w, *, prompt: str, scene=None, **_) -> tuple[np.ndarray, dict]:
-    try:
-        from matrix_world.datasets import scenes
-    except ImportError as exc:
-        raise InputError(
-            f"the 'oracle' video backend needs the synthetic scenes (matrix_world.datasets.scenes), which cannot be imported: {exc}"
-        ) from None
+    """Ground truth: the synthetic scene rendered along the trajectory.
+
+    The trajectory's world is the frame-0 camera; the scene's start camera
+    (``scene.camera_c2w(0, 0)``, where the procedural panorama was rendered) maps it into
+    the scene's world, so frame 0 reproduces the procedural panorama.
+    """
     if scene is None:
-        scene = scenes.make_scene(prompt, seed=config.seed)
-    frames, _distance, _sky = scene.render(torch.from_numpy(c2w), rgb.shape[1], backend="auto")
+        try:
+            from matrix_world.datasets.procedural import scene_from_prompt
+        except ImportError as exc:
+            raise InputError(
+                f"the 'oracle' video backend needs the synthetic scenes (matrix_world.datasets.procedural), "
+                f"which cannot be imported: {exc}"
+            ) from None
+        scene = scene_from_prompt(prompt, seed=config.seed)
+    start = scene.camera_c2w(0.0, 0.0) if hasattr(scene, "camera_c2w") else torch.eye(4, dtype=torch.float64)
+    world_c2w = torch.as_tensor(start, dtype=torch.float64) @ torch.from_numpy(c2w)
+    frames, _distance, _sky = scene.render(world_c2w, rgb.shape[1], backend="auto")
     frames = np.asarray(frames.cpu() if isinstance(frames, torch.Tensor) else frames, dtype=np.float32)
-    return frames, {"scene": getattr(scene, "kind", None), "scene_seed": getattr(scene, "seed", None)}
+    return frames, {"scene_kind": getattr(scene, "kind", None), "scene_seed": getattr(scene, "seed", None)}
 
 
 def load_video_pipeline(config: VideoConfig, device, *, num_frames: int = 81) -> tuple[Any, dict]:
@@ -226,12 +235,12 @@ def resolve_backend(config: VideoConfig, device) -> tuple[str, str]:
         if config.backend not in BACKENDS:
             raise InputError(f"video backend must be 'auto' or one of {BACKENDS}, got {config.backend!r}")
         return config.backend, "requested"
+    if torch.device(device).type != "cuda":
+        return "fill", "auto: no CUDA device for the Wan model"
     from matrix_world.generation.wan_lora import OFFICIAL_FILES, OFFICIAL_REPO
     from matrix_world.generation.wan_pipeline import HUB_IDS
     from matrix_world.generation.weights import weights_available
 
-    if torch.device(device).type != "cuda":
-        return "fill", "auto: no CUDA device for the Wan model"
     res = {480: "480p", 720: "720p"}.get(config.working_height(), "480p")
     model = config.model or HUB_IDS[res]
     if not weights_available(model):
@@ -257,7 +266,7 @@ def generate_video(
     (backend and why, resolution, timings, memory mode and peak memory for wan, ...).
 
     pipeline: an already loaded PanoVideoPipeline to reuse (wan); scene: the synthetic scene
-    for ``oracle`` (default: ``make_scene(prompt, seed=config.seed)``).
+    for ``oracle`` (default: ``datasets.procedural.scene_from_prompt(prompt, config.seed)``).
     """
     height = config.working_height()
     rgb, mask, poses = validate_inputs(scaffold_rgb, scaffold_mask, c2w, height)

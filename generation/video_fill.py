@@ -100,7 +100,7 @@ def fill_video(
     f, h, w, _ = rgb.shape
     rotations = None if c2w is None else np.asarray(c2w, dtype=np.float64)[:, :3, :3]
     memory = np.zeros((h * w, 3), np.float32)
-    age = np.full(h * w, -1, np.int64)  # frames since last observed; -1 = never
+    age = np.full(h * w, -1, np.int64)  # frames since last observed in this direction; -1 = never
     out = np.empty_like(rgb)
     from_memory = inpainted = 0
     for i in range(f):
@@ -108,6 +108,7 @@ def fill_video(
             lookup = rotation_lookup(rotations[i - 1], rotations[i], h, w)
             if lookup is not None:
                 memory, age = memory[lookup], age[lookup]
+            age = np.where(age >= 0, age + 1, -1)  # one frame older
         known = mask[i].reshape(-1)
         frame = rgb[i].reshape(-1, 3).copy()
         valid = (age >= 0) & (age <= (max_age if max_age is not None else np.iinfo(np.int64).max))
@@ -121,5 +122,5 @@ def fill_video(
         from_memory += int(use.sum())
         inpainted += int(holes.sum())
         memory[known] = rgb[i].reshape(-1, 3)[known]
-        age = np.where(known, 0, np.where(age >= 0, age + 1, -1))
+        age[known] = 0
     return out, {"from_memory": from_memory, "inpainted": inpainted}

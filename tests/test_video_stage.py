@@ -1,0 +1,210 @@
+"""Video stage API, the classical ``fill`` backend, the ``oracle`` backend and memory modes."""
+
+import numpy as np
+import pytest
+import torch
+
+from matrix_world.cameras import make_pose, rotation_yaw
+from matrix_world.errors import InputError
+
+H, W = 32, 64
+
+
+def _smooth_pano(seed=0):
+    rng = np.random.default_rng(seed)
+    lon = np.linspace(0, 2 * np.pi, W, endpoint=False)[None, :, None]
+    lat = np.linspace(0, np.pi, H)[:, None, None]
+    phase = rng.random(3)[None, None, :] * 6
+    return (0.5 + 0.3 * np.sin(lon + phase) * np.cos(lat / 2) + 0.1 * np.cos(2 * lat + phase)).astype(np.float32)
+
+
+def _poses(yaws, shifts=None):
+    out = []
+    for i, yaw in enumerate(yaws):
+        t = torch.zeros(3, dtype=torch.float64) if shifts is None else torch.tensor(shifts[i], dtype=torch.float64)
+        out.append(make_pose(rotation_yaw(float(yaw)), t).numpy())
+    return np.stack(out)
+
+
+# --------------------------------------------------------------------------- fill
+
+
+def test_fill_fills_every_unknown_pixel_and_keeps_known_pixels_exact():
+    from matrix_world.generation.video_fill import fill_video
+
+    rng = np.random.default_rng(1)
+    pano = _smooth_pano(1)
+    rgb = np.stack([np.roll(pano, -8 * i, axis=1) for i in range(5)])  # one world seen by a camera turning 45° a frame
+    mask = rng.random((5, H, W)) > 0.3
+    mask[0, 8:20, -6:] = False  # frame 0 has holes too, one across the 180° seam
+    mask[0, 8:20, :6] = False
+    scaffold = np.where(mask[..., None], rgb, 0.0).astype(np.float32)
+    out, info = fill_video(scaffold, mask, _poses([0, 45, 90, 135, 180]))
+    assert out.shape == rgb.shape and out.dtype == np.float32
+    assert np.array_equal(out[mask], scaffold[mask])  # bit-exact known pixels
+    assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    unknown = ~mask
+    assert np.abs(out - rgb)[unknown].mean() < 0.02  # holes held 0; the fill recovers the smooth panorama
+    # a pixel whose direction was observed in an earlier frame gets exactly that colour (static world)
+    for i in range(1, 5):
+        seen = np.any([np.roll(mask[j], -8 * (i - j), axis=1) for j in range(i)], axis=0)
+        use = unknown[i] & seen
+        assert use.sum() > 100 and np.array_equal(out[i][use], rgb[i][use])
+    assert info["inpainted"] > 0 and info["from_memory"] > 0
+    assert info["inpainted"] + info["from_memory"] == unknown.sum()
+
+
+def test_fill_propagates_last_known_colour_along_the_rotation():
+    """Camera 1 turned 90° right: its unknown pixels show what frame 0 saw in that direction,
+    i.e. frame 0 shifted by W/4 columns (exactly, nearest pixel)."""
+    from matrix_world.generation.video_fill import fill_video
+
+    pano = _smooth_pano(2)
+    rgb = np.stack([pano, np.zeros_like(pano)])
+    mask = np.zeros((2, H, W), bool)
+    mask[0] = True
+    mask[1, :, :10] = True
+    rgb[1][mask[1]] = 0.9
+    out, info = fill_video(rgb, mask, _poses([0, 90]))
+    expected = np.roll(pano, -W // 4, axis=1)
+    assert np.array_equal(out[1][~mask[1]], expected[~mask[1]])
+    assert info == {"from_memory": int((~mask[1]).sum()), "inpainted": 0}
+    # max_age forgets: frame 2 (no new observation) falls back to inpainting from frame 2's own known pixels
+    rgb3 = np.concatenate([rgb, np.full((1, H, W, 3), 0.2, np.float32)])
+    mask3 = np.concatenate([mask, np.zeros((1, H, W), bool)])
+    mask3[2, :, 20:] = True
+    out3, info3 = fill_video(rgb3, mask3, _poses([0, 90, 90]), max_age=0)
+    assert np.allclose(out3[2][~mask3[2]], 0.2, atol=1e-4)
+    assert info3 == {"from_memory": 0, "inpainted": int((~mask3[1:]).sum())}
+
+
+def test_inpainting_wraps_in_longitude():
+    from matrix_world.generation.video_fill import inpaint_wrapped
+
+    pano = _smooth_pano(3)
+    hole = np.zeros((H, W), bool)
+    hole[10:22, -5:] = True
+    hole[10:22, :5] = True  # straddles the seam
+    wrapped = inpaint_wrapped(pano, hole)
+    flat = inpaint_wrapped(pano, hole, pad_cols=0)
+    assert np.abs(wrapped - pano)[hole].mean() < np.abs(flat - pano)[hole].mean()
+    # wrapping makes the fill independent of where the seam is: rolling commutes with filling
+    for k in (7, 20, 41):
+        rolled = inpaint_wrapped(np.roll(pano, k, 1), np.roll(hole, k, 1))
+        assert np.abs(np.roll(wrapped, k, 1) - rolled).max() < 1e-6
+    assert np.abs(np.roll(flat, 20, 1) - inpaint_wrapped(np.roll(pano, 20, 1), np.roll(hole, 20, 1), pad_cols=0)).max() > 1e-3
+
+
+# --------------------------------------------------------------------------- stage API
+
+
+def _stage_inputs(frames=5, h=H):
+    rgb = np.stack([_smooth_pano(i) for i in range(frames)])
+    mask = np.ones((frames, H, W), bool)
+    mask[1:, 12:20, 30:40] = False
+    rgb = np.where(mask[..., None], rgb, 0.0).astype(np.float32)
+    return rgb, mask, _poses([0] * frames, [[0, 0, 0.1 * i] for i in range(frames)])
+
+
+def test_generate_video_fill_backend_and_resizing():
+    from matrix_world.generation.video import VideoConfig, generate_video
+
+    rgb, mask, c2w = _stage_inputs()
+    res = generate_video(VideoConfig(backend="fill", height=32), scaffold_rgb=rgb, scaffold_mask=mask, prompt="a room", c2w=c2w)
+    assert res.frames.shape == (5, 32, 64, 3) and res.info["backend"] == "fill"
+    assert np.array_equal(res.frames[mask], rgb[mask])
+    # auto on a CPU device picks fill and says why
+    auto = generate_video(VideoConfig(height=16), scaffold_rgb=rgb, scaffold_mask=mask, prompt="a room", c2w=c2w)
+    assert auto.info["backend"] == "fill" and "CUDA" in auto.info["backend_reason"]
+    assert auto.frames.shape == (5, 16, 32, 3)
+    # resizing never bleeds unknown (black) pixels into known ones: a known resized pixel is the
+    # area mean of known colours only
+    from matrix_world.generation.video import resize_scaffold
+
+    small_rgb, small_mask = resize_scaffold(rgb, mask, 16)
+    full = np.stack([_smooth_pano(i) for i in range(5)])
+    area = full.reshape(5, 16, 2, 32, 2, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(small_rgb[small_mask], area[small_mask], atol=1e-6)
+    assert not small_mask[1:, 6:10, 15:20].any()
+
+
+def test_generate_video_bad_input():
+    from matrix_world.generation.video import VideoConfig, generate_video
+    from matrix_world.generation.weights import WeightsNotFoundError
+
+    rgb, mask, c2w = _stage_inputs()
+    run = lambda cfg, **kw: generate_video(cfg, **{**dict(scaffold_rgb=rgb, scaffold_mask=mask, prompt="p", c2w=c2w), **kw})
+    with pytest.raises(InputError, match="scaffold has 5 frames but the trajectory has 4"):
+        run(VideoConfig(backend="fill", height=32), c2w=c2w[:4])
+    with pytest.raises(InputError, match="divisible by 16"):
+        run(VideoConfig(backend="fill", height=40))
+    with pytest.raises(InputError, match="scaffold_mask"):
+        run(VideoConfig(backend="fill", height=32), scaffold_mask=mask[:, :, :10])
+    six = dict(scaffold_rgb=np.concatenate([rgb, rgb[:1]]), scaffold_mask=np.concatenate([mask, mask[:1]]), c2w=np.concatenate([c2w, c2w[:1]]))
+    with pytest.raises(InputError, match=r"4k\+1 \(e.g. 5 or 9\); got 6 frames"):
+        run(VideoConfig(backend="wan", height=32), **six)
+    with pytest.raises(WeightsNotFoundError, match=r"Wan-AI/Wan2.1-I2V-14B-480P-Diffusers.*huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"):
+        run(VideoConfig(backend="wan"))
+    with pytest.raises(InputError, match="video backend"):
+        run(VideoConfig(backend="sora"))
+
+
+class _FakeScene:
+    kind, seed = "room", 3
+
+    def camera_c2w(self, x, z):
+        return make_pose(rotation_yaw(0.0), torch.tensor([x, -1.5, z], dtype=torch.float64))
+
+    def render(self, c2w, height, backend="auto"):
+        self.seen = c2w.clone()
+        frames = np.stack([np.full((height, 2 * height, 3), float(c[2, 3]) / 10, np.float32) for c in c2w])
+        return frames, np.ones(frames.shape[:3], np.float32), np.zeros(frames.shape[:3], bool)
+
+
+def test_oracle_renders_the_scene_along_the_trajectory_from_its_start_camera():
+    from matrix_world.generation.video import VideoConfig, generate_video
+
+    rgb, mask, c2w = _stage_inputs()
+    scene = _FakeScene()
+    res = generate_video(VideoConfig(backend="oracle", height=32), scaffold_rgb=rgb, scaffold_mask=mask, prompt="p", c2w=c2w, scene=scene)
+    np.testing.assert_allclose(scene.seen[:, 1, 3].numpy(), -1.5)  # trajectory placed at the scene's start camera
+    np.testing.assert_allclose(res.frames[:, 0, 0, 0], 0.01 * np.arange(5), atol=1e-6)
+    assert res.info["backend"] == "oracle" and res.info["scene_kind"] == "room"
+
+
+# --------------------------------------------------------------------------- memory modes
+
+
+def test_memory_mode_choice_estimates_and_oom_message():
+    from types import SimpleNamespace
+
+    from diffusers import WanTransformer3DModel
+
+    from matrix_world.generation.memory import VideoOutOfMemoryError, choose_memory_mode, estimate_memory_gb, oom_guard
+    from matrix_world.generation.wan_pipeline import WAN_I2V_14B_CONFIG
+
+    with torch.device("meta"):
+        tr = WanTransformer3DModel(**WAN_I2V_14B_CONFIG)
+    tr.to(torch.bfloat16)  # meta tensors: only sizes matter here
+    umt5_xxl = torch.nn.Module()
+    umt5_xxl.register_parameter("w", torch.nn.Parameter(torch.empty(5_680_000_000, dtype=torch.bfloat16, device="meta")))
+    pipe = SimpleNamespace(transformer=tr, text_encoder=umt5_xxl, vae_scale_factor_spatial=8, vae_scale_factor_temporal=4)
+    est480 = estimate_memory_gb(pipe, height=480, width=960, num_frames=81)
+    est720 = estimate_memory_gb(pipe, height=720, width=1440, num_frames=81)
+    # calibrated on the measured stock peaks (FACTS §A): 41 GB at 480p, 52 GB at 720p (transformer alone)
+    assert 38 < est480["offload"] < 44 and 48 < est720["offload"] < 56
+    assert est480["lowvram"] < 24 < est480["offload"] <= est480["full"]
+    assert 50 < est480["full"] < 56  # + the UMT5-XXL text encoder (bf16)
+    assert choose_memory_mode("auto", estimate_gb=est480, free_gb=79.0)[0] == "full"
+    assert choose_memory_mode("auto", estimate_gb=est480, free_gb=50.0)[0] == "offload"
+    assert choose_memory_mode("auto", estimate_gb=est480, free_gb=23.0)[0] == "lowvram"
+    assert choose_memory_mode("auto", estimate_gb=est480, free_gb=None)[0] == "full"
+    assert choose_memory_mode("lowvram", estimate_gb=est480, free_gb=200.0) == ("lowvram", "forced")
+    with pytest.raises(InputError, match="memory mode"):
+        choose_memory_mode("tiny", estimate_gb=est480, free_gb=10.0)
+    with pytest.raises(VideoOutOfMemoryError, match="mode 'full'.*'offload'.*Nothing was written"):
+        with oom_guard("full"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    with pytest.raises(VideoOutOfMemoryError, match="mode 'lowvram'; use 480p"):
+        with oom_guard("lowvram"):
+            raise torch.OutOfMemoryError("CUDA out of memory")
