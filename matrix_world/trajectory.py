@@ -22,17 +22,19 @@ horizon in the motion direction (:func:`forward_distance`) and ``l = move * d``
 * ``s_curve``: forward ``l`` with a lateral sine ``amplitude * d * sin(2 pi s / l)``
   (amplitude 0.15; Matrix-3D uses 0.15 scene units on depth normalised to about 1, so
   this equals theirs at d = 1 and keeps the shape for any units), heading along the
-  tangent. The frame-0 heading is the tangent, so the world frame is turned by it too.
-* ``r_curve`` / ``l_curve``: a 30 degree arc to the right / left whose chord ends
-  ``l`` ahead (radius ``l / sin 30``), heading along the tangent. (Matrix-3D's public
+  tangent. The frame-0 heading is the tangent (57.5 degrees off the motion axis), so the
+  panorama is turned by it too and frame 0 shows what the frame-0 pose sees (Matrix-3D
+  pastes the unturned panorama as frame 0, a jump of 57.5 degrees to frame 1).
+* ``r_curve`` / ``l_curve``: a 30 degree arc to the right / left ending ``l`` ahead
+  (radius ``l / sin 30``, so it ends 0.27 l to the side), heading along the tangent. (Matrix-3D's public
   ``l_curve`` produces a mirrored, det = -1 rotation; we use the proper mirror image of
   ``r_curve``.)
 * ``orbit``: look-around at a fixed position, yaw sweeping 360 degrees in ``F`` equal
   steps (frame ``F`` would equal frame 0, so the video loops).
 
 Custom trajectories are JSON: ours ``{"convention": "opencv_c2w", "poses": [[16 floats
-row-major], ...], "fps": 16, "yaw": 0.0}`` or Matrix-3D's plain list of 4x4 OpenCV
-world-to-camera matrices. Both are re-expressed relative to frame 0 (the frame-0 heading
+row-major], ...], "fps": 16}`` (optional: ``"yaw"`` degrees, ``"name"``, ``"meta"``) or
+Matrix-3D's plain list of 4x4 OpenCV world-to-camera matrices. Both are re-expressed relative to frame 0 (the frame-0 heading
 becomes the yaw) and may be rescaled like Matrix-3D so that the farthest camera reaches
 half the panorama distance in its direction.
 """
@@ -362,7 +364,8 @@ def load_matrix3d_trajectory(path: str | os.PathLike, *, fps: float = 16.0) -> T
 
     Poses are re-expressed relative to frame 0 (``c2w_i' = c2w_0^-1 c2w_i``) and the
     frame-0 heading becomes ``yaw``, as Matrix-3D does; no rescaling here
-    (see :func:`load_trajectory`).
+    (see :func:`load_trajectory`). Like Matrix-3D, this takes the panorama as seen by the
+    frame-0 camera: a pitched or rolled frame 0 tilts the panorama's up axis with it.
     """
     data = _read_json(path)
     if not isinstance(data, list):
