@@ -12,6 +12,8 @@ Method, per group of up to 6 views sharing one pass over the mesh:
    outside the same plane;
 2. triangles that cross the near plane are clipped (Sutherland-Hodgman, one plane) into at
    most two sub-triangles that remember their barycentric coordinates in the original;
+   they, and triangles reaching far outside the image (a guard band), are handled in
+   float64, since their screen coordinates are huge;
 3. screen bounding boxes are bucketed by size (powers of two per axis); each bucket lists
    its candidate pixel centres in a vectorised block, keeps those inside the three edge
    functions and writes ``(depth float bits << 32) | raster id`` into an int64 z-buffer
@@ -28,7 +30,8 @@ import torch
 from torch import Tensor
 
 _EMPTY = torch.iinfo(torch.int64).max
-_GROUP = 6  # views per pass: 5 outcode bits each fit in an int32
+_GROUP = 6  # views per pass: one outcode byte per view, packed into an int64
+_GUARD = 16  # vertices projecting beyond 16 image sizes send their triangle to the float64 path
 
 
 def _edge(ax, ay, bx, by, px, py):
@@ -197,6 +200,8 @@ def _rasterize_group(verts, faces, w2c, intr, h, w, near, chunk):
     codes |= ((fx * x + (cx - w) * z) > 0).to(torch.uint8) << 2
     codes |= ((fy * y + cy * z) < 0).to(torch.uint8) << 3
     codes |= ((fy * y + (cy - h) * z) > 0).to(torch.uint8) << 4  # [V, G]
+    guard = _GUARD * max(w, h)  # outside this band float32 screen coordinates lose precision
+    codes |= (((fx * x).abs() > guard * z) | ((fy * y).abs() > guard * z)).to(torch.uint8) << 5
     packed = torch.zeros((codes.shape[0], 8), dtype=torch.uint8, device=device)
     packed[:, :g] = codes
     packed = packed.view(torch.int64)[:, 0]  # one byte of outcode per view
@@ -209,7 +214,7 @@ def _rasterize_group(verts, faces, w2c, intr, h, w, near, chunk):
     any_out = (tc[:, 0] | tc[:, 1] | tc[:, 2]).view(torch.uint8).reshape(-1, 8)[:, :g]
     del tc
     vis = (all_out & 31) == 0
-    crosses = (any_out & 1) == 1
+    crosses = (any_out & 33) != 0  # behind the near plane or outside the guard band: float64 path
     pair_t, pair_g = (vis & ~crosses).nonzero(as_tuple=True)
     clip_t, clip_g = (vis & crosses).nonzero(as_tuple=True)
     del vis, crosses, all_out, any_out
@@ -227,7 +232,10 @@ def _rasterize_group(verts, faces, w2c, intr, h, w, near, chunk):
     # triangles crossing the near plane, clipped
     sub_q = sub_basis = sub_t = sub_g = None
     if len(clip_t):
-        qflat = (verts[faces[clip_t]] @ rot[clip_g].transpose(1, 2)) + trans[clip_g][:, None]  # [n, 3, 3]
+        # float64: corners on the near plane project far outside the image, where float32 edge
+        # functions would lose all precision
+        rot64, trans64 = rot.double(), trans.double()
+        qflat = (verts[faces[clip_t]].double() @ rot64[clip_g].transpose(1, 2)) + trans64[clip_g][:, None]  # [n, 3, 3]
         sub_q, sub_basis, parent = _clip_near(qflat, near)
         sub_t, sub_g = clip_t[parent], clip_g[parent]
         sx, sy = _project(sub_q, fx, fy, cx, cy)
@@ -254,5 +262,5 @@ def _rasterize_group(verts, faces, w2c, intr, h, w, near, chunk):
             sx, sy = _project(qc, fx, fy, cx, cy)
             b_sub = _screen_bary(sx, sy, qc[..., 2], px[~direct], py[~direct])
             tri[p_c] = sub_t[r_c]
-            bary[p_c] = torch.einsum("ni,nij->nj", b_sub, sub_basis[r_c])
+            bary[p_c] = torch.einsum("ni,nij->nj", b_sub, sub_basis[r_c]).to(torch.float32)
     return tri.reshape(g, h, w), bary.reshape(g, h, w, 3)

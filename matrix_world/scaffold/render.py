@@ -10,9 +10,9 @@ resampling are shared PyTorch code.
 
 Resampling rules, per output pixel with bilinear taps k (weights w_k, coverage c_k):
 ``covered = sum w_k c_k >= 0.5``; attributes are averaged over covered taps only
-(weights renormalised); distance likewise where the covered taps agree within 5 %, else
-the distance of the heaviest covered tap (depth edges never blend); ``inf`` where
-nothing was hit.
+(weights renormalised); inverse face depth likewise where the covered taps agree within
+20 %, else that of the heaviest covered tap (depth edges do not blend), converted to the
+distance along the output ray (exact on planes); ``inf`` where nothing was hit.
 
 Conventions: OpenCV frames, poses ``c2w`` [F, 4, 4] map the panoramic camera to the world
 the mesh lives in; equirect geometry as in :mod:`matrix_world.equirect`.
@@ -32,7 +32,7 @@ from matrix_world.errors import InputError
 from matrix_world.scaffold.mesh import ScaffoldMesh
 
 _MARGIN = 2  # extra pixels on each side of a 90-degree cube face
-_SMOOTH = 0.05  # taps within 5 % distance of each other are blended
+_SMOOTH = 0.2  # taps whose inverse depths differ by less than 20 % are blended (else nearest)
 _MASK_ALPHA = 0.999  # a pixel is known where the interpolated alpha exceeds this
 
 
@@ -63,10 +63,11 @@ def _face_intrinsics(face_size: int) -> tuple[tuple[float, float, float, float],
 
 
 @functools.lru_cache(maxsize=16)
-def _lookup(height: int, face_size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def _lookup(height: int, face_size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """Bilinear taps of every equirect pixel into the stacked face images.
 
-    returns (index [H*W, 4] int64 into a flat [6 * S * S] face stack, weight [H*W, 4] float32)
+    returns (index [H*W, 4] int64 into a flat [6 * S * S] face stack, weight [H*W, 4] float32,
+             secant [H*W] float32: 1 / cos of the angle between the pixel's ray and its face axis)
     """
     (fx, fy, cx, cy), size = _face_intrinsics(face_size)
     dirs = equirect_directions(height, device=device, dtype=torch.float64).reshape(-1, 3)
@@ -81,34 +82,38 @@ def _lookup(height: int, face_size: int, device: torch.device) -> tuple[Tensor, 
     base = face * size * size + y0.long() * size + x0.long()
     index = torch.stack((base, base + 1, base + size, base + size + 1), dim=1)
     weight = torch.stack(((1 - ax) * (1 - ay), ax * (1 - ay), (1 - ax) * ay, ax * ay), dim=1)
-    return index, weight.to(torch.float32)
+    secant = 1.0 / q[:, 2]  # distance along the ray = face depth z / cos(angle to the face axis)
+    return index, weight.to(torch.float32), secant.to(torch.float32)
 
 
 def _resample(
     face_attrs: Tensor,  # [F, 6, S, S, C]
-    face_dist: Tensor,  # [F, 6, S, S]
+    face_inv_depth: Tensor,  # [F, 6, S, S] 1 / face z-depth (linear in screen space on planes)
     face_cov: Tensor,  # [F, 6, S, S] bool
     height: int,
     face_size: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Cube faces -> equirect (attrs [F, H, 2H, C], distance [F, H, 2H], covered [F, H, 2H])."""
+    """Cube faces -> equirect (attrs [F, H, 2H, C], distance [F, H, 2H], covered [F, H, 2H]).
+
+    Inverse depth is linear in screen space on a plane, so blending it bilinearly and
+    converting back to distance along the output ray is exact on planar surfaces.
+    """
     f, c = face_attrs.shape[0], face_attrs.shape[-1]
-    index, weight = _lookup(height, face_size, face_attrs.device)
-    cov = face_cov.reshape(f, -1)[:, index].to(torch.float32)  # [F, N, 4]
+    index, weight, secant = _lookup(height, face_size, face_attrs.device)
+    cov = face_cov.reshape(f, -1)[:, index]  # [F, N, 4]
     wc = weight[None] * cov
     total = wc.sum(-1)  # [F, N]
     covered = total >= 0.5
     norm = wc / total.clamp(min=1e-12)[..., None]
     attrs = (face_attrs.reshape(f, -1, c)[:, index] * norm[..., None]).sum(-2)  # [F, N, C]
-    dist = face_dist.reshape(f, -1)[:, index]  # [F, N, 4]
-    big = torch.finfo(torch.float32).max
-    d_max = torch.where(cov > 0, dist, torch.zeros_like(dist)).amax(-1)
-    d_min = torch.where(cov > 0, dist, torch.full_like(dist, big)).amin(-1)
-    smooth = (d_max - d_min) <= _SMOOTH * d_min
-    blended = (torch.where(cov > 0, dist, torch.zeros_like(dist)) * norm).sum(-1)
-    nearest = dist.gather(-1, wc.argmax(-1, keepdim=True))[..., 0]
-    distance = torch.where(smooth, blended, nearest)
-    distance = torch.where(covered, distance, torch.full_like(distance, float("inf")))
+    inv = face_inv_depth.reshape(f, -1)[:, index]  # [F, N, 4]
+    i_max = torch.where(cov, inv, torch.zeros_like(inv)).amax(-1)
+    i_min = torch.where(cov, inv, torch.full_like(inv, float("inf"))).amin(-1)
+    smooth = (i_max - i_min) <= _SMOOTH * i_min
+    blended = (torch.where(cov, inv, torch.zeros_like(inv)) * norm).sum(-1)
+    nearest = inv.gather(-1, wc.argmax(-1, keepdim=True))[..., 0]
+    inv_depth = torch.where(smooth, blended, nearest)
+    distance = torch.where(covered, secant[None] / inv_depth, torch.full_like(inv_depth, float("inf")))
     attrs = attrs * covered[..., None]
     w = 2 * height
     return attrs.reshape(f, height, w, c), distance.reshape(f, height, w), covered.reshape(f, height, w)
@@ -208,9 +213,11 @@ def render_mesh_equirect(
         corner = faces[tri.clamp(min=0)]  # [f*6, S, S, 3]
         interp = (attrs_ext[corner] * bary[..., None]).sum(-2)  # [f*6, S, S, C+3]
         pos = interp[..., num_attr:].reshape(f, 6, size, size, 3)
-        dist = (pos - centres[s : s + f, None, None, None].to(torch.float32)).norm(dim=-1)
+        axes = view_w2c[:, 2, :3].reshape(f, 6, 1, 1, 3).to(torch.float32)  # face axes in world
+        depth = ((pos - centres[s : s + f, None, None, None].to(torch.float32)) * axes).sum(-1)
+        inv_depth = torch.where(hit.reshape(depth.shape), 1.0 / depth.clamp(min=near), torch.zeros_like(depth))
         a, d, c = _resample(
-            interp[..., :num_attr].reshape(f, 6, size, size, num_attr), dist, hit.reshape(f, 6, size, size), height, face_size
+            interp[..., :num_attr].reshape(f, 6, size, size, num_attr), inv_depth, hit.reshape(f, 6, size, size), height, face_size
         )
         out_attrs.append(a)
         out_dist.append(d)
