@@ -214,12 +214,18 @@ def load_lora(pipe, lora: str, *, weight_name: str | None = None, scale: float =
     """
     path = resolve_lora(lora, weight_name, allow_download=allow_download)
     state = read_lora_state_dict(path)
+    shapes = _weight_shapes(pipe)
+    _check_lora_fits(pipe, state, path)
     try:
         pipe.load_lora_weights(state, adapter_name=adapter_name)
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         unload_lora(pipe)
         raise InputError(f"LoRA {path} does not fit the FLUX transformer ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
     adapters = {name for names in pipe.get_list_adapters().values() for name in names}
+    bad = _lora_shape_mismatches(pipe, adapter_name, shapes)
+    if bad:
+        unload_lora(pipe)
+        raise InputError(f"LoRA {path} does not fit the FLUX transformer: {len(bad)} layer(s) with wrong shapes, e.g. {bad[0]}")
     if adapter_name not in adapters:
         raise InputError(f"LoRA {path} holds no LoRA weights for the FLUX transformer or text encoder "
                          f"(keys look like {list(state)[:2]}); expected a FLUX LoRA (diffusers/peft, kohya or BFL layout)")
@@ -229,7 +235,74 @@ def load_lora(pipe, lora: str, *, weight_name: str | None = None, scale: float =
 
 def unload_lora(pipe) -> None:
     """Remove every LoRA from the pipeline: the base weights come back bit-exactly."""
-    pipe.unload_lora_weights()
+    try:
+        pipe.unload_lora_weights(reset_to_overwritten_params=True)  # also undoes FLUX's input expansion
+    except TypeError:
+        pipe.unload_lora_weights()
+
+
+def _check_lora_fits(pipe, state: dict[str, Tensor], path: str) -> None:
+    """Compare a LoRA's A/B shapes with the transformer's layers BEFORE loading it.
+
+    Needed because diffusers' FLUX loader widens a base layer to fit a wider LoRA (for Control
+    LoRAs) and cannot undo that for nested layers: a LoRA for another model must never load.
+    """
+    try:
+        converted = pipe.lora_state_dict(dict(state))
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise InputError(f"LoRA {path} is not in a FLUX LoRA layout ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+    if isinstance(converted, tuple):
+        converted = converted[0]
+    for key, tensor in converted.items():
+        if not key.startswith("transformer.") or not key.endswith((".lora_A.weight", ".lora_B.weight")):
+            continue
+        module_name = key[len("transformer."):].rsplit(".lora_", 1)[0]
+        try:
+            layer = pipe.transformer.get_submodule(module_name)
+        except AttributeError:
+            raise InputError(f"LoRA {path} targets '{module_name}', which the FLUX transformer does not have; "
+                             "is it a LoRA for another model?") from None
+        weight = getattr(layer, "weight", None)
+        if weight is None or weight.dim() != 2:
+            continue
+        out_f, in_f = weight.shape
+        ok = tensor.shape[1] == in_f if key.endswith("lora_A.weight") else tensor.shape[0] == out_f
+        if not ok:
+            raise InputError(f"LoRA {path} does not fit the FLUX transformer: {key} has shape {tuple(tensor.shape)} "
+                             f"but the layer is {out_f}x{in_f}; is it a LoRA for another model?")
+
+
+def _weight_shapes(pipe) -> dict[str, tuple]:
+    return {f"{c}.{n}": tuple(p.shape) for c in ("transformer", "text_encoder", "text_encoder_2")
+            if getattr(pipe, c, None) is not None for n, p in getattr(pipe, c).named_parameters()}
+
+
+def _lora_shape_mismatches(pipe, adapter_name: str, shapes: dict[str, tuple]) -> list[str]:
+    """LoRA layers that do not fit their base layer.
+
+    diffusers' FLUX loader silently widens a base layer when a LoRA's input is wider (meant for
+    Control LoRAs that add input channels); a LoRA made for another model would then load
+    "successfully". ``shapes`` are the weight shapes before loading.
+    """
+    bad = []
+    for component in ("transformer", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, component, None)
+        if module is None:
+            continue
+        for name, layer in module.named_modules():
+            lora_a, lora_b = getattr(layer, "lora_A", None), getattr(layer, "lora_B", None)
+            base = getattr(layer, "base_layer", None)
+            if not isinstance(lora_a, torch.nn.ModuleDict) or adapter_name not in lora_a or not hasattr(base, "weight"):
+                continue
+            before = shapes.get(f"{component}.{name}.weight")
+            if before is not None and tuple(base.weight.shape) != before:
+                bad.append(f"{component}.{name}: would widen {before} to {tuple(base.weight.shape)}")
+                continue
+            out_f, in_f = base.weight.shape[:2]
+            a, b = lora_a[adapter_name].weight, lora_b[adapter_name].weight
+            if a.shape[1] != in_f or b.shape[0] != out_f or a.shape[0] != b.shape[1]:
+                bad.append(f"{component}.{name}: base {tuple(base.weight.shape)}, A {tuple(a.shape)}, B {tuple(b.shape)}")
+    return bad
 
 
 # --------------------------------------------------------------------------- packed latents
