@@ -16,7 +16,8 @@ Stage outputs are written into a hidden staging folder ``<out>/.staging-<name>/`
 ``stage.path(name)``) and moved into place only when the whole stage succeeds, after which
 the manifest is rewritten atomically. A stage that fails or is killed leaves its previous
 outputs and manifest record untouched, and its staging folder is removed (at the latest
-when the stage runs again): nothing half-written ever sits among the artifacts.
+when the stage runs again): nothing half-written ever sits among the artifacts. Files a
+rerun of a stage no longer writes (e.g. an optional export) are deleted as stale.
 
 Usage::
 
@@ -346,10 +347,11 @@ class RunDir:
                 os.replace(st.staging / rel, final)
         except OSError as exc:
             raise OutputError(f"moving the outputs of stage {st.name!r} into {self.path} failed: {exc}") from exc
-        # outputs of an earlier version of this stage that it no longer writes
+        # outputs of an earlier version of this stage that it no longer writes: stale, removed
         for rel, art in list(self.manifest["artifacts"].items()):
             if art.get("stage") == st.name and rel not in artifacts:
                 self.manifest["artifacts"].pop(rel)
+                (self.path / rel).unlink(missing_ok=True)
         self.manifest["artifacts"].update(artifacts)
         self.manifest["stages"][st.name] = {
             "status": "done", "config_hash": st.config_hash, "config": st.config, "inputs": st.inputs,

@@ -100,7 +100,7 @@ def test_end_to_end_and_resume(inputs, tmp_path, capsys):
     m2 = json.loads((out / "manifest.json").read_text())
     assert m2["runs"][-1]["ran"] == ["scaffold"] and m2["runs"][-1]["skipped"] == ["trajectory"]
     assert np.load(out / "scaffold.npz")["rgb"].shape == (5, 16, 32, 3)
-    assert "scaffold_mesh.ply" not in m2["artifacts"]
+    assert "scaffold_mesh.ply" not in m2["artifacts"] and not (out / "scaffold_mesh.ply").exists()
 
 
 def test_orbit_frames_are_turned_panoramas(inputs, tmp_path):
