@@ -72,10 +72,10 @@ def as_bchw(images) -> Tensor:
     return x.contiguous()
 
 
-def perspective_crops(panos, views: str | list[PerspectiveView] = "12", size: int = 256) -> Tensor:
-    """Cut the same perspective views from every panorama: -> [B, V, 3, size, size] (bilinear)."""
+def perspective_crops(panos, views: str | list[PerspectiveView] = "12", size: int = 256, mode: str = "bilinear") -> Tensor:
+    """Cut the same perspective views from every panorama: -> [B, V, 3, size, size]."""
     x = as_bchw(panos)
-    crops = [crop_perspective(x, v)[0] for v in view_set(views, size)]
+    crops = [crop_perspective(x, v, mode=mode)[0] for v in view_set(views, size)]
     return torch.stack(crops, 1).clamp(0, 1)
 
 
@@ -104,23 +104,25 @@ def load_lpips(net: str = "alex", device="cpu"):
 
 
 def image_metrics(pred, target, views: str | list[PerspectiveView] = "12", size: int = 256, *, lpips: bool = True,
-                  mask=None, device="cpu", batch: int = 32) -> dict:
+                  mask=None, mode: str = "bilinear", device="cpu", batch: int = 32) -> dict:
     """PSNR / SSIM (/ LPIPS) between panoramas on perspective crops.
 
     pred, target: panoramas [B, H, W, 3] / [H, W, 3] / [B, 3, H, W] in [0, 1].
     mask: optional [B, H, W] bool of pixels to score (PSNR only; crops of the mask pick
         the pixels, SSIM/LPIPS ignore it).
+    mode: crop sampling, "bilinear" (default) or "nearest" (copies pixels: keeps per-pixel
+        noise statistics intact).
     Returns {"psnr", "ssim", "lpips" (float or None), "lpips_note" (why None), "views", "crops"}.
     """
-    p = perspective_crops(pred, views, size).flatten(0, 1)
-    t = perspective_crops(target, views, size).flatten(0, 1)
+    p = perspective_crops(pred, views, size, mode).flatten(0, 1)
+    t = perspective_crops(target, views, size, mode).flatten(0, 1)
     if p.shape != t.shape:
         raise ValueError(f"pred and target crops differ: {tuple(p.shape)} vs {tuple(t.shape)}")
     m = None
     if mask is not None:
         mk = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask).float()
         mk = mk[None] if mk.dim() == 2 else mk
-        m = (perspective_crops(mk[:, None].expand(-1, 3, -1, -1), views, size).flatten(0, 1) > 0.999)[:, :1]
+        m = (perspective_crops(mk[:, None].expand(-1, 3, -1, -1), views, size, mode).flatten(0, 1) > 0.999)[:, :1]
     psnrs, ssims = [], []
     for i in range(0, len(p), batch):
         pp, tt = p[i : i + batch].to(device), t[i : i + batch].to(device)
@@ -214,9 +216,13 @@ def align_poses(c2w_pred, c2w_gt, method: str = "umeyama", with_scale: bool = Tr
 
 
 def rotation_angle(r: np.ndarray) -> np.ndarray:
-    """Geodesic angle of rotation matrices [..., 3, 3] in radians."""
-    tr = np.trace(r, axis1=-2, axis2=-1)
-    return np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0))
+    """Geodesic angle of rotation matrices [..., 3, 3] in radians.
+
+    Uses ||R - I||_F = 2 sqrt(2) sin(theta / 2), accurate for small angles (arccos of the
+    trace loses half the digits there).
+    """
+    dev = np.linalg.norm(r - np.eye(3), axis=(-2, -1))
+    return 2.0 * np.arcsin(np.clip(dev / (2.0 * np.sqrt(2.0)), 0.0, 1.0))
 
 
 def pose_error(c2w_pred, c2w_gt, align: str = "umeyama", with_scale: bool = True) -> dict:
