@@ -39,9 +39,8 @@ from matrix_world.cameras import crop_perspective, icosahedron_views
 from matrix_world.equirect import equirect_directions, resize_equirect
 from matrix_world.errors import InputError
 from matrix_world.generation.depth_merge import MergeConfig, merge_log_distances
-from matrix_world.generation.moge_backend import MOGE2_DEFAULT, LoadedMoGe, estimate_fov, infer_views, load_moge
+from matrix_world.generation.moge_backend import MOGE2_DEFAULT, LoadedMoGe, estimate_fov, infer_views, load_moge, moge_available
 from matrix_world.generation.panorama import as_rgb_image
-from matrix_world.generation.weights import weights_available
 
 MAX_HEIGHT = 4096  # panoramas up to 8192 x 4096
 MAX_MERGE_HEIGHT = 1024  # the merge runs at <= 2048 x 1024 and is upsampled (Matrix-3D: 1920 x 960)
@@ -250,7 +249,7 @@ def estimate_depth(rgb, config: DepthConfig | None = None, *, device="cpu") -> D
     rgb = check_panorama(rgb)
     backend, reason = config.backend, "requested"
     if backend == "auto":
-        if weights_available(config.model, None if Path(config.model).expanduser().exists() else "model.pt"):
+        if moge_available(config.model):
             backend, reason = "moge", f"{config.model} is available locally"
         else:
             backend, reason = "prior", f"{config.model} is not on this machine: using the ground-plane/dome heuristic"

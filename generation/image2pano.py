@@ -37,7 +37,6 @@ from matrix_world.generation.panorama import (
     load_flux_pipeline,
     WORLDGEN_TEMPLATE,
 )
-from matrix_world.generation.weights import weights_available
 
 DEFAULT_FOV = 60.0
 FOV_RANGE = (10.0, 170.0)
@@ -111,8 +110,9 @@ def estimate_photo_fov(photo: np.ndarray, config: PanoramaConfig, device) -> tup
         if not FOV_RANGE[0] <= fov <= FOV_RANGE[1]:
             raise InputError(f"photo FOV must be in [{FOV_RANGE[0]:g}, {FOV_RANGE[1]:g}] degrees, got {fov:g}")
         return fov, "given"
-    if config.fov_model and weights_available(config.fov_model, "model.pt" if not _is_file(config.fov_model) else None):
-        from matrix_world.generation.moge_backend import estimate_fov
+    from matrix_world.generation.moge_backend import estimate_fov, moge_available
+
+    if config.fov_model and moge_available(config.fov_model):
 
         try:
             fov = estimate_fov(photo, config.fov_model, device=device)
@@ -120,12 +120,6 @@ def estimate_photo_fov(photo: np.ndarray, config: PanoramaConfig, device) -> tup
             return DEFAULT_FOV, "default (MoGe estimate failed)"
         return float(np.clip(fov, *FOV_RANGE)), "moge"
     return DEFAULT_FOV, "default"
-
-
-def _is_file(name: str) -> bool:
-    from pathlib import Path
-
-    return Path(name).expanduser().is_file()
 
 
 def prepare_fill_inputs(photo, config: PanoramaConfig, fov: float) -> dict:

@@ -49,6 +49,15 @@ def resolve_checkpoint(name_or_path: str, *, allow_download: bool = False) -> st
                         allow_download=allow_download)
 
 
+def moge_available(name_or_path: str) -> bool:
+    """True when the MoGe checkpoint is on this machine (no download)."""
+    try:
+        resolve_checkpoint(name_or_path)
+    except InputError:
+        return False
+    return True
+
+
 def checkpoint_version(config: dict) -> int:
     """1 or 2, from a checkpoint's ``model_config``."""
     return 2 if isinstance(config.get("encoder"), dict) else 1
@@ -120,5 +129,5 @@ def estimate_fov(photo: np.ndarray, model: str | LoadedMoGe, *, device="cpu", nu
     return math.degrees(2.0 * math.atan(0.5 / fx))
 
 
-__all__ = ["LoadedMoGe", "load_moge", "infer_views", "estimate_fov", "resolve_checkpoint", "MOGE1_DEFAULT",
+__all__ = ["LoadedMoGe", "load_moge", "moge_available", "infer_views", "estimate_fov", "resolve_checkpoint", "MOGE1_DEFAULT",
            "MOGE2_DEFAULT", "WeightsNotFoundError"]

@@ -406,14 +406,17 @@ def flux_panorama_pipeline_class():
     return make_panorama_pipeline_class(_diffusers().FluxPipeline)
 
 
-def load_flux_pipeline(config: PanoramaConfig, device, *, fill: bool = False):
+def load_flux_pipeline(config: PanoramaConfig, device, *, fill: bool | None = None):
     """Load FLUX.1-dev (or FLUX.1-Fill-dev) from a hub id or folder, add the LoRA, place it for the memory mode.
+
+    fill: load FluxFillPipeline (default: when ``config.backend == 'flux-fill'``).
 
     Returns (pipe, info). Missing weights raise WeightsNotFoundError with the download command.
     """
     from matrix_world.generation.memory import apply_memory_mode
 
     diffusers = _diffusers()
+    fill = config.backend == "flux-fill" if fill is None else fill
     model = config.model or (DEFAULT_FLUX_FILL if fill else DEFAULT_FLUX)
     what = "FLUX.1-Fill-dev (image -> panorama)" if fill else "FLUX.1-dev (text -> panorama)"
     folder = resolve_pretrained(model, what=what, allow_download=config.allow_download)
