@@ -23,9 +23,14 @@ import time
 from pathlib import Path
 
 import torch
+from matrix_world.datasets.benchmark import (
+    BENCHMARK_SCENES,
+    DEFAULT_ROOT,
+    build_benchmark_split,
+    load_benchmark_split,
+)
 
 from matrix_world.cli import positive_int, run_main
-from matrix_world.datasets.benchmark import BENCHMARK_SCENES, DEFAULT_ROOT, build_benchmark_split, load_benchmark_split
 
 
 def main(argv=None) -> int:
@@ -36,6 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--heldout", type=positive_int, default=16, help="held-out novel views per scene")
     p.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes, one thread each (CPU rendering)")
     p.add_argument("--force", action="store_true", help="rebuild even if the split is complete")
     p.add_argument("--smoke", action="store_true", help="2 scenes, 9 frames + 4 held-out at 32x64, in a temp folder")
     args = p.parse_args(argv)
@@ -53,10 +59,12 @@ def main(argv=None) -> int:
         shutil.rmtree(root)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"building {len(scenes)} clips of {args.frames}+{args.heldout} frames at {args.height}x{2 * args.height} "
-          f"(backend {args.backend}, device {device}, {torch.get_num_threads()} threads) into {root}", flush=True)
+          f"(backend {args.backend}, device {device}, {args.workers} worker(s), {torch.get_num_threads()} threads) "
+          f"into {root}", flush=True)
     t0 = time.perf_counter()
     split = build_benchmark_split(root, frames=args.frames, height=args.height, heldout=args.heldout,
-                                  backend=args.backend, scenes=scenes, log=lambda m: print(m, flush=True))
+                                  backend=args.backend, scenes=scenes, workers=args.workers,
+                                  log=lambda m: print(m, flush=True))
     total = time.perf_counter() - t0
     clips = load_benchmark_split(root)  # check that it loads
     assert len(clips) == len(scenes) and clips[0].frames.shape[0] == args.frames
@@ -66,7 +74,7 @@ def main(argv=None) -> int:
           f"| {len(built)} | {frames} | {total:.1f} | {total / max(frames, 1):.3f} | {device} |")
     result = {"name": "build_benchmark_split", "smoke": args.smoke, "clips_built": len(built), "frames_rendered": frames,
               "height": args.height, "total_seconds": round(total, 2), "seconds_per_frame": round(total / max(frames, 1), 4),
-              "backend": args.backend, "device": device, "threads": torch.get_num_threads(), "per_clip": split["clips"]}
+              "backend": args.backend, "device": device, "workers": args.workers, "threads": torch.get_num_threads(), "per_clip": split["clips"]}
     if os.environ.get("OUT"):
         out = Path(os.environ["OUT"]) / "build_benchmark_split.json"
         out.parent.mkdir(parents=True, exist_ok=True)

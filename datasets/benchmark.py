@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from matrix_world.datasets.build import GENERATOR_VERSION, make_clip_scene_and_path
 from matrix_world.datasets.clips import is_complete_clip, read_clip, write_clip_atomic
 from matrix_world.datasets.procedural import describe
 from matrix_world.datasets.scenes import Scene, make_scene
 from matrix_world.datasets.trajectories import heldout_poses
+
 from matrix_world.errors import InputError
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "synthetic_v1"
@@ -88,42 +88,73 @@ class BenchmarkClip:
         return self.scene.render(world, height or self.frames.shape[1], backend=backend)
 
 
+def build_benchmark_clip(root: str | Path, entry: tuple, *, frames: int = 81, height: int = 256, heldout: int = 16,
+                         backend: str = "auto") -> dict:
+    """Build one benchmark scene ``entry`` = (name, kind, scene seed, trajectory seed) into ``root/name``."""
+    name, kind, scene_seed, traj_seed = entry
+    root = Path(root)
+    folder = root / name
+    if is_complete_clip(folder) and is_complete_clip(folder / "heldout"):
+        return {"name": name, "skipped": True}
+    t0 = time.perf_counter()
+    scene, path = make_clip_scene_and_path(kind, scene_seed, traj_seed, frames)
+    held = heldout_poses(scene, path, seed=traj_seed, count=heldout)
+    rgb, dist, sky = scene.render(torch.cat([path.c2w, held]), height, backend=backend)
+    meta = {"benchmark": name, "split_version": SPLIT_VERSION, "scene_kind": kind, "scene_seed": scene.seed,
+            "trajectory_seed": traj_seed, "path_length_m": round(path.length, 4), "triangles": scene.num_triangles,
+            "scene_fingerprint": scene.fingerprint(), "generator_version": GENERATOR_VERSION}
+    ref = path.c2w[0].numpy()
+    prompt = describe(scene)
+    # held-out views go to a sibling folder first, then the clip, then they move into it: a
+    # clip folder counts as done only once heldout/ is inside it
+    tmp_held = root / f".held-{name}"
+    write_clip_atomic(tmp_held, rgb[frames:], dist[frames:], held.numpy(), prompt, {**meta, "heldout": True},
+                      sky=sky[frames:], distance_dtype="float32", reference_c2w=ref)
+    write_clip_atomic(folder, rgb[:frames], dist[:frames], path.c2w.numpy(), prompt, meta, sky=sky[:frames],
+                      distance_dtype="float32")
+    tmp_held.rename(folder / "heldout")
+    return {"name": name, "kind": kind, "seconds": round(time.perf_counter() - t0, 2), "frames": frames + heldout,
+            "path_length_m": round(path.length, 2), "triangles": scene.num_triangles}
+
+
+def _build_one(args):
+    torch.set_num_threads(1)  # one thread per worker process
+    root, entry, kw = args
+    return build_benchmark_clip(root, entry, **kw)
+
+
 def build_benchmark_split(root: str | Path = DEFAULT_ROOT, *, frames: int = 81, height: int = 256, heldout: int = 16,
-                          backend: str = "auto", scenes=BENCHMARK_SCENES, log=print) -> dict:
-    """Build (or resume) the split; returns the split.json content (with build timings)."""
+                          backend: str = "auto", scenes=BENCHMARK_SCENES, workers: int = 1, log=print) -> dict:
+    """Build (or resume) the split; returns the split.json content (with build timings).
+
+    workers > 1 builds scenes in parallel processes (CPU rendering); with CUDA use 1.
+    """
+    import multiprocessing
+
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    kw = {"frames": frames, "height": height, "heldout": heldout, "backend": backend}
+
+    def report(row):
+        if row.get("skipped"):
+            log(f"{row['name']:8s} already complete")
+        else:
+            log(f"{row['name']:8s} {row['kind']:8s} {frames}+{heldout} frames  path {row['path_length_m']:5.1f} m  "
+                f"{row['triangles']:6d} tris  {row['seconds']:6.1f} s")
+
     rows = []
-    for name, kind, scene_seed, traj_seed in scenes:
-        t0 = time.perf_counter()
-        folder = root / name
-        if is_complete_clip(folder) and is_complete_clip(folder / "heldout"):
-            rows.append({"name": name, "skipped": True})
-            log(f"{name:8s} already complete")
-            continue
-        scene, path = make_clip_scene_and_path(kind, scene_seed, traj_seed, frames)
-        held = heldout_poses(scene, path, seed=traj_seed, count=heldout)
-        rgb, dist, sky = scene.render(torch.cat([path.c2w, held]), height, backend=backend)
-        meta = {"benchmark": name, "split_version": SPLIT_VERSION, "scene_kind": kind, "scene_seed": scene.seed,
-                "trajectory_seed": traj_seed, "path_length_m": round(path.length, 4), "triangles": scene.num_triangles,
-                "scene_fingerprint": scene.fingerprint(), "generator_version": GENERATOR_VERSION}
-        ref = path.c2w[0].numpy()
-        prompt = describe(scene)
-        # held-out views go to a sibling folder first, then the clip, then they move into it: a
-        # clip folder counts as done only once heldout/ is inside it
-        tmp_held = root / f".held-{name}"
-        write_clip_atomic(tmp_held, rgb[frames:], dist[frames:], held.numpy(), prompt, {**meta, "heldout": True},
-                          sky=sky[frames:], distance_dtype="float32", reference_c2w=ref)
-        write_clip_atomic(folder, rgb[:frames], dist[:frames], path.c2w.numpy(), prompt, meta, sky=sky[:frames],
-                          distance_dtype="float32")
-        tmp_held.rename(folder / "heldout")
-        dt = time.perf_counter() - t0
-        rows.append({"name": name, "kind": kind, "seconds": round(dt, 2), "frames": frames + heldout,
-                     "path_length_m": round(path.length, 2), "triangles": scene.num_triangles})
-        log(f"{name:8s} {kind:8s} {frames}+{heldout} frames  path {path.length:5.1f} m  {scene.num_triangles:6d} tris  {dt:6.1f} s")
+    if workers <= 1:
+        for entry in scenes:
+            rows.append(build_benchmark_clip(root, entry, **kw))
+            report(rows[-1])
+    else:
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(scenes))) as pool:
+            for row in pool.imap(_build_one, [(root, e, kw) for e in scenes]):
+                rows.append(row)
+                report(row)
     split = {"split_version": SPLIT_VERSION, "frames": frames, "height": height, "heldout": heldout,
-             "scenes": [s[0] for s in scenes], "backend": backend,
+             "scenes": [s[0] for s in scenes], "backend": backend, "workers": workers,
              "build_seconds": round(time.perf_counter() - t_start, 2), "clips": rows}
     (root / "split.json").write_text(json.dumps(split, indent=1) + "\n")
     return split

@@ -21,11 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from matrix_world.datasets.clips import is_complete_clip, write_clip_atomic
 from matrix_world.datasets.procedural import describe
 from matrix_world.datasets.scenes import KINDS, make_scene
-from matrix_world.datasets.trajectories import PathConfig, TrajectoryError, sample_trajectory
+from matrix_world.datasets.trajectories import (
+    PathConfig,
+    TrajectoryError,
+    sample_trajectory,
+)
+
 from matrix_world.errors import InputError
 
 SCENE_RETRIES = 5

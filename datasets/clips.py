@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from matrix_world.cameras import invert_pose
 from matrix_world.errors import InputError

@@ -133,7 +133,7 @@ def image_metrics(pred, target, views: str | list[PerspectiveView] = "12", size:
                 psnrs.append(float(psnr(pp[k], tt[k], m[i + k].to(device))))
         ssims += ssim(pp, tt, reduce=False).tolist()
     out = {"psnr": float(np.mean(psnrs)) if psnrs else math.nan, "ssim": float(np.mean(ssims)), "lpips": None,
-           "lpips_note": None, "views": views if isinstance(views, str) else "custom", "crops": int(len(p))}
+           "lpips_note": None, "views": views if isinstance(views, str) else "custom", "crops": len(p)}
     if lpips:
         model, note = load_lpips(device=device)
         out["lpips_note"] = note

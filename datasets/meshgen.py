@@ -172,7 +172,7 @@ def box_sides(bmin, bmax, cell: float | None = None, *, flat: bool = True, inwar
     dx, dy, dz = x1 - x0, y1 - y0, z1 - z0
 
     def n(length):
-        return 1 if cell is None else max(1, int(round(length / cell)))
+        return 1 if cell is None else max(1, round(length / cell))
 
     # origin, u, v chosen so that cross(u, v) points outward
     specs = {
@@ -244,7 +244,7 @@ def _icosphere(subdivisions: int) -> tuple[np.ndarray, np.ndarray]:
     for _ in range(subdivisions):
         cache: dict[tuple[int, int], int] = {}
 
-        def mid(a, b):
+        def mid(a, b, cache=cache):
             key = (min(a, b), max(a, b))
             if key not in cache:
                 m = v[a] + v[b]

@@ -113,7 +113,7 @@ class PairDataset(torch.utils.data.Dataset):
         sky0 = item["sky"][0].numpy() if "sky" in item else None
         pair = make_training_pair(rgb, item["distance"][0].numpy(), item["c2w"].numpy(), sky0=sky0,
                                   prompt=item["prompt"], config=self.config, backend=self.backend, device="cpu")
-        to_chw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+        to_chw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
         return {"video": to_chw(pair.video), "scaffold": to_chw(pair.scaffold), "mask": torch.from_numpy(pair.mask),
                 "c2w": torch.from_numpy(pair.c2w), "prompt": pair.prompt}
 

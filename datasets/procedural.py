@@ -17,8 +17,13 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-
-from matrix_world.datasets.scenes import OUTDOOR_KINDS, STYLES, Scene, SceneStyle, make_scene
+from matrix_world.datasets.scenes import (
+    OUTDOOR_KINDS,
+    STYLES,
+    Scene,
+    SceneStyle,
+    make_scene,
+)
 
 # word -> scene kind (matched on whole words; multi-word keys are matched as phrases)
 SCENE_KEYWORDS: dict[str, str] = {

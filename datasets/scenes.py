@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from matrix_world.datasets import meshgen as mg
 from torch import Tensor
 
 from matrix_world.cameras import make_pose, rotation_yaw
-from matrix_world.datasets import meshgen as mg
 from matrix_world.errors import InputError
 
 SKY_RADIUS = 150.0
@@ -67,7 +67,6 @@ class SceneStyle:
     room_height: tuple = (2.7, 3.3)
 
 
-_OUT = dict(indoor=False)
 STYLES: dict[str, SceneStyle] = {
     s.name: s
     for s in [
@@ -229,7 +228,7 @@ class Scene:
 
     @property
     def num_triangles(self) -> int:
-        return int(len(self.faces))
+        return len(self.faces)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -422,8 +421,9 @@ def _outdoor(style: SceneStyle, seed: int) -> Scene:
             if inner and kind in ("building", "house"):
                 kind = "wall"
             dry = half + 2.0 if style.water is not None else math.inf  # nothing stands in the sea
-            spot = _place(rng, lambda x, z: math.hypot(x, z) > 4.0 + _RADIUS[kind] and z < dry, region, _RADIUS[kind],
-                          placed, gap=1.5 if inner else 0.5)
+            clear = 4.0 + _RADIUS[kind]  # keep the start point (origin) free
+            spot = _place(rng, lambda x, z, clear=clear, dry=dry: math.hypot(x, z) > clear and z < dry, region,
+                          _RADIUS[kind], placed, gap=1.5 if inner else 0.5)
             if spot is None:
                 continue
             obj = _object(b, kind, spot[0], spot[1], rng, style, light, int(rng.integers(2**31)))

@@ -21,6 +21,7 @@ Frames (DESIGN.md §3): world = the scene's world (OpenCV, y down, ground y = 0)
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -110,8 +111,8 @@ def polyline_is_free(scene, points: np.ndarray, clearance: float) -> bool:
 def densify(points: np.ndarray, spacing: float) -> np.ndarray:
     """Insert points so that consecutive points are at most ``spacing`` apart (same polyline)."""
     out = [points[:1]]
-    for p, q in zip(points[:-1], points[1:]):
-        n = max(1, int(math.ceil(np.linalg.norm(q - p) / spacing)))
+    for p, q in itertools.pairwise(points):
+        n = max(1, math.ceil(np.linalg.norm(q - p) / spacing))
         t = np.arange(1, n + 1)[:, None] / n
         out.append(p + t * (q - p))
     return np.concatenate(out)
@@ -233,7 +234,7 @@ def sample_path(scene, seed: int, config: PathConfig | None = None) -> np.ndarra
     if cfg.max_length is not None and cfg.max_length < min_len:
         raise TrajectoryError(f"max_length {cfg.max_length} m is below min_length {min_len} m")
     rng = np.random.default_rng(seed)
-    free = lambda p: polyline_is_free(scene, p, cfg.clearance)  # noqa: E731
+    free = lambda p: polyline_is_free(scene, p, cfg.clearance)
     best, attempts, point_sets = 0.0, 0, 0
     while attempts < cfg.max_attempts:
         points = sample_walkable_points(scene, cfg.num_points, rng, cfg.clearance)

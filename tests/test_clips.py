@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from matrix_world.cameras import invert_pose, make_pose, rotation_pitch, rotation_yaw
-from matrix_world.datasets.benchmark import BENCHMARK_SCENES, build_benchmark_split, load_benchmark_split
+from matrix_world.datasets.benchmark import (
+    BENCHMARK_SCENES,
+    build_benchmark_split,
+    load_benchmark_split,
+)
 from matrix_world.datasets.build import build_dataset
 from matrix_world.datasets.clips import (
     ClipDataset,
@@ -21,8 +23,15 @@ from matrix_world.datasets.clips import (
     write_clip,
     write_clip_atomic,
 )
-from matrix_world.datasets.pairs import masked_agreement, pair_from_clip, read_scaffold, write_pair
+from matrix_world.datasets.pairs import (
+    masked_agreement,
+    pair_from_clip,
+    read_scaffold,
+    write_pair,
+)
 from matrix_world.datasets.scenes import make_scene
+
+from matrix_world.cameras import invert_pose, make_pose, rotation_pitch, rotation_yaw
 from matrix_world.errors import InputError
 from matrix_world.io import save_npz, write_image, write_video
 
@@ -73,7 +82,7 @@ def test_write_read_round_trip(tmp_path):
 
 
 def test_atomic_write_and_completeness(tmp_path):
-    rgb, dist, sky, c2w = _clip_arrays(f=3)
+    rgb, dist, _, c2w = _clip_arrays(f=3)
     folder = write_clip_atomic(tmp_path / "00000", rgb, dist, c2w, "p")
     assert is_complete_clip(folder) and not list(tmp_path.glob(".tmp-*"))
     (folder / "rgb" / "00002.png").unlink()
@@ -102,7 +111,7 @@ def test_fixed_length_windows(tmp_path):
 
 
 def test_matrix_pano_and_plain_video_layouts(tmp_path):
-    _, dist, sky, c2w = _clip_arrays(f=5, h=16)
+    _, dist, _, c2w = _clip_arrays(f=5, h=16)
     y, x = np.mgrid[0:16, 0:32] / 16.0
     rgb = np.stack([np.stack([0.5 + 0.3 * np.sin(x + k), 0.5 + 0.3 * np.cos(y * 2 - k), 0.4 + 0.2 * np.sin(x + y)], -1)
                     for k in range(5)]).astype(np.float32)  # smooth frames: H.264 keeps them well
@@ -141,7 +150,7 @@ def test_matrix_pano_and_plain_video_layouts(tmp_path):
 
 
 def test_build_dataset_is_resumable_and_reproducible(tmp_path):
-    kw = dict(frames=3, height=16, kinds=("desert", "bedroom"), progress=False)
+    kw = {"frames": 3, "height": 16, "kinds": ("desert", "bedroom"), "progress": False}
     res = build_dataset(tmp_path / "ds", 2, seed=5, **kw)
     assert [r["skipped"] for r in res] == [False, False]
     again = build_dataset(tmp_path / "ds", 3, seed=5, **kw)

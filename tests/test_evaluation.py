@@ -7,8 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from matrix_world.cameras import make_pose, rotation_pitch, rotation_yaw
 from matrix_world.datasets.evaluation import (
     align_poses,
     image_metrics,
@@ -19,6 +17,8 @@ from matrix_world.datasets.evaluation import (
     umeyama,
     view_set,
 )
+
+from matrix_world.cameras import make_pose, rotation_pitch, rotation_yaw
 from matrix_world.equirect import equirect_directions
 from matrix_world.metrics import psnr_from_noise_std
 

@@ -5,9 +5,19 @@ import math
 import numpy as np
 import pytest
 import torch
+from matrix_world.datasets.procedural import (
+    match_prompt,
+    procedural_panorama,
+    scene_from_prompt,
+)
+from matrix_world.datasets.scenes import (
+    INDOOR_KINDS,
+    KINDS,
+    OUTDOOR_KINDS,
+    SKY_RADIUS,
+    make_scene,
+)
 
-from matrix_world.datasets.procedural import match_prompt, procedural_panorama, scene_from_prompt
-from matrix_world.datasets.scenes import INDOOR_KINDS, KINDS, OUTDOOR_KINDS, SKY_RADIUS, make_scene
 from matrix_world.equirect import equirect_directions, pixel_grid, pixel_to_lonlat
 from matrix_world.errors import InputError
 
@@ -136,7 +146,7 @@ def test_walkable_excludes_object_footprints():
     box = scene.boxes[0]
     centre = np.array([[0.5 * (box[0, 0] + box[1, 0]), 0.5 * (box[0, 2] + box[1, 2])]])
     assert not scene.is_walkable(centre).any()
-    x0, z0, x1, z1 = scene.walkable
+    _, z0, x1, _ = scene.walkable
     assert not scene.is_walkable(np.array([[x1 + 1.0, 0.0], [0.0, z0 - 0.1]])).any()
 
 

@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from matrix_world.datasets.scenes import make_scene
 from matrix_world.datasets.trajectories import (
     PathConfig,
@@ -82,7 +81,7 @@ def test_look_around_yaw_adds_the_requested_swing(scenes):
     plain = sample_trajectory(scenes["forest"], 3, frames=41)
     swing = sample_trajectory(scenes["forest"], 3, frames=41, look_around_deg=30.0)
     assert torch.allclose(plain.positions, swing.positions)
-    yaw = lambda c: np.degrees(np.unwrap(np.arctan2(c[:, 0, 2].numpy(), c[:, 2, 2].numpy())))  # noqa: E731
+    yaw = lambda c: np.degrees(np.unwrap(np.arctan2(c[:, 0, 2].numpy(), c[:, 2, 2].numpy())))
     diff = yaw(swing.c2w) - yaw(plain.c2w)
     assert abs(diff.max() - 30.0) < 0.5 and abs(diff.min() + 30.0) < 0.5
 
