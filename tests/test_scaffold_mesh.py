@@ -17,6 +17,7 @@ from matrix_world.scaffold.mesh import (
     occlusion_mask,
     prepare_distance,
     smooth_components,
+    smooth_components_torch,
 )
 
 
@@ -241,3 +242,18 @@ def test_export_reloads(tmp_path, suffix):
     assert (colors[~mesh.visible.numpy()] == 0).all()
     with pytest.raises(InputError, match=".ply or .glb"):
         export_mesh(mesh, tmp_path / "scaffold.obj")
+
+
+def test_torch_components_match_scipy():
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        # blocky random distance: many components of all sizes, some across the seam
+        coarse = 1.0 + torch.randint(0, 4, (6, 12), generator=g).float()
+        d = coarse.repeat_interleave(3, 0).repeat_interleave(3, 1)
+        d = d + 0.01 * torch.rand(d.shape, generator=g)
+        d = torch.roll(d, 1, dims=1)
+        ref, n = smooth_components(d, 0.05)
+        got = smooth_components_torch(d, 0.05).numpy()
+        # same partition: a bijection between the two labellings
+        pairs = set(zip(ref.ravel().tolist(), got.ravel().tolist()))
+        assert len(pairs) == n == len(np.unique(got))

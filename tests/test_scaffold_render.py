@@ -289,6 +289,28 @@ def test_pointcloud_splat_footprint_and_zbuffer():
     assert set(cols_back.tolist()) <= {0, 1, 14, 15}  # the back point straddles the seam: wraps
 
 
+def test_nvdiffrast_clip_matrix_and_triangle_ids_on_cpu():
+    """The pieces of the CUDA path that need no GPU: OpenCV -> clip space, id decoding."""
+    from matrix_world.scaffold.raster_cuda import _decode_triangle_ids, clip_matrix
+
+    fx, fy, cx, cy, w, h, near, far = 30.0, 32.0, 20.0, 17.0, 40, 36, 0.01, 50.0
+    g = torch.Generator().manual_seed(1)
+    pts = torch.rand(100, 3, generator=g) * torch.tensor([4.0, 4.0, 40.0]) - torch.tensor([2.0, 2.0, -0.5])
+    clip = torch.cat((pts, torch.ones(100, 1)), 1) @ clip_matrix((fx, fy, cx, cy), h, w, near, far).T
+    ndc = clip[:, :3] / clip[:, 3:]
+    # nvdiffrast: pixel column j covers NDC x in [-1 + 2j/w, -1 + 2(j+1)/w], row 0 is NDC y = -1
+    torch.testing.assert_close((ndc[:, 0] + 1) / 2 * w, fx * pts[:, 0] / pts[:, 2] + cx, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close((ndc[:, 1] + 1) / 2 * h, fy * pts[:, 1] / pts[:, 2] + cy, rtol=1e-5, atol=1e-4)
+    assert bool((ndc[:, 2] > -1).all() and (ndc[:, 2] < 1).all())
+    assert bool((torch.diff(ndc[pts[:, 2].argsort(), 2]) >= 0).all())  # depth order kept
+    # ids: float(id + 1) up to 2^24, then bit patterns 0x4a800000 + id + 1
+    ids = torch.tensor([0, 5, (1 << 24) - 1, 1 << 24, (1 << 24) + 7])
+    plus = ids + 1
+    enc = torch.where(plus <= (1 << 24), plus.float(), (plus.int() + 0x4A800000).view(torch.float32))
+    enc = torch.cat((enc, torch.zeros(1)))
+    assert _decode_triangle_ids(enc).tolist() == ids.tolist() + [-1]
+
+
 # --------------------------------------------------------------------------- CUDA parity
 
 

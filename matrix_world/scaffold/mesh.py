@@ -155,11 +155,20 @@ def occlusion_mask(distance: Tensor, threshold: float = 0.05) -> Tensor:
 # --------------------------------------------------------------------------- floaters
 
 
+def _smooth_edges(distance: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """Smooth 4-neighbour links: ok_h [H, W] (pixel j to j+1 mod W), ok_v [H-1, W] (row i to i+1)."""
+    d = distance.to(torch.float32)
+    right = torch.roll(d, -1, dims=1)
+    ok_h = (d - right).abs() <= threshold * torch.minimum(d, right)
+    ok_v = (d[:-1] - d[1:]).abs() <= threshold * torch.minimum(d[:-1], d[1:])
+    return ok_h, ok_v
+
+
 def smooth_components(distance: Tensor, threshold: float) -> tuple[np.ndarray, int]:
-    """Connected components of smooth distance, wrapping in longitude.
+    """Connected components of smooth distance, wrapping in longitude (scipy, CPU).
 
     Two 4-neighbours are connected when |d1 - d2| <= threshold * min(d1, d2). Implemented
-    with ``scipy.ndimage.label`` on a doubled grid whose odd cells are the edges between
+    with ``scipy.ndimage.label`` on a doubled grid whose odd cells are the links between
     pixels, then labels touching across the longitude seam are merged.
 
     distance: [H, W] positive finite
@@ -169,28 +178,50 @@ def smooth_components(distance: Tensor, threshold: float) -> tuple[np.ndarray, i
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    d = distance.to(torch.float32)
-    right = torch.roll(d, -1, dims=1)
-    ok_h = ((d - right).abs() <= threshold * torch.minimum(d, right)).cpu().numpy()  # edge (j, j+1 mod W)
-    ok_v = ((d[:-1] - d[1:]).abs() <= threshold * torch.minimum(d[:-1], d[1:])).cpu().numpy()
-    h, w = d.shape
+    ok_h, ok_v = (x.cpu().numpy() for x in _smooth_edges(distance, threshold))
+    h, w = ok_h.shape
     grid = np.zeros((2 * h - 1, 2 * w), dtype=bool)
     grid[::2, ::2] = True
-    grid[::2, 1::2] = ok_h  # the last odd column holds the seam edges (W-1 -> 0)
+    grid[::2, 1::2] = ok_h  # the last odd column holds the seam links (W-1 -> 0)
     grid[1::2, ::2] = ok_v
-    labels, n = ndimage.label(grid)  # 4-connectivity; labels start at 1
+    labels, n = ndimage.label(grid)  # 4-connectivity; pixel cells get labels 1..n
     rows = np.nonzero(ok_h[:, -1])[0] * 2
     a, b = labels[rows, -1], labels[rows, 0]
-    if len(a):
-        graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n + 1, n + 1))
-        n, merged = connected_components(graph, directed=False)
-        labels = merged[labels]
-        # label 0 (edge cells that are not connected) is not used by pixel cells
-    else:
-        labels = labels - 1
-    node = labels[::2, ::2].astype(np.int64)
-    uniq, node = np.unique(node, return_inverse=True)
-    return node.reshape(h, w), len(uniq)
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n + 1, n + 1))
+    _, merged = connected_components(graph, directed=False)
+    node = merged[labels[::2, ::2]]
+    used = np.zeros(merged.max() + 1, dtype=bool)
+    used[node] = True
+    remap = np.cumsum(used) - 1
+    return remap[node].astype(np.int64), int(used.sum())
+
+
+def smooth_components_torch(distance: Tensor, threshold: float) -> Tensor:
+    """Same partition as :func:`smooth_components`, in PyTorch on any device (GPU friendly).
+
+    Parallel union-find: every round hooks the root of each link's larger label onto the
+    smaller one (scatter amin) and compresses paths by pointer jumping, until no link joins
+    two labels. Returns labels [H, W] int64: the smallest pixel index of each component.
+    """
+    ok_h, ok_v = _smooth_edges(distance, threshold)
+    h, w = ok_h.shape
+    idx = torch.arange(h * w, device=distance.device).view(h, w)
+    u = torch.cat((idx[ok_h], idx[:-1][ok_v]))
+    v = torch.cat((torch.roll(idx, -1, dims=1)[ok_h], idx[1:][ok_v]))
+    labels = idx.reshape(-1).clone()
+    while True:
+        lu, lv = labels[u], labels[v]
+        differ = lu != lv
+        if not bool(differ.any()):
+            return labels.view(h, w)
+        lu, lv = lu[differ], lv[differ]
+        low = torch.minimum(lu, lv)
+        labels.scatter_reduce_(0, torch.maximum(lu, lv), low, reduce="amin")
+        while True:  # pointer jumping until every pixel points at its root
+            jumped = labels[labels]
+            if torch.equal(jumped, labels):
+                break
+            labels = jumped
 
 
 def floater_mask(
@@ -202,17 +233,22 @@ def floater_mask(
     near_ratio: float,
 ) -> Tensor:
     """[H, W] bool: pixels of smooth components smaller than ``max_pixels`` whose farthest
-    pixel is nearer than ``near_ratio * max_valid`` (Matrix-3D's floating fragments)."""
+    pixel is nearer than ``near_ratio * max_valid`` (Matrix-3D's floating fragments).
+
+    Components come from scipy on CPU tensors and from :func:`smooth_components_torch` on
+    GPU tensors (no host round trip)."""
     if max_pixels <= 0:
         return torch.zeros_like(distance, dtype=torch.bool)
-    labels_np, n = smooth_components(distance, threshold)
-    labels = torch.from_numpy(labels_np).to(distance.device).reshape(-1)
+    if distance.is_cuda:
+        labels = smooth_components_torch(distance, threshold).reshape(-1)
+        n = labels.numel()
+    else:
+        labels_np, n = smooth_components(distance, threshold)
+        labels = torch.from_numpy(labels_np).to(distance.device).reshape(-1)
     size = torch.bincount(labels, minlength=n)
-    if not bool((size < max_pixels).any()):
-        return torch.zeros_like(distance, dtype=torch.bool)
     far = torch.zeros(n, dtype=distance.dtype, device=distance.device)
     far = far.scatter_reduce(0, labels, distance.reshape(-1), reduce="amax", include_self=False)
-    floating = (size < max_pixels) & (far < near_ratio * max_valid)
+    floating = (size > 0) & (size < max_pixels) & (far < near_ratio * max_valid)
     return floating[labels].reshape(distance.shape)
 
 

@@ -191,24 +191,34 @@ def _rasterize_group(verts, faces, w2c, intr, h, w, near, chunk):
     fx, fy, cx, cy = intr
     g = w2c.shape[0]
     device = verts.device
-    # 1. view coordinates of every vertex in every view (one matmul), screen positions, outcodes
+    # 1. view coordinates of every vertex in every view (one matmul, view-major rows so the
+    #    per-view arrays are contiguous), screen positions, outcodes
     rot, trans = w2c[:, :3, :3], w2c[:, :3, 3]
-    q = torch.addmm(trans.reshape(1, 3 * g), verts, rot.reshape(3 * g, 3).T).reshape(-1, g, 3)  # [V, G, 3]
-    x, y, z = q[..., 0], q[..., 1], q[..., 2]
-    codes = (z < near).to(torch.uint8)
-    codes |= ((fx * x + cx * z) < 0).to(torch.uint8) << 1
-    codes |= ((fx * x + (cx - w) * z) > 0).to(torch.uint8) << 2
-    codes |= ((fy * y + cy * z) < 0).to(torch.uint8) << 3
-    codes |= ((fy * y + (cy - h) * z) > 0).to(torch.uint8) << 4  # [V, G]
-    guard = _GUARD * max(w, h)  # outside this band float32 screen coordinates lose precision
-    codes |= (((fx * x).abs() > guard * z) | ((fy * y).abs() > guard * z)).to(torch.uint8) << 5
-    packed = torch.zeros((codes.shape[0], 8), dtype=torch.uint8, device=device)
-    packed[:, :g] = codes
+    q = torch.addmm(trans.reshape(3 * g, 1), rot.reshape(3 * g, 3), verts.T).view(g, 3, -1)  # [G, 3, V]
+    z = q[:, 2].clone()  # [G, V]
+    inv_z = torch.reciprocal(z)
+    sxs = q[:, 0].mul_(inv_z).mul_(fx).add_(cx)  # in place: x -> screen x
+    sys_ = q[:, 1].mul_(inv_z).mul_(fy).add_(cy)
+    del inv_z
+    behind = z < near
+    guard = _GUARD * max(w, h)  # beyond this band float32 screen coordinates lose precision
+    # Side planes from screen positions; meaningless behind the camera, so vertices behind the
+    # near plane never vote for a side (conservative: their triangles are clipped anyway).
+    side = (sxs < 0).to(torch.uint8) << 1
+    side |= (sxs > w).to(torch.uint8) << 2
+    side |= (sys_ < 0).to(torch.uint8) << 3
+    side |= (sys_ > h).to(torch.uint8) << 4
+    side.masked_fill_(behind, 0)
+    far_out = (sxs < cx - guard) | (sxs > cx + guard) | (sys_ < cy - guard) | (sys_ > cy + guard) | behind
+    codes = side | behind.to(torch.uint8) | (far_out.to(torch.uint8) << 5)  # [G, V]
+    del side, far_out, behind
+    packed = torch.zeros((codes.shape[1], 8), dtype=torch.uint8, device=device)
+    packed[:, :g] = codes.T
     packed = packed.view(torch.int64)[:, 0]  # one byte of outcode per view
-    zs = z.reshape(-1).contiguous()  # [V * G], vertex-major
-    sxs = (fx * x / z + cx).reshape(-1)
-    sys_ = (fy * y / z + cy).reshape(-1)
-    del q, x, y, z, codes
+    zs, sxs, sys_ = z.reshape(-1), sxs.contiguous().view(-1), sys_.contiguous().view(-1)  # flat: view * V + vertex
+    del q
+    num_v = verts.shape[0]
+    del codes
     tc = packed[faces]  # [T, 3]
     all_out = (tc[:, 0] & tc[:, 1] & tc[:, 2]).view(torch.uint8).reshape(-1, 8)[:, :g]  # [T, G]
     any_out = (tc[:, 0] | tc[:, 1] | tc[:, 2]).view(torch.uint8).reshape(-1, 8)[:, :g]
@@ -220,8 +230,8 @@ def _rasterize_group(verts, faces, w2c, intr, h, w, near, chunk):
     del vis, crosses, all_out, any_out
     n_direct = len(pair_t)
 
-    def corners(t, v):  # flat vertex-view indices [n, 3]
-        return faces[t] * g + v[:, None]
+    def corners(t, v):  # flat view-vertex indices [n, 3]
+        return faces[t] + (v * num_v)[:, None]
 
     zbuf = _ZBuffer(g, h, w, device, budget=chunk)
     # 2./3. triangles fully in front of the near plane

@@ -117,8 +117,9 @@ def rasterize_cuda(
     tri_out = torch.empty((num_views, height, width), dtype=torch.int64, device=device)
     bary_out = torch.empty((num_views, height, width, 3), dtype=torch.float32, device=device)
     for s in range(0, num_views, step):
-        pos = torch.einsum("vj,cij->cvi", verts_h, full[s : s + step]).contiguous()  # [c, V, 4]
-        rast, _ = dr.rasterize(ctx, pos, tri32, (height, width), grad_db=False)
+        pos = torch.matmul(verts_h[None], full[s : s + step].transpose(1, 2)).contiguous()  # [c, V, 4] clip
+        with torch.no_grad():
+            rast, _ = dr.rasterize(ctx, pos, tri32, (height, width), grad_db=False)
         del pos
         u, v = rast[..., 0], rast[..., 1]
         tri = _decode_triangle_ids(rast[..., 3].contiguous())
