@@ -207,6 +207,11 @@ def test_bad_inputs():
         build_scaffold_mesh(torch.rand(4, 6, 3), dist)
     with pytest.raises(InputError, match="2-D"):
         build_scaffold_mesh(rgb, dist[None])
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        build_scaffold_mesh(rgb * 255.0, dist)
+    # uint8 colour is scaled
+    mesh = build_scaffold_mesh((rgb * 255).round().to(torch.uint8), dist)
+    torch.testing.assert_close(mesh.colors[:32], (rgb * 255).round().reshape(-1, 3) / 255.0)
 
 
 def test_transformed():

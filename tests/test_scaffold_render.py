@@ -321,11 +321,21 @@ def test_cpu_cuda_parity():
     if not nvdiffrast_available():
         pytest.skip("nvdiffrast is not installed (pip install diffrp-nvdiffrast)")
     rgb, dist, _ = panorama(torch.zeros(3, dtype=torch.float64), 256)
-    mesh = build_scaffold_mesh(rgb, dist, ScaffoldConfig(occlusion_threshold=0.05 * 960 / 256))
+    dist = dist.clone()
+    dist[100:104, 50:55] *= 0.5  # floaters (default limit here: 1600 * 256 * 512 / (1920 * 960) = 114 px)
+    dist[30:36, -3:] *= 0.6
+    dist[30:36, :4] *= 0.6  # one across the seam
+    config = ScaffoldConfig(occlusion_threshold=0.05 * 960 / 256)
+    mesh = build_scaffold_mesh(rgb, dist, config)
+    # mesh build on the GPU (floaters by the torch union-find instead of scipy) gives the same mesh
+    mesh_gpu = build_scaffold_mesh(rgb.cuda(), dist.cuda(), config)
+    assert torch.equal(mesh_gpu.visible.cpu(), mesh.visible)
+    torch.testing.assert_close(mesh_gpu.vertices.cpu(), mesh.vertices, rtol=1e-5, atol=1e-5)
+    assert float(mesh.vertices[100 * 512 + 52].norm()) > 2 * float(dist.max()) * 0.99  # floater pushed back
     poses = torch.stack([translation([0.5 * s, 0.05 * s, 0.3 * s]) for s in torch.linspace(0, 1, 5).tolist()])
     out_h = 128
     cpu = render_scaffold(mesh, poses, out_h, backend="cpu")
-    gpu = render_scaffold(mesh.to("cuda"), poses.cuda(), out_h, backend="cuda")
+    gpu = render_scaffold(mesh_gpu, poses.cuda(), out_h, backend="cuda")
     mask_gpu = gpu.mask.cpu()
     agree = (cpu.mask == mask_gpu).float().mean()
     both = cpu.mask & mask_gpu
@@ -333,13 +343,22 @@ def test_cpu_cuda_parity():
     print(f"parity: mask agreement {float(agree):.5f}, rgb max err {float(rgb_err.max()) * 255:.3f}/255")
     assert agree >= 0.995
     assert float(rgb_err.max()) <= 1.0 / 255
-    # the rasterisers themselves: same triangle on nearly every pixel
+    # the rasterisers themselves: nvdiffrast snaps vertices to 1/16 pixel, so pixel centres
+    # within that of an edge may pick the neighbour triangle; the interpolated surface point
+    # is continuous across shared edges and must agree
     verts = mesh.vertices
     w2c = torch.linalg.inv(poses[2])[None].float()
     from matrix_world.scaffold.raster_cuda import rasterize_cuda
 
-    t_cpu, b_cpu = rasterize_cpu(verts, mesh.faces, w2c, (60.0, 60.0, 64.0, 64.0), 128, 128, near=1e-3)
-    t_gpu, b_gpu = rasterize_cuda(verts.cuda(), mesh.faces.cuda(), w2c.cuda(), (60.0, 60.0, 64.0, 64.0), 128, 128, near=1e-3, far=100.0)
-    same = t_cpu == t_gpu.cpu()
-    assert same.float().mean() >= 0.99
-    torch.testing.assert_close(b_cpu[same], b_gpu.cpu()[same], atol=1e-3, rtol=0)
+    intr = (60.0, 60.0, 64.0, 64.0)
+    t_cpu, b_cpu = rasterize_cpu(verts, mesh.faces, w2c, intr, 128, 128, near=1e-3)
+    t_gpu, b_gpu = rasterize_cuda(verts.cuda(), mesh.faces.cuda(), w2c.cuda(), intr, 128, 128, near=1e-3, far=100.0)
+    t_gpu, b_gpu = t_gpu.cpu(), b_gpu.cpu()
+    assert torch.equal(t_cpu >= 0, t_gpu >= 0)
+    same = t_cpu == t_gpu
+    print(f"parity: same triangle on {float(same.float().mean()):.4f} of pixels")
+    assert same.float().mean() >= 0.9
+    p_cpu = (verts[mesh.faces[t_cpu.clamp(min=0)]] * b_cpu[..., None]).sum(-2)
+    p_gpu = (verts[mesh.faces[t_gpu.clamp(min=0)]] * b_gpu[..., None]).sum(-2)
+    gap = (p_cpu - p_gpu).norm(dim=-1)[t_cpu >= 0]
+    assert float(gap.quantile(0.999)) < 0.02 * float(verts.norm(dim=-1).median())

@@ -304,6 +304,9 @@ def build_scaffold_mesh(rgb, distance, config: ScaffoldConfig | None = None, sky
     if rgb.dim() != 3 or rgb.shape[-1] != 3 or tuple(rgb.shape[:2]) != (h, w):
         raise InputError(f"rgb must be [H, W, 3] matching distance {h} x {w}, got shape {tuple(rgb.shape)}")
     rgb = rgb.to(torch.float32) / 255.0 if rgb.dtype == torch.uint8 else rgb.to(torch.float32)
+    if not bool(torch.isfinite(rgb).all()) or float(rgb.min()) < -1e-3 or float(rgb.max()) > 1.0 + 1e-3:
+        raise InputError("rgb must be finite floats in [0, 1] (or uint8); scale 0-255 images by 1/255")
+    rgb = rgb.clamp(0.0, 1.0)
     k = int(config.decimate)
     if k < 1 or h % k or w % k or h // k < 2:
         raise InputError(f"decimate must be a positive integer dividing {h} and {w} (leaving >= 2 rows), got {config.decimate}")

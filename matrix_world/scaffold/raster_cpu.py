@@ -195,7 +195,7 @@ def _rasterize_group(verts, faces, w2c, intr, h, w, near, chunk):
     #    per-view arrays are contiguous), screen positions, outcodes
     rot, trans = w2c[:, :3, :3], w2c[:, :3, 3]
     q = torch.addmm(trans.reshape(3 * g, 1), rot.reshape(3 * g, 3), verts.T).view(g, 3, -1)  # [G, 3, V]
-    z = q[:, 2].clone()  # [G, V]
+    z = q[:, 2]  # [G, V]
     inv_z = torch.reciprocal(z)
     sxs = q[:, 0].mul_(inv_z).mul_(fx).add_(cx)  # in place: x -> screen x
     sys_ = q[:, 1].mul_(inv_z).mul_(fy).add_(cy)
@@ -215,10 +215,10 @@ def _rasterize_group(verts, faces, w2c, intr, h, w, near, chunk):
     packed = torch.zeros((codes.shape[1], 8), dtype=torch.uint8, device=device)
     packed[:, :g] = codes.T
     packed = packed.view(torch.int64)[:, 0]  # one byte of outcode per view
-    zs, sxs, sys_ = z.reshape(-1), sxs.contiguous().view(-1), sys_.contiguous().view(-1)  # flat: view * V + vertex
-    del q
+    # q now holds (screen x, screen y, z) per view: flat index (view * 3 + channel) * V + vertex
     num_v = verts.shape[0]
-    del codes
+    flat = q.view(-1)
+    del codes, sxs, sys_, z
     tc = packed[faces]  # [T, 3]
     all_out = (tc[:, 0] & tc[:, 1] & tc[:, 2]).view(torch.uint8).reshape(-1, 8)[:, :g]  # [T, G]
     any_out = (tc[:, 0] | tc[:, 1] | tc[:, 2]).view(torch.uint8).reshape(-1, 8)[:, :g]
@@ -230,15 +230,15 @@ def _rasterize_group(verts, faces, w2c, intr, h, w, near, chunk):
     del vis, crosses, all_out, any_out
     n_direct = len(pair_t)
 
-    def corners(t, v):  # flat view-vertex indices [n, 3]
-        return faces[t] + (v * num_v)[:, None]
+    def corners(t, v):  # (screen x, screen y, z) [n, 3] each of the triangles' corners in view v
+        idx = faces[t] + (v * (3 * num_v))[:, None]
+        return flat[idx], flat[idx + num_v], flat[idx + 2 * num_v]
 
     zbuf = _ZBuffer(g, h, w, device, budget=chunk)
     # 2./3. triangles fully in front of the near plane
     for s in range(0, n_direct, chunk):
         t, v = pair_t[s : s + chunk], pair_g[s : s + chunk]
-        idx = corners(t, v)
-        zbuf.add(sxs[idx], sys_[idx], zs[idx], v, torch.arange(s, s + len(t), device=device))
+        zbuf.add(*corners(t, v), v, torch.arange(s, s + len(t), device=device))
     # triangles crossing the near plane, clipped
     sub_q = sub_basis = sub_t = sub_g = None
     if len(clip_t):
@@ -263,9 +263,8 @@ def _rasterize_group(verts, faces, w2c, intr, h, w, near, chunk):
         p_d, r_d = pix[direct], rid[direct]
         if len(p_d):
             t, v = pair_t[r_d], pair_g[r_d]
-            idx = corners(t, v)
             tri[p_d] = t
-            bary[p_d] = _screen_bary(sxs[idx], sys_[idx], zs[idx], px[direct], py[direct])
+            bary[p_d] = _screen_bary(*corners(t, v), px[direct], py[direct])
         if sub_q is not None and not bool(direct.all()):
             p_c, r_c = pix[~direct], rid[~direct] - n_direct
             qc = sub_q[r_c]
