@@ -124,7 +124,7 @@ def oom_guard(mode: str, *, what: str = "video generation") -> Iterator[None]:
             torch.cuda.empty_cache()
         nxt = NEXT_MODE.get(mode)
         hint = (
-            f"rerun with memory mode '{nxt}' (e.g. --video-memory {nxt})"
+            f"rerun with memory mode '{nxt}' (VideoConfig.memory)"
             if nxt
             else "use 480p, fewer frames, or a GPU with more free memory"
         )

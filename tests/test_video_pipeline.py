@@ -203,3 +203,60 @@ def test_cuda_memory_modes_match_cpu(mode):
     info = apply_memory_mode(gpu, mode, "cuda", vae_tiling=False)
     assert info["memory_mode"] == mode
     torch.testing.assert_close(run(gpu), ref, rtol=2e-3, atol=2e-3)
+
+
+def test_wan_backend_end_to_end_with_official_lora_and_oom_message(pipe, tmp_path):
+    """generate_video(backend='wan') loads the saved tiny model from its folder with an official-layout
+    LoRA, is deterministic for a seed, and turns a CUDA OOM into one line naming the next mode."""
+    from tiny_wan import tiny_wan_dir
+
+    from matrix_world.generation.memory import VideoOutOfMemoryError
+    from matrix_world.generation.video import VideoConfig, generate_video, load_video_pipeline
+    from matrix_world.generation.wan_lora import BLOCK_MODULES
+
+    g = torch.Generator().manual_seed(11)
+    lora = {}
+    for i in range(2):
+        for name in ("self_attn.q", "cross_attn.o", "ffn.0"):
+            module = dict(pipe.transformer.named_modules())[f"blocks.{i}.{BLOCK_MODULES[name]}"]
+            lora[f"diffusion_model.blocks.{i}.{name}.lora_A.weight"] = torch.randn(2, module.in_features, generator=g) * 0.1
+            lora[f"diffusion_model.blocks.{i}.{name}.lora_B.weight"] = torch.randn(module.out_features, 2, generator=g) * 0.1
+    torch.save(lora, tmp_path / "pano_video_gen_480p.ckpt")
+    rng = np.random.default_rng(0)
+    rgb = rng.random((FRAMES, H, W, 3)).astype(np.float32)
+    mask = rng.random((FRAMES, H, W)) > 0.3
+    mask[0] = True
+    c2w = np.tile(np.eye(4), (FRAMES, 1, 1))
+    cfg = VideoConfig(backend="wan", height=H, model=tiny_wan_dir(), lora=str(tmp_path / "pano_video_gen_480p.ckpt"),
+                      dtype="float32", num_inference_steps=2, seed=3)
+    loaded, info = load_video_pipeline(cfg, "cpu", num_frames=FRAMES)
+    assert info["lora"]["modules"] == 6 and info["lora"]["fused"] and info["memory_mode"] == "full"
+    run = lambda **kw: generate_video(cfg, scaffold_rgb=rgb, scaffold_mask=mask, prompt="a plaza", c2w=c2w, pipeline=loaded, **kw)
+    a, b = run(), run()
+    assert a.frames.shape == (FRAMES, H, W, 3) and a.info["backend"] == "wan"
+    assert np.array_equal(a.frames, b.frames)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 30.00 GiB")
+
+    loaded.transformer.forward = out_of_memory
+    with pytest.raises(VideoOutOfMemoryError, match="memory mode 'full'; rerun with memory mode 'offload'"):
+        run()
+
+
+@pytest.mark.cuda
+def test_cuda_stage_matches_cpu():
+    from tiny_wan import tiny_wan_dir
+
+    from matrix_world.generation.video import VideoConfig, generate_video
+
+    rng = np.random.default_rng(1)
+    rgb = rng.random((FRAMES, H, W, 3)).astype(np.float32)
+    mask = rng.random((FRAMES, H, W)) > 0.3
+    mask[0] = True
+    c2w = np.tile(np.eye(4), (FRAMES, 1, 1))
+    cfg = VideoConfig(backend="wan", height=H, model=tiny_wan_dir(), lora=None, dtype="float32", num_inference_steps=3, memory="lowvram")
+    run = lambda device: generate_video(cfg, scaffold_rgb=rgb, scaffold_mask=mask, prompt="a plaza", c2w=c2w, device=device)
+    gpu, cpu = run("cuda"), run("cpu")
+    assert gpu.info["memory_mode"] == "lowvram" and gpu.info["peak_gpu_gb"] is not None
+    np.testing.assert_allclose(gpu.frames, cpu.frames, atol=3e-3)
