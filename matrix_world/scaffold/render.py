@@ -211,7 +211,8 @@ def render_mesh_equirect(
         tri, bary = raster(view_w2c)
         hit = tri >= 0
         corner = faces[tri.clamp(min=0)]  # [f*6, S, S, 3]
-        interp = (attrs_ext[corner] * bary[..., None]).sum(-2)  # [f*6, S, S, C+3]
+        interp = attrs_ext[corner[..., 0]] * bary[..., 0:1]  # [f*6, S, S, C+3]
+        interp.addcmul_(attrs_ext[corner[..., 1]], bary[..., 1:2]).addcmul_(attrs_ext[corner[..., 2]], bary[..., 2:3])
         pos = interp[..., num_attr:].reshape(f, 6, size, size, 3)
         axes = view_w2c[:, 2, :3].reshape(f, 6, 1, 1, 3).to(torch.float32)  # face axes in world
         depth = ((pos - centres[s : s + f, None, None, None].to(torch.float32)) * axes).sum(-1)
