@@ -289,6 +289,24 @@ def test_pointcloud_splat_footprint_and_zbuffer():
     assert set(cols_back.tolist()) <= {0, 1, 14, 15}  # the back point straddles the seam: wraps
 
 
+def test_render_bad_inputs():
+    from matrix_world.errors import InputError
+
+    v = torch.rand(4, 3)
+    f = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    eye = torch.eye(4)[None]
+    with pytest.raises(InputError, match="NaN"):
+        render_mesh_equirect(v, f, v, torch.full((1, 4, 4), float("nan")), 8)
+    with pytest.raises(InputError, match=r"\[F, 4, 4\]"):
+        render_mesh_equirect(v, f, v, torch.eye(3)[None], 8)
+    with pytest.raises(InputError, match="backend"):
+        render_mesh_equirect(v, f, v, eye, 8, backend="opengl")
+    with pytest.raises(InputError, match="CUDA"):
+        render_mesh_equirect(v, f, v, eye, 8, backend="cuda")
+    with pytest.raises(InputError, match="attributes"):
+        render_mesh_equirect(v, f, v[:3], eye, 8)
+
+
 def test_nvdiffrast_clip_matrix_and_triangle_ids_on_cpu():
     """The pieces of the CUDA path that need no GPU: OpenCV -> clip space, id decoding."""
     from matrix_world.scaffold.raster_cuda import _decode_triangle_ids, clip_matrix
