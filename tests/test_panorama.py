@@ -237,3 +237,16 @@ def test_auto_without_flux_weights_uses_procedural():
     result = generate_panorama(config, prompt="a forest clearing")
     assert result.info["backend"] == "procedural" and "not on this machine" in result.info["backend_reason"]
     assert result.rgb.shape == (16, 32, 3) and 0 <= result.rgb.min() and result.rgb.max() <= 1
+
+
+@pytest.mark.cuda
+def test_tiny_flux_on_cuda_matches_cpu_and_lora_unloads(config, base_rgb, lora_file):
+    pipe_gpu, info = load_flux_pipeline(replace(config, dtype="float32"), "cuda")
+    assert info["dtype"] == "float32"
+    gpu, _ = generate_with_pipeline(pipe_gpu, config, prompt="a quiet harbour at dusk", device="cuda")
+    assert gpu.shape == base_rgb.shape and np.abs(gpu - base_rgb).mean() < 2e-2  # same seed, CPU noise generator
+    load_lora(pipe_gpu, str(lora_file))
+    with_lora, _ = generate_with_pipeline(pipe_gpu, config, prompt="a quiet harbour at dusk", device="cuda")
+    unload_lora(pipe_gpu)
+    again, _ = generate_with_pipeline(pipe_gpu, config, prompt="a quiet harbour at dusk", device="cuda")
+    assert np.abs(with_lora - gpu).mean() > 1e-3 and np.array_equal(again, gpu)
