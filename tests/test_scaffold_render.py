@@ -9,7 +9,7 @@ import torch
 from matrix_world.cameras import make_pose, rotation_yaw
 from matrix_world.equirect import direction_to_pixel, equirect_directions, resize_equirect
 from matrix_world.scaffold.mesh import ScaffoldConfig, build_scaffold_mesh, occlusion_mask
-from matrix_world.scaffold.pointcloud import render_pointcloud
+from matrix_world.scaffold.pointcloud import render_pointcloud, scaffold_points
 from matrix_world.scaffold.raster_cpu import rasterize_cpu
 from matrix_world.scaffold.render import render_mesh_equirect, render_scaffold
 
@@ -262,7 +262,9 @@ def test_pointcloud_matches_mesh_on_smooth_scene():
     out_h = 24  # points far denser than output pixels: no holes
     mesh_frames = render_scaffold(mesh, pose, out_h, backend="cpu")
     n = h * 2 * h
-    pc = render_pointcloud(mesh.vertices[:n], mesh.colors[:n], pose, out_h, radius_px=0.5)
+    points, colors, valid = scaffold_points(mesh)
+    assert points.shape == (n, 3) and bool(valid.all())
+    pc = render_pointcloud(points, colors, pose, out_h, radius_px=0.5, valid=valid)
     both = mesh_frames.mask[0] & pc.mask[0]
     assert both.float().mean() > 0.95
     # a point stands for the nearest pixel-sized patch: error <= colour gradient x half an output pixel

@@ -58,6 +58,14 @@ def _splat(keys: Tensor, px: Tensor, py: Tensor, dist: Tensor, pid: Tensor, lat:
             keys.scatter_reduce_(0, pix, key, reduce="amin")
 
 
+def scaffold_points(mesh) -> tuple[Tensor, Tensor, Tensor]:
+    """The per-pixel points of a scaffold mesh (poles left out): (points [N, 3], colors [N, 3],
+    valid [N] bool = visible). Concatenate several (``mesh.transformed(c2w)`` first) for a
+    multi-panorama 3D cache."""
+    n = mesh.grid_height * mesh.grid_width
+    return mesh.vertices[:n], mesh.colors[:n], mesh.visible[:n]
+
+
 def render_pointcloud(
     points: Tensor,  # [N, 3] world coordinates
     colors: Tensor,  # [N, 3] float in [0, 1]
