@@ -40,16 +40,20 @@ from torch import Tensor
 
 from matrix_world.errors import InputError, require
 from matrix_world.generation.seamless import blended_decode, late_step_rolls, seam_score, wrap_decode
-from matrix_world.generation.weights import WeightsNotFoundError, resolve_file, resolve_pretrained, weights_available
+from matrix_world.generation.flux_lora import (  # noqa: F401  (re-exported: the panorama stage's LoRA API)
+    LORA_ADAPTER,
+    fuse_lora_for_offload,
+    load_lora,
+    resolve_lora,
+    unload_lora,
+)
+from matrix_world.generation.weights import WeightsNotFoundError, resolve_pretrained, weights_available
 
 DEFAULT_FLUX = "black-forest-labs/FLUX.1-dev"
 DEFAULT_FLUX_FILL = "black-forest-labs/FLUX.1-Fill-dev"
-MATRIX3D_REPO = "Skywork/Matrix-3D"
-MATRIX3D_PANO_LORA = "checkpoints/text2panoimage_lora.safetensors"
 WORLDGEN_TEMPLATE = "A high quality 360 panorama photo of {prompt}, HDR, RAW, 360 consistent, omnidirectional"
 MAX_HEIGHT = 1024
 DECODE_METHODS = ("wrap", "blended", "plain")
-LORA_ADAPTER = "panorama"
 
 
 @dataclass
@@ -162,147 +166,6 @@ def resolve_dtype(name: str, device) -> torch.dtype:
     if name not in table:
         raise InputError(f"dtype must be auto, bfloat16, float16 or float32, got {name!r}")
     return table[name]
-
-
-# --------------------------------------------------------------------------- LoRA
-
-
-def resolve_lora(lora: str, weight_name: str | None = None, *, allow_download: bool = False) -> str:
-    """A LoRA given as a file, a folder (+ weight name, or its only .safetensors), a hub id (+ weight
-    name) or the alias ``matrix3d`` -> a local file path (WeightsNotFoundError if missing)."""
-    what = "panorama LoRA"
-    if lora == "matrix3d":
-        lora, weight_name = MATRIX3D_REPO, weight_name or MATRIX3D_PANO_LORA
-    path = Path(lora).expanduser()
-    if path.is_dir() and weight_name is None:
-        candidates = sorted(path.glob("*.safetensors"))
-        if len(candidates) != 1:
-            raise InputError(f"{what}: the folder {path} holds {len(candidates)} .safetensors files; name one with lora_weight_name")
-        return str(candidates[0])
-    if not path.exists() and weight_name is None and lora == MATRIX3D_REPO:
-        weight_name = MATRIX3D_PANO_LORA
-    if not path.exists() and weight_name is None and lora.count("/") == 1:
-        weight_name = "pytorch_lora_weights.safetensors"
-    return resolve_file(lora, what=what, filename=weight_name, allow_download=allow_download)
-
-
-def read_lora_state_dict(path: str) -> dict[str, Tensor]:
-    """Read a LoRA file (.safetensors, or a torch .bin/.pt/.ckpt) with a clear error when it is not one."""
-    suffix = Path(path).suffix.lower()
-    try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - safetensors/pickle raise many types; re-raised as one clear error
-        raise InputError(f"LoRA file {path} cannot be read ({type(exc).__name__}: {str(exc)[:120]}); expected a .safetensors LoRA") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise InputError(f"LoRA file {path} does not hold a flat dict of tensors")
-    return state
-
-
-def load_lora(pipe, lora: str, *, weight_name: str | None = None, scale: float = 1.0,
-              adapter_name: str = LORA_ADAPTER, allow_download: bool = False) -> str:
-    """Load a LoRA into a FLUX pipeline with diffusers' loader and set its strength; return the file.
-
-    Raises InputError when the file is unreadable, holds no LoRA for the FLUX transformer, or
-    its shapes do not fit the model. ``unload_lora(pipe)`` restores the base weights exactly.
-    """
-    path = resolve_lora(lora, weight_name, allow_download=allow_download)
-    state = read_lora_state_dict(path)
-    shapes = _weight_shapes(pipe)
-    _check_lora_fits(pipe, state, path)
-    try:
-        pipe.load_lora_weights(state, adapter_name=adapter_name)
-    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
-        unload_lora(pipe)
-        raise InputError(f"LoRA {path} does not fit the FLUX transformer ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
-    adapters = {name for names in pipe.get_list_adapters().values() for name in names}
-    bad = _lora_shape_mismatches(pipe, adapter_name, shapes)
-    if bad:
-        unload_lora(pipe)
-        raise InputError(f"LoRA {path} does not fit the FLUX transformer: {len(bad)} layer(s) with wrong shapes, e.g. {bad[0]}")
-    if adapter_name not in adapters:
-        raise InputError(f"LoRA {path} holds no LoRA weights for the FLUX transformer or text encoder "
-                         f"(keys look like {list(state)[:2]}); expected a FLUX LoRA (diffusers/peft, kohya or BFL layout)")
-    pipe.set_adapters([adapter_name], adapter_weights=[float(scale)])
-    return path
-
-
-def unload_lora(pipe) -> None:
-    """Remove every LoRA from the pipeline: the base weights come back bit-exactly."""
-    try:
-        pipe.unload_lora_weights(reset_to_overwritten_params=True)  # also undoes FLUX's input expansion
-    except TypeError:
-        pipe.unload_lora_weights()
-
-
-def _check_lora_fits(pipe, state: dict[str, Tensor], path: str) -> None:
-    """Compare a LoRA's A/B shapes with the transformer's layers BEFORE loading it.
-
-    Needed because diffusers' FLUX loader widens a base layer to fit a wider LoRA (for Control
-    LoRAs) and cannot undo that for nested layers: a LoRA for another model must never load.
-    """
-    try:
-        converted = pipe.lora_state_dict(dict(state))
-    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
-        raise InputError(f"LoRA {path} is not in a FLUX LoRA layout ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
-    if isinstance(converted, tuple):
-        converted = converted[0]
-    for key, tensor in converted.items():
-        if not key.startswith("transformer.") or not key.endswith((".lora_A.weight", ".lora_B.weight")):
-            continue
-        module_name = key[len("transformer."):].rsplit(".lora_", 1)[0]
-        try:
-            layer = pipe.transformer.get_submodule(module_name)
-        except AttributeError:
-            raise InputError(f"LoRA {path} targets '{module_name}', which the FLUX transformer does not have; "
-                             "is it a LoRA for another model?") from None
-        weight = getattr(layer, "weight", None)
-        if weight is None or weight.dim() != 2:
-            continue
-        out_f, in_f = weight.shape
-        ok = tensor.shape[1] == in_f if key.endswith("lora_A.weight") else tensor.shape[0] == out_f
-        if not ok:
-            raise InputError(f"LoRA {path} does not fit the FLUX transformer: {key} has shape {tuple(tensor.shape)} "
-                             f"but the layer is {out_f}x{in_f}; is it a LoRA for another model?")
-
-
-def _weight_shapes(pipe) -> dict[str, tuple]:
-    return {f"{c}.{n}": tuple(p.shape) for c in ("transformer", "text_encoder", "text_encoder_2")
-            if getattr(pipe, c, None) is not None for n, p in getattr(pipe, c).named_parameters()}
-
-
-def _lora_shape_mismatches(pipe, adapter_name: str, shapes: dict[str, tuple]) -> list[str]:
-    """LoRA layers that do not fit their base layer.
-
-    diffusers' FLUX loader silently widens a base layer when a LoRA's input is wider (meant for
-    Control LoRAs that add input channels); a LoRA made for another model would then load
-    "successfully". ``shapes`` are the weight shapes before loading.
-    """
-    bad = []
-    for component in ("transformer", "text_encoder", "text_encoder_2"):
-        module = getattr(pipe, component, None)
-        if module is None:
-            continue
-        for name, layer in module.named_modules():
-            lora_a, lora_b = getattr(layer, "lora_A", None), getattr(layer, "lora_B", None)
-            base = getattr(layer, "base_layer", None)
-            if not isinstance(lora_a, torch.nn.ModuleDict) or adapter_name not in lora_a or not hasattr(base, "weight"):
-                continue
-            before = shapes.get(f"{component}.{name}.weight")
-            if before is not None and tuple(base.weight.shape) != before:
-                bad.append(f"{component}.{name}: would widen {before} to {tuple(base.weight.shape)}")
-                continue
-            out_f, in_f = base.weight.shape[:2]
-            a, b = lora_a[adapter_name].weight, lora_b[adapter_name].weight
-            if a.shape[1] != in_f or b.shape[0] != out_f or a.shape[0] != b.shape[1]:
-                bad.append(f"{component}.{name}: base {tuple(base.weight.shape)}, A {tuple(a.shape)}, B {tuple(b.shape)}")
-    return bad
 
 
 # --------------------------------------------------------------------------- packed latents
@@ -419,6 +282,8 @@ def load_flux_pipeline(config: PanoramaConfig, device, *, fill: bool | None = No
     fill = config.backend == "flux-fill" if fill is None else fill
     model = config.model or (DEFAULT_FLUX_FILL if fill else DEFAULT_FLUX)
     what = "FLUX.1-Fill-dev (image -> panorama)" if fill else "FLUX.1-dev (text -> panorama)"
+    if torch.device(device).type != "cuda" and config.memory != "full":
+        raise InputError(f"memory mode {config.memory!r} needs a CUDA device; use memory='full' on {device}")
     folder = resolve_pretrained(model, what=what, allow_download=config.allow_download)
     dtype = resolve_dtype(config.dtype, device)
     cls = make_panorama_pipeline_class(diffusers.FluxFillPipeline if fill else diffusers.FluxPipeline)
@@ -433,11 +298,8 @@ def load_flux_pipeline(config: PanoramaConfig, device, *, fill: bool | None = No
                                  allow_download=config.allow_download)
         info["lora_scale"] = float(config.lora_scale)
         if config.memory == "lowvram":  # group offloading keeps its own weight copies: fuse first
-            pipe.fuse_lora(adapter_names=[LORA_ADAPTER], lora_scale=1.0)
-            pipe.unload_lora_weights()  # the fused weights stay
+            fuse_lora_for_offload(pipe)
             info["lora_fused"] = True
-    if torch.device(device).type != "cuda" and config.memory != "full":
-        raise InputError(f"memory mode {config.memory!r} needs a CUDA device; use memory='full' on {device}")
     info.update(apply_memory_mode(pipe, config.memory, device, vae_tiling=False))
     return pipe, info
 

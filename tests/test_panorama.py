@@ -103,6 +103,19 @@ def test_lora_through_the_config(config, lora_file, base_rgb):
     assert np.abs(lora.rgb - base_rgb).mean() > 1e-3
 
 
+def test_fused_lora_equals_the_adapter(config, lora_file):
+    """lowvram mode fuses the LoRA before group offloading: same output as the live adapter."""
+    from matrix_world.generation.panorama import fuse_lora_for_offload
+
+    pipe, _ = load_flux_pipeline(config, "cpu")  # a private copy: fusing changes its weights
+    load_lora(pipe, str(lora_file), scale=0.7)
+    live, _ = run(pipe, config)
+    fuse_lora_for_offload(pipe)
+    assert not any(pipe.get_list_adapters().values())
+    fused, _ = run(pipe, config)
+    assert np.abs(fused - live).max() < 1e-4
+
+
 def test_wrong_lora_files_give_clear_errors(pipe, tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_text("this is not a safetensors file")
