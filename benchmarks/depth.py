@@ -173,8 +173,12 @@ def main(argv=None) -> int:
         row = run_depth(version, height, view_size, args.smoke, device)
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
+        save(results)
+        if cuda:
+            torch.cuda.empty_cache()
     results["merge_accuracy"] = merge_accuracy(height, view_size, device)
     print("merge accuracy:", json.dumps(results["merge_accuracy"]), flush=True)
+    save(results)
     print(f"\nMoGe panorama depth, 12 views of {view_size}², {2 * height}x{height}, random weights, on {results['device']}")
     print(f"{'model':8s} {'params M':>8s} {'total s':>8s} {'views s':>8s} {'merge s':>8s} {'peak GB':>8s}")
     for r in results["rows"]:
@@ -182,12 +186,16 @@ def main(argv=None) -> int:
     m = results["merge_accuracy"]
     print(f"merge of 12 exact views (random per-view scale) vs exact room at {2 * m['height']}x{m['height']}: "
           f"rel. error mean {m['rel_err_mean']:.4%}, p99 {m['rel_err_p99']:.4%}, {m['seconds']:.2f} s")
+    return 0
+
+
+def save(results: dict) -> None:
+    """Write $OUT/depth.json (after each section, so a late failure keeps the numbers)."""
     out = os.environ.get("OUT")
     if out:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "depth.json"), "w") as f:
             json.dump(results, f, indent=1)
-    return 0
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ and right border. Two remedies, both generic over the latent layout as long as t
 :func:`seam_score` measures a seam: mean |leftmost - rightmost column| divided by the mean
 |difference of neighbouring interior columns|. A seamless panorama scores about 1 (its
 wrap-around neighbours differ like any other neighbours); a visible seam scores well above 1.
+It is a statistic of one image: to compare decoders, compare with a periodic reference.
 
 Latitude (the poles) is left as the model produces it.
 """
@@ -135,7 +136,11 @@ def blended_decode(decode_fn: DecodeFn, latents: Tensor) -> Tensor:
 
 
 def seam_score(image, *, width_dim: int = -1, eps: float = 1e-12) -> float:
-    """Seam visibility of a panorama (lower is better; about 1 means no visible seam).
+    """Seam visibility of a panorama: about 1 when the wrap-around step looks like any other step.
+
+    Well above 1: a visible seam. Below 1: the border columns are unusually alike (e.g. both
+    dimmed by a decoder's zero padding), not better; compare with a seamless reference when one
+    exists (the benchmarks also report the error to a periodic reference decode).
 
     image: Tensor or np.ndarray  # [..., H, W] (channels first), or pass width_dim=-2 for [H, W, 3]
     returns mean |image[..., 0] - image[..., W-1]| / mean |image[..., j+1] - image[..., j]|,
