@@ -78,6 +78,12 @@ def test_seeded_and_reproducible(pipe, config, base_rgb):
     assert np.abs(a - c).mean() > 1e-3
 
 
+def test_negative_prompt_uses_true_cfg(pipe, config, base_rgb):
+    neg, info = run(pipe, config, negative_prompt="blurry, distorted", true_cfg_scale=3.0)
+    assert neg.shape == base_rgb.shape and np.abs(neg - base_rgb).mean() > 1e-3
+    assert len(info["roll_shifts"]) == 2  # two transformer passes per step, counted as one step
+
+
 def test_lora_changes_output_and_unload_restores_base(pipe, config, lora_file, base_rgb):
     base = base_rgb
     path = load_lora(pipe, str(lora_file), scale=1.0)
