@@ -31,11 +31,11 @@ import time
 
 import torch
 
-TINY_CONFIG = dict(
-    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16, text_dim=32,
-    freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", image_dim=8,
-    added_kv_proj_dim=24, rope_max_seq_len=64,
-)
+TINY_CONFIG = {
+    "patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 12, "in_channels": 36, "out_channels": 16, "text_dim": 32,
+    "freq_dim": 32, "ffn_dim": 32, "num_layers": 2, "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "image_dim": 8,
+    "added_kv_proj_dim": 24, "rope_max_seq_len": 64,
+}
 
 
 def build_transformer(config: dict, device: torch.device, dtype: torch.dtype):
@@ -61,7 +61,13 @@ def build_encoders(full_size: bool, device, smoke: bool):
     """(text_encoder, image_encoder, image_processor) random, or Nones."""
     if not full_size:
         return None, None, None
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
 
     if smoke:
         t5 = UMT5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=32, num_layers=2, num_heads=2)
@@ -120,11 +126,17 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=540.0, help="skip rows predicted to end after this")
     args = parser.parse_args(argv)
 
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
-    from PIL import Image
-
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanImageToVideoPipeline,
+    )
     from matrix_world.generation.memory import apply_memory_mode
-    from matrix_world.generation.wan_pipeline import WAN_I2V_14B_CONFIG, PanoVideoPipeline
+    from matrix_world.generation.wan_pipeline import (
+        WAN_I2V_14B_CONFIG,
+        PanoVideoPipeline,
+    )
+    from PIL import Image
 
     start = time.perf_counter()
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
@@ -139,15 +151,15 @@ def main(argv=None) -> int:
     # 1. Components: transformer (random bf16, built on the device), VAE, optional encoders.
     t0 = time.perf_counter()
     transformer = build_transformer(cfg, device, torch.bfloat16)
-    vae_kw = dict(base_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1) if args.smoke else {}
+    vae_kw = {"base_dim": 8, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1} if args.smoke else {}
     with torch.device(device):
         vae = AutoencoderKLWan(**vae_kw).to(torch.bfloat16).eval()
     text_encoder, image_encoder, image_processor = build_encoders(args.encoders == "full", device, args.smoke)
     sync(device)
     build_s = time.perf_counter() - t0
     params = sum(p.numel() for p in transformer.parameters())
-    components = dict(tokenizer=None, text_encoder=text_encoder, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
-                      image_processor=image_processor, image_encoder=image_encoder, transformer=transformer)
+    components = {"tokenizer": None, "text_encoder": text_encoder, "vae": vae, "scheduler": FlowMatchEulerDiscreteScheduler(shift=5.0),
+                      "image_processor": image_processor, "image_encoder": image_encoder, "transformer": transformer}
     ours = PanoVideoPipeline(**components)
     stock = WanImageToVideoPipeline(**components)
     for p in (ours, stock):
@@ -188,7 +200,7 @@ def main(argv=None) -> int:
         guess = step_guess.get(res)
         predicted = (guess or 0.0) * (total_steps + 1) * (1.1 if mode != "full" else 1.0)
         if time.perf_counter() - start + predicted > args.budget_s:
-            rows.append(dict(pipeline=which, mode=mode, resolution=res, cfg_batch=cfg_batch, skipped="time budget"))
+            rows.append({"pipeline": which, "mode": mode, "resolution": res, "cfg_batch": cfg_batch, "skipped": "time budget"})
             print(f"skip {which} {mode} {res}: predicted to pass the {args.budget_s:.0f}s budget", flush=True)
             return
         timer = StepTimer(device)
@@ -196,9 +208,9 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         latents = torch.randn(1, 16, (frames - 1) // 4 + 1, h // 8, w // 8, generator=torch.Generator().manual_seed(1))
-        common = dict(num_inference_steps=total_steps, guidance_scale=5.0, prompt_embeds=prompt_embeds,
-                      negative_prompt_embeds=negative_embeds, latents=latents, output_type="latent",
-                      callback_on_step_end=timer)
+        common = {"num_inference_steps": total_steps, "guidance_scale": 5.0, "prompt_embeds": prompt_embeds,
+                      "negative_prompt_embeds": negative_embeds, "latents": latents, "output_type": "latent",
+                      "callback_on_step_end": timer}
         t0 = time.perf_counter()
         try:
             if which == "ours":
@@ -208,15 +220,15 @@ def main(argv=None) -> int:
             sync(device)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
-            rows.append(dict(pipeline=which, mode=mode, resolution=res, cfg_batch=cfg_batch, skipped="CUDA out of memory"))
+            rows.append({"pipeline": which, "mode": mode, "resolution": res, "cfg_batch": cfg_batch, "skipped": "CUDA out of memory"})
             print(f"{which} {mode} {res}: CUDA out of memory", flush=True)
             return
         call_s = time.perf_counter() - t0
         s_step = timer.per_step(args.warmup)
         step_guess[res] = max(step_guess.get(res, 0.0), s_step)
         peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-        row = dict(pipeline=which, mode=mode, resolution=res, cfg_batch=cfg_batch, s_per_step=round(s_step, 3),
-                   steps_measured=args.steps, peak_gb=None if peak is None else round(peak, 1), call_s=round(call_s, 1), note=note)
+        row = {"pipeline": which, "mode": mode, "resolution": res, "cfg_batch": cfg_batch, "s_per_step": round(s_step, 3),
+                   "steps_measured": args.steps, "peak_gb": None if peak is None else round(peak, 1), "call_s": round(call_s, 1), "note": note}
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -245,19 +257,19 @@ def main(argv=None) -> int:
             run_row("ours", "lowvram", res, note="group offload, block level, CUDA stream; VAE tiling")
 
     # 4. Report.
-    result = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke)",
-                  torch=torch.__version__, transformer_params_b=round(params / 1e9, 2), frames=frames,
-                  encoders=args.encoders, build_s=round(build_s, 1), encode_condition_s={k: round(v, 2) for k, v in encode_s.items()},
-                  rows=rows, total_s=round(time.perf_counter() - start, 1), smoke=args.smoke)
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke)",
+                  "torch": torch.__version__, "transformer_params_b": round(params / 1e9, 2), "frames": frames,
+                  "encoders": args.encoders, "build_s": round(build_s, 1), "encode_condition_s": {k: round(v, 2) for k, v in encode_s.items()},
+                  "rows": rows, "total_s": round(time.perf_counter() - start, 1), "smoke": args.smoke}
     print(f"\nWan2.1-I2V transformer {params / 1e9:.2f}B params (random bf16), {frames} frames, CFG 5 (2 passes/step), "
           f"device {result['device']}, encoders: {args.encoders}")
     print(f"{'pipeline':8} {'mode':8} {'res':5} {'cfg_batch':9} {'s/step':>8} {'peak GB':>8}  note")
     for r in rows:
         if "skipped" in r:
-            print(f"{r['pipeline']:8} {r['mode']:8} {r['resolution']:5} {str(r['cfg_batch']):9} {'skipped':>8} {'':>8}  {r['skipped']}")
+            print(f"{r['pipeline']:8} {r['mode']:8} {r['resolution']:5} {r['cfg_batch']!s:9} {'skipped':>8} {'':>8}  {r['skipped']}")
         else:
             peak = "-" if r["peak_gb"] is None else f"{r['peak_gb']:.1f}"
-            print(f"{r['pipeline']:8} {r['mode']:8} {r['resolution']:5} {str(r['cfg_batch']):9} {r['s_per_step']:8.3f} {peak:>8}  {r['note']}")
+            print(f"{r['pipeline']:8} {r['mode']:8} {r['resolution']:5} {r['cfg_batch']!s:9} {r['s_per_step']:8.3f} {peak:>8}  {r['note']}")
     done = {(r["pipeline"], r["mode"], r["resolution"], r["cfg_batch"]): r for r in rows if "skipped" not in r}
     for res in args.resolutions:
         a, b = done.get(("ours", "full", res, False)), done.get(("stock", "full", res, False))

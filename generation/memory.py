@@ -21,7 +21,7 @@ an OOM never leaves a half-written artifact.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -165,9 +166,18 @@ def _run_oracle(config: VideoConfig, rgb, mask, c2w, *, prompt: str, scene=None,
 
 def load_video_pipeline(config: VideoConfig, device, *, num_frames: int = 81) -> tuple[Any, dict]:
     """Load the Wan pipeline (+ LoRA), place it for the memory mode; returns (pipe, info)."""
-    from matrix_world.generation.memory import apply_memory_mode, choose_memory_mode, estimate_memory_gb, free_gpu_gb
+    from matrix_world.generation.memory import (
+        apply_memory_mode,
+        choose_memory_mode,
+        estimate_memory_gb,
+        free_gpu_gb,
+    )
     from matrix_world.generation.wan_lora import load_lora
-    from matrix_world.generation.wan_pipeline import HUB_IDS, PanoVideoPipeline, widen_patch_embedding
+    from matrix_world.generation.wan_pipeline import (
+        HUB_IDS,
+        PanoVideoPipeline,
+        widen_patch_embedding,
+    )
     from matrix_world.generation.weights import resolve_pretrained
 
     height = config.working_height()
@@ -316,7 +326,6 @@ def generate_video_distributed(
     rank; write it from rank 0 only.
     """
     import torch.distributed as dist
-
     from matrix_world.generation.wan_pipeline import check_frames_and_size
 
     if not dist.is_initialized():

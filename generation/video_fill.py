@@ -44,7 +44,7 @@ def inpaint_wrapped(image: np.ndarray, unknown: np.ndarray, *, radius: float = 3
         return image.astype(np.float32, copy=True)
     if unknown.all():
         raise InputError("cannot inpaint a frame with no known pixel (and nothing seen before in any direction)")
-    h, w = unknown.shape
+    w = unknown.shape[1]
     pad = min(w, w // 4 if pad_cols is None else int(pad_cols))
     idx = np.r_[np.arange(w - pad, w), np.arange(w), np.arange(pad)]
     # 16-bit channels: OpenCV's Telea is unstable on float32 input (oscillating values), and

@@ -27,7 +27,8 @@ masks ``[B, F, H, W]`` (bool or float, 1 = known); latents ``[B, C, T, h, w]``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +48,11 @@ PROMPT_SUFFIX = (
 )
 NEGATIVE_PROMPT = "The video is not of a high quality, it has a low resolution. Distortion. strange artifacts."
 # transformer/config.json of Wan-AI/Wan2.1-I2V-14B-{480P,720P}-Diffusers (16.4B parameters).
-WAN_I2V_14B_CONFIG = dict(
-    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36, out_channels=16,
-    text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=1280, added_kv_proj_dim=5120, rope_max_seq_len=1024,
-)
+WAN_I2V_14B_CONFIG = {
+    "patch_size": (1, 2, 2), "num_attention_heads": 40, "attention_head_dim": 128, "in_channels": 36, "out_channels": 16,
+    "text_dim": 4096, "freq_dim": 256, "ffn_dim": 13824, "num_layers": 40, "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": 1280, "added_kv_proj_dim": 5120, "rope_max_seq_len": 1024,
+}
 BASE_IN_CHANNELS = 36  # noise 16 + mask 4 + scaffold latent 16
 SEAM_MODES = ("wrap", "blend", "none")
 

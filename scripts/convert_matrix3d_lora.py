@@ -26,9 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.output.endswith(".safetensors"):
             raise InputError(f"output must end with .safetensors, got {args.output}")
+        from matrix_world.generation.wan_lora import (
+            convert_original_wan_lora,
+            detect_layout,
+            read_lora_file,
+        )
         from safetensors.torch import save_file
-
-        from matrix_world.generation.wan_lora import convert_original_wan_lora, detect_layout, read_lora_file
 
         state = read_lora_file(args.input)
         if detect_layout(state) != "original":

@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch.distributed as dist
+    from matrix_world.generation.video import VideoConfig, generate_video_distributed
 
     from matrix_world.errors import InputError
-    from matrix_world.generation.video import VideoConfig, generate_video_distributed
     from matrix_world.io import load_npz, save_npz, write_video
     from matrix_world.trajectory import Trajectory
 

@@ -39,10 +39,13 @@ def main() -> int:
         # count to pick a device; on a CPU-only machine pretend there is one (gloo does the rest)
         torch.accelerator.device_count = lambda: 1
 
-    from tiny_wan import tiny_wan_components
-
-    from matrix_world.generation.video import VideoConfig, generate_video, generate_video_distributed
+    from matrix_world.generation.video import (
+        VideoConfig,
+        generate_video,
+        generate_video_distributed,
+    )
     from matrix_world.generation.wan_pipeline import PanoVideoPipeline
+    from tiny_wan import tiny_wan_components
 
     folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"tiny_wan_cp_{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"
     if rank == 0:

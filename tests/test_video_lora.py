@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tiny_wan import load_tiny_pipeline
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_cpu_thread():
+    """Tiny models are overhead-bound: one intra-op thread is 10-50x faster than two when the
+    CPU is shared (OpenMP threads spin against other processes). Restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 class _NotATensor:
@@ -58,9 +67,13 @@ def synthetic_lora(linears: dict, rank: int, *, prefix: str = "", value=None, ge
 
 def test_official_keys_of_the_14b_model_all_map_onto_diffusers_modules():
     from diffusers import WanTransformer3DModel
-    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_wan_lora_to_diffusers
-
-    from matrix_world.generation.wan_lora import check_against_transformer, convert_original_wan_lora
+    from diffusers.loaders.lora_conversion_utils import (
+        _convert_non_diffusers_wan_lora_to_diffusers,
+    )
+    from matrix_world.generation.wan_lora import (
+        check_against_transformer,
+        convert_original_wan_lora,
+    )
     from matrix_world.generation.wan_pipeline import WAN_I2V_14B_CONFIG
 
     cfg = WAN_I2V_14B_CONFIG
@@ -82,8 +95,12 @@ def test_official_keys_of_the_14b_model_all_map_onto_diffusers_modules():
 
 
 def test_conversion_is_strict():
+    from matrix_world.generation.wan_lora import (
+        convert_original_wan_lora,
+        to_diffusers_lora,
+    )
+
     from matrix_world.errors import InputError
-    from matrix_world.generation.wan_lora import convert_original_wan_lora, to_diffusers_lora
 
     good = {"blocks.0.self_attn.q.lora_A.weight": torch.zeros(2, 8), "blocks.0.self_attn.q.lora_B.weight": torch.zeros(8, 2)}
     assert set(convert_original_wan_lora(good)) == {"transformer.blocks.0.attn1.to_q.lora_A.weight", "transformer.blocks.0.attn1.to_q.lora_B.weight"}
@@ -104,8 +121,8 @@ def pipe():
 
 def _forward(tr):
     g = torch.Generator().manual_seed(0)
-    kw = dict(hidden_states=torch.randn(1, 36, 2, 4, 8, generator=g), timestep=torch.tensor([600.0]),
-              encoder_hidden_states=torch.randn(1, 512, 32, generator=g), encoder_hidden_states_image=torch.randn(1, 17, 8, generator=g))
+    kw = {"hidden_states": torch.randn(1, 36, 2, 4, 8, generator=g), "timestep": torch.tensor([600.0]),
+              "encoder_hidden_states": torch.randn(1, 512, 32, generator=g), "encoder_hidden_states_image": torch.randn(1, 17, 8, generator=g)}
     with torch.no_grad():
         return tr(**kw, return_dict=False)[0]
 
@@ -152,11 +169,10 @@ def test_official_lora_round_trip_matches_manual_merge(pipe, tmp_path):
 
 
 def test_own_peft_lora_and_converter_round_trip(pipe, tmp_path):
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
     from matrix_world.generation.wan_lora import load_lora, unload_lora
     from matrix_world.generation.wan_pipeline import PanoVideoPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
     convert_main = _load_script("convert_matrix3d_lora").main
 
     # our own LoRA: trained with peft, saved with diffusers' save_lora_weights
@@ -186,9 +202,10 @@ def test_own_peft_lora_and_converter_round_trip(pipe, tmp_path):
 
 
 def test_lora_errors(pipe, tmp_path):
-    from matrix_world.errors import InputError
     from matrix_world.generation.wan_lora import load_lora, read_lora_file
     from matrix_world.generation.weights import WeightsNotFoundError
+
+    from matrix_world.errors import InputError
 
     with pytest.raises(WeightsNotFoundError, match=r"Skywork/Matrix-3D.*huggingface-cli download Skywork/Matrix-3D checkpoints/pano_video_gen_480p.ckpt"):
         load_lora(pipe, "matrix3d-480p")

@@ -5,10 +5,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from tiny_wan import load_tiny_pipeline
 
 FRAMES, H, W = 9, 32, 64  # latent 3 x 4 x 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_cpu_thread():
+    """Tiny models are overhead-bound: one intra-op thread is 10-50x faster than two when the
+    CPU is shared (OpenMP threads spin against other processes). Restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +128,7 @@ def test_denoising_loop_matches_stock_pipeline(pipe):
     image_embeds = stock.encode_image(image, torch.device("cpu"))
     pixel = stock.video_processor.preprocess(image, height=H, width=W)
     _, condition = stock.prepare_latents(pixel, 1, 16, H, W, FRAMES, torch.float32, torch.device("cpu"), None)
-    common = dict(negative_prompt="blurry", num_inference_steps=2, guidance_scale=5.0, latents=noise)
+    common = {"negative_prompt": "blurry", "num_inference_steps": 2, "guidance_scale": 5.0, "latents": noise}
     ref_video = stock(image=image, prompt="a hall", height=H, width=W, num_frames=FRAMES, output_type="np", **common).frames
     ours = lambda cfg_batch: pipe("a hall", condition=condition, image_embeds=image_embeds, sigma_schedule="scheduler",
                                   cfg_batch=cfg_batch, output_type="latent", **common).frames
@@ -150,13 +159,12 @@ def test_seed_determinism_and_seam_aware_decoding(pipe):
 
 def test_widened_input_starts_identical_and_round_trips(pipe, tmp_path):
     from diffusers import WanTransformer3DModel
-
     from matrix_world.generation.wan_pipeline import widen_patch_embedding
 
     tr = pipe.transformer
     x = torch.randn(1, 36, 3, 4, 8)
-    kw = dict(timestep=torch.tensor([700.0]), encoder_hidden_states=torch.randn(1, 512, 32),
-              encoder_hidden_states_image=torch.randn(1, 17, 8), return_dict=False)
+    kw = {"timestep": torch.tensor([700.0]), "encoder_hidden_states": torch.randn(1, 512, 32),
+              "encoder_hidden_states_image": torch.randn(1, 17, 8), "return_dict": False}
     base = tr(hidden_states=x, **kw)[0]
     wide = WanTransformer3DModel.from_config(tr.config).eval()
     wide.load_state_dict(tr.state_dict())
@@ -208,11 +216,14 @@ def test_cuda_memory_modes_match_cpu(mode):
 def test_wan_backend_end_to_end_with_official_lora_and_oom_message(pipe, tmp_path):
     """generate_video(backend='wan') loads the saved tiny model from its folder with an official-layout
     LoRA, is deterministic for a seed, and turns a CUDA OOM into one line naming the next mode."""
-    from tiny_wan import tiny_wan_dir
-
     from matrix_world.generation.memory import VideoOutOfMemoryError
-    from matrix_world.generation.video import VideoConfig, generate_video, load_video_pipeline
+    from matrix_world.generation.video import (
+        VideoConfig,
+        generate_video,
+        load_video_pipeline,
+    )
     from matrix_world.generation.wan_lora import BLOCK_MODULES
+    from tiny_wan import tiny_wan_dir
 
     g = torch.Generator().manual_seed(11)
     lora = {}
@@ -246,9 +257,8 @@ def test_wan_backend_end_to_end_with_official_lora_and_oom_message(pipe, tmp_pat
 
 @pytest.mark.cuda
 def test_cuda_stage_matches_cpu():
-    from tiny_wan import tiny_wan_dir
-
     from matrix_world.generation.video import VideoConfig, generate_video
+    from tiny_wan import tiny_wan_dir
 
     rng = np.random.default_rng(1)
     rgb = rng.random((FRAMES, H, W, 3)).astype(np.float32)
@@ -260,3 +270,34 @@ def test_cuda_stage_matches_cpu():
     gpu, cpu = run("cuda"), run("cpu")
     assert gpu.info["memory_mode"] == "lowvram" and gpu.info["peak_gpu_gb"] is not None
     np.testing.assert_allclose(gpu.frames, cpu.frames, atol=3e-3)
+
+
+def test_late_rolls_move_noise_and_condition_together(pipe):
+    """With late_roll_fraction the transformer sees its whole 36-channel input rolled in longitude
+    (noise, mask and scaffold latent together) and its output is rolled back: for a denoiser that
+    acts per position (equivariant to rolls) the result equals the unrolled run."""
+    from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+    video, mask = _scaffold(seed=12)
+    seen = []
+
+    def pointwise(hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image=None, return_dict=True, attention_kwargs=None):
+        seen.append(hidden_states.clone())
+        out = hidden_states[:, :16] * 0.3 + hidden_states[:, 20:36] * 0.1 + hidden_states[:, 16:17]
+        return (out,) if not return_dict else Transformer2DModelOutput(sample=out)
+
+    original = pipe.transformer.forward
+    pipe.transformer.forward = pointwise
+    try:
+        run = lambda frac: pipe("x", scaffold=video, mask=mask, num_inference_steps=4, guidance_scale=1.0, late_roll_fraction=frac,
+                                output_type="latent", generator=torch.Generator().manual_seed(2)).frames
+        plain = run(0.0)
+        plain_inputs, seen[:] = list(seen), []
+        rolled = run(1.0)
+    finally:
+        pipe.transformer.forward = original
+    torch.testing.assert_close(rolled, plain, rtol=1e-6, atol=1e-6)
+    first_plain, first_rolled = plain_inputs[0], seen[0]
+    shift = next(k for k in range(8) if torch.equal(torch.roll(first_plain, k, dims=-1), first_rolled))
+    assert shift > 0 or torch.equal(first_plain, first_rolled)
+    assert any(not torch.equal(a, b) for a, b in zip(plain_inputs, seen))  # some step was rolled

@@ -10,6 +10,16 @@ from matrix_world.errors import InputError
 H, W = 32, 64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_cpu_thread():
+    """Tiny models are overhead-bound: one intra-op thread is 10-50x faster than two when the
+    CPU is shared (OpenMP threads spin against other processes). Restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _smooth_pano(seed=0):
     rng = np.random.default_rng(seed)
     lon = np.linspace(0, 2 * np.pi, W, endpoint=False)[None, :, None]
@@ -133,14 +143,14 @@ def test_generate_video_bad_input():
     from matrix_world.generation.weights import WeightsNotFoundError
 
     rgb, mask, c2w = _stage_inputs()
-    run = lambda cfg, **kw: generate_video(cfg, **{**dict(scaffold_rgb=rgb, scaffold_mask=mask, prompt="p", c2w=c2w), **kw})
+    run = lambda cfg, **kw: generate_video(cfg, **{"scaffold_rgb": rgb, "scaffold_mask": mask, "prompt": "p", "c2w": c2w, **kw})
     with pytest.raises(InputError, match="scaffold has 5 frames but the trajectory has 4"):
         run(VideoConfig(backend="fill", height=32), c2w=c2w[:4])
     with pytest.raises(InputError, match="divisible by 16"):
         run(VideoConfig(backend="fill", height=40))
     with pytest.raises(InputError, match="scaffold_mask"):
         run(VideoConfig(backend="fill", height=32), scaffold_mask=mask[:, :, :10])
-    six = dict(scaffold_rgb=np.concatenate([rgb, rgb[:1]]), scaffold_mask=np.concatenate([mask, mask[:1]]), c2w=np.concatenate([c2w, c2w[:1]]))
+    six = {"scaffold_rgb": np.concatenate([rgb, rgb[:1]]), "scaffold_mask": np.concatenate([mask, mask[:1]]), "c2w": np.concatenate([c2w, c2w[:1]])}
     with pytest.raises(InputError, match=r"4k\+1 \(e.g. 5 or 9\); got 6 frames"):
         run(VideoConfig(backend="wan", height=32), **six)
     with pytest.raises(WeightsNotFoundError, match=r"Wan-AI/Wan2.1-I2V-14B-480P-Diffusers.*huggingface-cli download Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"):
@@ -179,8 +189,12 @@ def test_memory_mode_choice_estimates_and_oom_message():
     from types import SimpleNamespace
 
     from diffusers import WanTransformer3DModel
-
-    from matrix_world.generation.memory import VideoOutOfMemoryError, choose_memory_mode, estimate_memory_gb, oom_guard
+    from matrix_world.generation.memory import (
+        VideoOutOfMemoryError,
+        choose_memory_mode,
+        estimate_memory_gb,
+        oom_guard,
+    )
     from matrix_world.generation.wan_pipeline import WAN_I2V_14B_CONFIG
 
     with torch.device("meta"):
@@ -202,9 +216,7 @@ def test_memory_mode_choice_estimates_and_oom_message():
     assert choose_memory_mode("lowvram", estimate_gb=est480, free_gb=200.0) == ("lowvram", "forced")
     with pytest.raises(InputError, match="memory mode"):
         choose_memory_mode("tiny", estimate_gb=est480, free_gb=10.0)
-    with pytest.raises(VideoOutOfMemoryError, match="mode 'full'.*'offload'.*Nothing was written"):
-        with oom_guard("full"):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-    with pytest.raises(VideoOutOfMemoryError, match="mode 'lowvram'; use 480p"):
-        with oom_guard("lowvram"):
-            raise torch.OutOfMemoryError("CUDA out of memory")
+    with pytest.raises(VideoOutOfMemoryError, match="mode 'full'.*'offload'.*Nothing was written"), oom_guard("full"):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    with pytest.raises(VideoOutOfMemoryError, match="mode 'lowvram'; use 480p"), oom_guard("lowvram"):
+        raise torch.OutOfMemoryError("CUDA out of memory")

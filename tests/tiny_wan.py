@@ -24,8 +24,19 @@ TINY_IMAGE_DIM = 8
 
 def tiny_wan_components(seed: int = 0) -> dict:
     """Fresh tiny components (eval mode) for ``PanoVideoPipeline(**components)``."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, T5Tokenizer, UMT5Config, UMT5EncoderModel
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanTransformer3DModel,
+    )
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        T5Tokenizer,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
 
     torch.manual_seed(seed)
     transformer = WanTransformer3DModel(
@@ -58,15 +69,15 @@ def tiny_wan_components(seed: int = 0) -> dict:
     scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)
     for module in (transformer, vae, text_encoder, image_encoder):
         module.eval()
-    return dict(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=vae,
-        scheduler=scheduler,
-        image_processor=image_processor,
-        image_encoder=image_encoder,
-        transformer=transformer,
-    )
+    return {
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "vae": vae,
+        "scheduler": scheduler,
+        "image_processor": image_processor,
+        "image_encoder": image_encoder,
+        "transformer": transformer,
+    }
 
 
 @functools.lru_cache(maxsize=1)
