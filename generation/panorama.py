@@ -74,7 +74,7 @@ class PanoramaConfig:
     seed: int = 0
     roll_fraction: float = 0.4  # last 40% of the steps are rolled (Matrix-3D)
     decode: str = "wrap"  # wrap | blended | plain
-    wrap_pad_cols: int = 2  # latent columns of wrap on each side for decode="wrap" (Matrix-3D: 2)
+    wrap_pad_cols: int = 4  # latent columns wrapped on each side (Matrix-3D: 2; 4 halved the border error on the tiny VAE)
     memory: str = "full"  # full | offload | lowvram (generation.memory)
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bfloat16 | float16 | float32
     max_sequence_length: int = 512  # T5 tokens
@@ -236,7 +236,7 @@ def make_panorama_pipeline_class(base: type) -> type:
             roll_fraction: float = 0.4,
             roll_generator: torch.Generator | None = None,
             decode: str = "wrap",
-            wrap_pad_cols: int = 2,
+            wrap_pad_cols: int = 4,
             **kwargs,
         ) -> tuple[Tensor, list[int]]:
             """Generate 2:1 panoramas -> (images [B, 3, H, 2H] float32 in [0, 1], roll shift per step).
