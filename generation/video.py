@@ -11,7 +11,7 @@ Backends (chosen by name; ``auto`` picks ``wan`` when CUDA and the weights are p
 Every backend returns frames at the working resolution ``height x 2*height`` (480p: 480 x 960,
 720p: 720 x 1440); a scaffold of another size is resized first (colours premultiplied by the
 mask, a pixel stays known only if all its source pixels are). Inputs follow DESIGN §3:
-``scaffold_rgb [F, H, W, 3]`` float32 [0, 1] (0 where unknown), ``scaffold_mask [F, H, W]``
+``scaffold_rgb [F, H, W, 3]`` float32 [0, 1] (0 where unknown; uint8 is divided by 255), ``scaffold_mask [F, H, W]``
 bool (True = known), ``c2w [F, 4, 4]`` OpenCV camera-to-world, world = frame-0 camera.
 Nothing is written to disk here; the run directory writes the result atomically.
 """
@@ -88,7 +88,8 @@ class VideoResult:
 
 def validate_inputs(scaffold_rgb, scaffold_mask, c2w, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Check shapes and return (rgb float32, mask bool, c2w float64) as numpy arrays."""
-    rgb = np.asarray(scaffold_rgb.cpu() if isinstance(scaffold_rgb, torch.Tensor) else scaffold_rgb, dtype=np.float32)
+    rgb = np.asarray(scaffold_rgb.cpu() if isinstance(scaffold_rgb, torch.Tensor) else scaffold_rgb)
+    rgb = rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float32, copy=False)
     mask = np.asarray(scaffold_mask.cpu() if isinstance(scaffold_mask, torch.Tensor) else scaffold_mask).astype(bool)
     poses = np.asarray(c2w.cpu() if isinstance(c2w, torch.Tensor) else c2w, dtype=np.float64)
     if rgb.ndim != 4 or rgb.shape[-1] != 3:
@@ -108,6 +109,8 @@ def validate_inputs(scaffold_rgb, scaffold_mask, c2w, height: int) -> tuple[np.n
         raise InputError(f"video height must be divisible by 16 (width = 2 x height), got {height}")
     if not np.isfinite(rgb).all() or not np.isfinite(poses).all():
         raise InputError("scaffold_rgb and c2w must be finite (found NaN or Inf)")
+    if rgb.size and (rgb.min() < -1e-3 or rgb.max() > 1.0 + 1e-3):
+        raise InputError(f"scaffold_rgb must be float in [0, 1] (or uint8), got values in [{rgb.min():.3g}, {rgb.max():.3g}]")
     return rgb, mask, poses
 
 
@@ -141,12 +144,12 @@ def _run_fill(config: VideoConfig, rgb, mask, c2w, **_) -> tuple[np.ndarray, dic
     return frames, {"fill": info}
 
 
-def _run_oracle(config: VideoConfig, rgb, mask, c2w, *, prompt: str, scene=None, **_) -> tuple[np.ndarray, dict]:
+def _run_oracle(config: VideoConfig, rgb, mask, c2w, *, prompt: str, scene=None, yaw: float = 0.0, **_) -> tuple[np.ndarray, dict]:
     """Ground truth: the synthetic scene rendered along the trajectory.
 
-    The trajectory's world is the frame-0 camera; the scene's start camera
-    (``scene.camera_c2w(0, 0)``, where the procedural panorama was rendered) maps it into
-    the scene's world, so frame 0 reproduces the procedural panorama.
+    The trajectory's world is the frame-0 camera: the scene's start camera (where the
+    procedural panorama was rendered) turned right by the trajectory's yaw
+    (``scene.camera_c2w(0, 0, yaw)``), so frame 0 reproduces the (turned) panorama.
     """
     if scene is None:
         try:
@@ -157,11 +160,16 @@ def _run_oracle(config: VideoConfig, rgb, mask, c2w, *, prompt: str, scene=None,
                 f"which cannot be imported: {exc}"
             ) from None
         scene = scene_from_prompt(prompt, seed=config.seed)
-    start = scene.camera_c2w(0.0, 0.0) if hasattr(scene, "camera_c2w") else torch.eye(4, dtype=torch.float64)
+    if hasattr(scene, "camera_c2w"):
+        start = scene.camera_c2w(0.0, 0.0, yaw_deg=yaw)
+    else:
+        from matrix_world.cameras import make_pose, rotation_yaw
+
+        start = make_pose(rotation_yaw(yaw), torch.zeros(3, dtype=torch.float64))
     world_c2w = torch.as_tensor(start, dtype=torch.float64) @ torch.from_numpy(c2w)
     frames, _distance, _sky = scene.render(world_c2w, rgb.shape[1], backend="auto")
     frames = np.asarray(frames.cpu() if isinstance(frames, torch.Tensor) else frames, dtype=np.float32)
-    return frames, {"scene_kind": getattr(scene, "kind", None), "scene_seed": getattr(scene, "seed", None)}
+    return frames, {"scene_kind": getattr(scene, "kind", None), "scene_seed": getattr(scene, "seed", None), "yaw_deg": yaw}
 
 
 def load_video_pipeline(config: VideoConfig, device, *, num_frames: int = 81) -> tuple[Any, dict]:
@@ -267,7 +275,7 @@ def generate_video(
     scaffold_rgb,  # [F, H, W, 3] float32 in [0, 1]
     scaffold_mask,  # [F, H, W] bool
     prompt: str,
-    c2w,  # [F, 4, 4] camera-to-world
+    c2w,  # [F, 4, 4] camera-to-world, or a matrix_world.trajectory.Trajectory (its yaw is used by oracle)
     device="cpu",
     generator: torch.Generator | None = None,
     pipeline=None,
@@ -280,6 +288,8 @@ def generate_video(
     for ``oracle`` (default: ``datasets.procedural.scene_from_prompt(prompt, config.seed)``).
     """
     height = config.working_height()
+    yaw = float(getattr(c2w, "yaw", 0.0))
+    c2w = getattr(c2w, "c2w", c2w)
     rgb, mask, poses = validate_inputs(scaffold_rgb, scaffold_mask, c2w, height)
     backend, reason = resolve_backend(config, device)
     if backend == "wan":
@@ -291,7 +301,7 @@ def generate_video(
     start = time.perf_counter()
     rgb, mask = resize_scaffold(rgb, mask, height)
     frames, extra = _BACKEND_FNS[backend](
-        config, rgb, mask, poses, prompt=prompt, device=device, generator=generator, pipeline=pipeline, scene=scene
+        config, rgb, mask, poses, prompt=prompt, device=device, generator=generator, pipeline=pipeline, scene=scene, yaw=yaw
     )
     info = {"backend": backend, "backend_reason": reason, "height": height, "width": 2 * height,
             "frames": int(frames.shape[0]), "seconds": round(time.perf_counter() - start, 3), **extra}

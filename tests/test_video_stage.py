@@ -157,13 +157,17 @@ def test_generate_video_bad_input():
         run(VideoConfig(backend="wan"))
     with pytest.raises(InputError, match="video backend"):
         run(VideoConfig(backend="sora"))
+    with pytest.raises(InputError, match=r"\[0, 1\] \(or uint8\)"):
+        run(VideoConfig(backend="fill", height=32), scaffold_rgb=rgb * 255.0)
+    as_uint8 = run(VideoConfig(backend="fill", height=32), scaffold_rgb=(rgb * 255).round().astype(np.uint8))
+    assert np.abs(as_uint8.frames[mask] - rgb[mask]).max() <= 0.5 / 255 + 1e-6
 
 
 class _FakeScene:
     kind, seed = "room", 3
 
-    def camera_c2w(self, x, z):
-        return make_pose(rotation_yaw(0.0), torch.tensor([x, -1.5, z], dtype=torch.float64))
+    def camera_c2w(self, x, z, yaw_deg=0.0):
+        return make_pose(rotation_yaw(yaw_deg), torch.tensor([x, -1.5, z], dtype=torch.float64))
 
     def render(self, c2w, height, backend="auto"):
         self.seen = c2w.clone()
@@ -180,6 +184,13 @@ def test_oracle_renders_the_scene_along_the_trajectory_from_its_start_camera():
     np.testing.assert_allclose(scene.seen[:, 1, 3].numpy(), -1.5)  # trajectory placed at the scene's start camera
     np.testing.assert_allclose(res.frames[:, 0, 0, 0], 0.01 * np.arange(5), atol=1e-6)
     assert res.info["backend"] == "oracle" and res.info["scene_kind"] == "room"
+    # a Trajectory turned right by 90°: moving "forward" (+z of the frame-0 camera) moves along the scene's +x
+    from matrix_world.trajectory import Trajectory
+
+    traj = Trajectory(torch.from_numpy(c2w), yaw=90.0)
+    generate_video(VideoConfig(backend="oracle", height=32), scaffold_rgb=rgb, scaffold_mask=mask, prompt="p", c2w=traj, scene=scene)
+    np.testing.assert_allclose(scene.seen[:, 0, 3].numpy(), 0.1 * np.arange(5), atol=1e-9)
+    np.testing.assert_allclose(scene.seen[:, 2, 3].numpy(), 0.0, atol=1e-9)
 
 
 # --------------------------------------------------------------------------- memory modes
