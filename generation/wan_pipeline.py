@@ -142,7 +142,7 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
 
     Load like the stock pipeline::
 
-        pipe = PanoVideoPipeline.from_pretrained("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", torch_dtype=torch.bfloat16)
+        pipe = PanoVideoPipeline.from_pretrained("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", dtype=torch.bfloat16)
         pipe.use_flow_matching(shift=5.0)
 
     then ``pipe(prompt, scaffold=..., mask=...)``. See the module docstring for the layout.
@@ -182,7 +182,6 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
         size = self.image_encoder.config.image_size
         enc_device = self._module_device(self.image_encoder, device)
         x = F.interpolate(frame0.to(enc_device, torch.float32), size=(size, size), mode="bicubic", align_corners=False)
-        x = x.clamp(0.0, 1.0)
         mean = torch.tensor(self.image_processor.image_mean, device=enc_device).view(1, 3, 1, 1)
         std = torch.tensor(self.image_processor.image_std, device=enc_device).view(1, 3, 1, 1)
         pixel_values = ((x - mean) / std).to(self.image_encoder.dtype)
