@@ -1,6 +1,5 @@
 """Depth stage (generation/depth.py, depth_merge.py, moge_backend.py)."""
 
-
 import numpy as np
 import pytest
 import torch
