@@ -150,15 +150,21 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16.0, 
     Odd sizes are padded by one pixel (H.264 with yuv420p needs even sizes). Gray
     frames [F, H, W] are replicated to RGB.
     """
-    import imageio.v2 as imageio
-
     data = to_uint8(np.asarray(frames))
     if data.ndim == 3:
         data = np.repeat(data[..., None], 3, axis=3)
     pad_h, pad_w = data.shape[1] % 2, data.shape[2] % 2
     if pad_h or pad_w:
         data = np.pad(data, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    try:
+        import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401  (the ffmpeg binary)
+    except ImportError:
+        imageio = None
     with atomic_write(path) as tmp:
+        if imageio is None:  # no ffmpeg: OpenCV's own MPEG-4 Part 2 encoder (larger files, plays everywhere)
+            _write_video_cv2(tmp, data, fps)
+            return
         writer = imageio.get_writer(str(tmp), format="FFMPEG", fps=fps, codec="libx264", quality=quality,
                                     macro_block_size=1, pixelformat="yuv420p")
         try:
@@ -166,6 +172,19 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16.0, 
                 writer.append_data(frame)
         finally:
             writer.close()
+
+
+def _write_video_cv2(path: Path, data: np.ndarray, fps: float) -> None:
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (data.shape[2], data.shape[1]))
+    if not writer.isOpened():
+        raise OutputError(f"OpenCV could not open a video writer for {path} (install imageio-ffmpeg)")
+    try:
+        for frame in data:
+            writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+    finally:
+        writer.release()
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:
