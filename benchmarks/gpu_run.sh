@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Run named GPU jobs in one device call:  bash benchmarks/gpu_run.sh JOB [JOB ...]
+# Each job's output goes to $OUT/<job>.log (and the tail to stdout); a failing job does not
+# stop the others. Jobs are defined below; each has its own time limit.
+source benchmarks/gpu_env.sh || exit 1
+mkdir -p "$OUT" .ext
+status=()
+job() {  # job NAME LIMIT_S COMMAND...
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  echo "=== $name (limit ${limit}s)"
+  timeout "$limit" bash -c "$*" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -n 25 "$OUT/$name.log"
+  status+=("$name rc=$rc $(( $(date +%s) - t0 ))s")
+}
+for j in "$@"; do
+  case $j in
+    gsplat_build)  # compile gsplat once and keep the .so for later calls (carried as .ext/)
+      job gsplat_build 300 "python -c 'import torch, gsplat; from gsplat.cuda._backend import _C; print(_C)' && \
+        cp \$(python -c 'import torch.utils.cpp_extension as c; print(c._get_build_directory(\"gsplat_cuda\", False))')/gsplat_cuda.so \$OUT/gsplat_cuda.so && ls -la \$OUT" ;;
+    splat_tests)   job splat_tests 300 "python -m pytest -q -rs tests/test_splat_render.py tests/test_gaussians.py tests/test_axes.py tests/test_splat_io.py" ;;
+    splat_bench)   job splat_bench 300 "python benchmarks/splat_render.py" ;;
+    pano_bench)    job pano_bench 360 "python benchmarks/panorama.py" ;;
+    depth_bench)   job depth_bench 300 "python benchmarks/depth.py" ;;
+    gen_tests)     job gen_tests 300 "python -m pytest tests/test_depth.py tests/test_panorama.py -m cuda -q -rs" ;;
+    scaffold_tests) job scaffold_tests 300 "python -m pytest -q -rs tests/test_scaffold_render.py tests/test_render_scaffold_cli.py tests/test_scenes.py -k cuda" ;;
+    scaffold_bench) job scaffold_bench 300 "python benchmarks/scaffold.py" ;;
+    video_bench)   job video_bench 590 "python benchmarks/video.py" ;;
+    recon_bench)   job recon_bench 590 "python benchmarks/recon.py" ;;
+    split_bench)   job split_bench 300 "python benchmarks/build_benchmark_split.py --backend cuda --out /tmp/split_gpu" ;;
+    *) echo "unknown job $j"; status+=("$j unknown") ;;
+  esac
+done
+echo "=== summary"; printf '%s\n' "${status[@]}"
