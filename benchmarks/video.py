@@ -50,10 +50,14 @@ def build_transformer(config: dict, device: torch.device, dtype: torch.dtype):
             tr = WanTransformer3DModel(**config)
     finally:
         torch.set_default_dtype(previous)
-    keep = tuple(WanTransformer3DModel._keep_in_fp32_modules)
-    for name, module in tr.named_modules():
-        if name and name.split(".")[-1] in keep:
-            module.to(torch.float32)
+    keep = set(WanTransformer3DModel._keep_in_fp32_modules)
+    with torch.no_grad():
+        for name, param in tr.named_parameters():
+            if keep & set(name.split(".")):
+                param.data = param.data.float()
+        for name, module in tr.named_modules():
+            if name and name.split(".")[-1] in keep:
+                module.to(torch.float32)  # buffers too (rope)
     return tr.eval().requires_grad_(False)
 
 
