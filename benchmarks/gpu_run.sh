@@ -3,7 +3,8 @@
 # Each job's output goes to $OUT/<job>.log (and the tail to stdout); a failing job does not
 # stop the others. Jobs are defined below; each has its own time limit.
 source benchmarks/gpu_env.sh || exit 1
-mkdir -p "$OUT" .ext
+# At most 8 files come back from the device: logs and JSONs are packed into results.tgz.
+FINAL=$OUT; export OUT=$FINAL/run; mkdir -p "$OUT" .ext
 status=()
 job() {  # job NAME LIMIT_S COMMAND...
   local name=$1 limit=$2; shift 2
@@ -18,7 +19,7 @@ for j in "$@"; do
   case $j in
     gsplat_build)  # compile gsplat once and keep the .so for later calls (carried as .ext/)
       job gsplat_build 300 "python -c 'import torch, gsplat; from gsplat.cuda._backend import _C; print(_C)' && \
-        cp \$(python -c 'import torch.utils.cpp_extension as c; print(c._get_build_directory(\"gsplat_cuda\", False))')/gsplat_cuda.so \$OUT/gsplat_cuda.so && ls -la \$OUT" ;;
+        cp \$(python -c 'import torch.utils.cpp_extension as c; print(c._get_build_directory(\"gsplat_cuda\", False))')/gsplat_cuda.so $FINAL/gsplat_cuda.so && ls -la $FINAL" ;;
     splat_tests)   job splat_tests 300 "python -m pytest -q -rs tests/test_splat_render.py tests/test_gaussians.py tests/test_axes.py tests/test_splat_io.py" ;;
     splat_bench)   job splat_bench 300 "python benchmarks/splat_render.py" ;;
     pano_bench)    job pano_bench 360 "python benchmarks/panorama.py" ;;
@@ -32,4 +33,5 @@ for j in "$@"; do
     *) echo "unknown job $j"; status+=("$j unknown") ;;
   esac
 done
-echo "=== summary"; printf '%s\n' "${status[@]}"
+echo "=== summary"; printf '%s\n' "${status[@]}" | tee "$OUT/summary.txt"
+tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
