@@ -5,7 +5,11 @@ set -o pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 t0=$(date +%s)
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
+stamp=$(ls .whl | md5sum | cut -c1-12)
+if [ "$(cat /tmp/site/.stamp 2>/dev/null)" != "$stamp" ]; then  # a warm machine keeps the last install
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
+  echo "$stamp" > /tmp/site/.stamp
+fi
 export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . || return 1
 # A gsplat extension built by an earlier call (carried in .ext/) is registered as gsplat.csrc,

@@ -14,6 +14,8 @@ job() {  # job NAME LIMIT_S COMMAND...
   local rc=$?
   tail -n 25 "$OUT/$name.log"
   status+=("$name rc=$rc $(( $(date +%s) - t0 ))s")
+  printf '%s\n' "${status[@]}" > "$OUT/summary.txt"
+  tar czf "$FINAL/results.tgz" -C "$OUT" .  # after every job: a later kill keeps what finished
 }
 for j in "$@"; do
   case $j in
@@ -33,5 +35,4 @@ for j in "$@"; do
     *) echo "unknown job $j"; status+=("$j unknown") ;;
   esac
 done
-echo "=== summary"; printf '%s\n' "${status[@]}" | tee "$OUT/summary.txt"
-tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
+echo "=== summary"; cat "$OUT/summary.txt"; rm -rf "$OUT"
