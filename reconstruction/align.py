@@ -6,9 +6,10 @@ least-squares fit of ``scale * distance + shift`` to the previous keyframe's dis
 *warped* into the new pose; near pixels weigh more (their depth is better known and
 matters more for parallax). This module does both steps:
 
-* :func:`warp_distance` renders points (the previous keyframe's pixels lifted to 3D, in
-  the world frame) into the equirect of a new pose with a z-buffer (nearest pixel, the
-  smallest distance wins): the warped distance, ``inf`` where no point lands.
+* warping: the previous keyframe's pixels are lifted to world points and seen from the
+  new pose; :func:`warp_distance` z-buffers them (nearest pixel, the smallest distance
+  wins) to find which are visible, and each visible point pairs its distance from the new
+  camera with the new keyframe's distance sampled at the point's exact projection;
 * :func:`fit_scale_shift` solves the weighted least squares, robustly: after each solve,
   residuals above ``outlier_factor`` times their weighted median are dropped (points that
   bleed through gaps between foreground points, disocclusions) and the fit is repeated.
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor
 
 from matrix_world.cameras import invert_pose
-from matrix_world.equirect import direction_to_pixel, equirect_directions
+from matrix_world.equirect import direction_to_pixel, equirect_directions, sample_equirect
 from matrix_world.errors import InputError
 
 
@@ -42,6 +43,8 @@ class AlignConfig:
     min_residual: relative residual below which a pixel is never an outlier.
     min_pixels: fewer valid pixels than this raises InputError (nothing to fit).
     shift: fit a shift as well as a scale (False: scale only, shift = 0).
+    visibility_tolerance: a warped point is visible when its distance is within this
+        fraction of the nearest point landing in the same pixel.
     """
 
     weight_power: float = 1.0
@@ -50,6 +53,7 @@ class AlignConfig:
     min_residual: float = 0.01
     min_pixels: int = 16
     shift: bool = True
+    visibility_tolerance: float = 0.05
 
 
 def weighted_median(values: Tensor, weights: Tensor) -> Tensor:
@@ -61,9 +65,9 @@ def weighted_median(values: Tensor, weights: Tensor) -> Tensor:
 
 
 def fit_scale_shift(
-    distance: Tensor,  # [H, W] distance to align (arbitrary scale and offset)
-    reference: Tensor,  # [H, W] target distance (e.g. the warped previous keyframe); inf/nan = unknown
-    valid: Tensor | None = None,  # [H, W] bool, extra restriction of the pixels used
+    distance: Tensor,  # [...] distance to align (arbitrary scale and offset); inf/nan = unknown
+    reference: Tensor,  # [...] target distance, same shape (e.g. the warped previous keyframe)
+    valid: Tensor | None = None,  # [...] bool, extra restriction of the samples used
     config: AlignConfig = AlignConfig(),
 ) -> tuple[float, float]:
     """Scale and shift with ``scale * distance + shift ≈ reference`` (weighted least squares).
@@ -148,14 +152,21 @@ def warp_distance(
 def align_to_previous(
     distance: Tensor,  # [H, W] new keyframe's distance (arbitrary scale/offset)
     c2w: Tensor,  # [4, 4] new keyframe's camera-to-world
-    prev_distance: Tensor,  # [H, W] previous keyframe's (already aligned) distance
+    prev_distance: Tensor,  # [H', W'] previous keyframe's (already aligned) distance
     prev_c2w: Tensor,  # [4, 4] previous keyframe's camera-to-world
     *,
     valid: Tensor | None = None,  # [H, W] bool, pixels of the new keyframe that may be used
-    prev_valid: Tensor | None = None,  # [H, W] bool, pixels of the previous keyframe to warp
+    prev_valid: Tensor | None = None,  # [H', W'] bool, pixels of the previous keyframe to warp
     config: AlignConfig = AlignConfig(),
 ) -> tuple[Tensor, float, float]:
     """Align a keyframe's distance to the previous keyframe's, warped into the new pose.
+
+    The previous keyframe's pixels are lifted to world points and seen from the new pose:
+    each point that survives the z-buffer (:func:`warp_distance`, within
+    ``visibility_tolerance``) gives one pair (new distance sampled bilinearly at the point's
+    exact projection, the point's distance from the new camera). Comparing at the exact
+    projection, not at the pixel the point falls in, avoids a bias where the distance
+    changes fast across pixels (the ground at grazing angles).
 
     Returns (aligned distance [H, W] in the input dtype, scale, shift).
     """
@@ -163,6 +174,20 @@ def align_to_previous(
     points = lift_equirect(prev_distance, prev_c2w)
     if prev_valid is not None:
         points = points[prev_valid.to(torch.bool)]
-    reference = warp_distance(points, c2w, h, w)
-    scale, shift = fit_scale_shift(distance, reference, valid, config)
+    points = points.reshape(-1, 3)
+    points = points[torch.isfinite(points).all(-1)]
+    zbuf = warp_distance(points, c2w, h, w)
+    w2c = invert_pose(c2w.to(device=points.device, dtype=torch.float64))
+    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+    r = cam.norm(dim=-1)
+    px, py = direction_to_pixel(cam, h, w)
+    pix = torch.floor(py).long().clamp(0, h - 1) * w + torch.floor(px).long().clamp(0, w - 1)
+    visible = r <= zbuf.reshape(-1)[pix] * (1.0 + config.visibility_tolerance)
+    source = distance.to(torch.float64)
+    if valid is not None:
+        source = torch.where(valid.to(torch.bool), source, torch.full_like(source, float("nan")))
+    # interpolate inverse distance: it is close to linear across a plane (a ground seen at a
+    # grazing angle), where distance itself is strongly convex
+    sampled = 1.0 / sample_equirect(1.0 / source[None], px[visible], py[visible])[0]  # NaN where a corner is invalid
+    scale, shift = fit_scale_shift(sampled, r[visible], None, config)
     return (distance.to(torch.float64) * scale + shift).to(distance.dtype), scale, shift

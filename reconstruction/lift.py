@@ -11,7 +11,8 @@ The offline default (CPU-fast). For every kept pixel of a keyframe:
 * opacity: high (``opacity``); rotation: identity; colour: the pixel's (SH DC only).
 
 Skipped: pixels the video does not know (mask), sky (or, with ``sky="shell"``, sky pixels
-become Gaussians on a sphere of radius ``sky_radius`` around the world origin), and pixels
+become Gaussians on a sphere of radius ``sky_radius`` around the keyframes' mean camera
+centre), and pixels
 whose 3D point is already well covered by an earlier keyframe: the point is projected into
 every earlier keyframe's equirect and counts as covered when that keyframe represents a
 surface within ``dedupe_tolerance`` (relative) of the point's distance there — unless the
@@ -31,7 +32,7 @@ from torch import Tensor
 from matrix_world.cameras import invert_pose
 from matrix_world.equirect import direction_to_pixel, equirect_directions, resize_equirect
 from matrix_world.errors import InputError
-from matrix_world.gaussians import Gaussians
+from matrix_world.gaussians import Gaussians, rotmat_to_quat
 from matrix_world.reconstruction.keyframes import Keyframes
 
 
@@ -39,10 +40,19 @@ from matrix_world.reconstruction.keyframes import Keyframes
 class LiftConfig:
     """scale_factor: Gaussian sigma in units of ``distance * pixel_angle``.
     opacity: opacity of every lifted Gaussian.
+    shape: "isotropic" (a ball of that sigma) or "surfel": where the distance map is locally
+        planar (second differences of 1 / distance below ``planarity`` x 1 / distance), a
+        flat Gaussian in the surface's tangent plane, stretched by 1 / cos(incidence) (at
+        most ``max_stretch``) along the ray's tilt so that it covers the pixel's footprint ON
+        the surface, and ``surfel_thickness`` x sigma thin along the normal. Seen from the
+        keyframe both project to the same pixel footprint; from other poses surfels keep a
+        grazing surface (the ground) closed where balls leave gaps. Elsewhere (edges, sky)
+        Gaussians stay isotropic.
     downsample: lift a panorama resized to H / downsample (area-averaged colours).
     merge_longitude: merge ``floor(1 / cos lat)`` pixels of a row near the poles.
     sky: "skip" (no Gaussians for sky) or "shell" (a sphere of radius ``sky_radius``).
-    sky_radius: None -> ``sky_radius_factor`` x the largest surface distance of keyframe 0.
+    sky_radius: None -> the median distance keyframe 0 gives its sky pixels, or when they
+        have none, ``sky_radius_factor`` x its largest surface distance.
     dedupe: skip points already covered by earlier keyframes.
     dedupe_tolerance: relative distance agreement that counts as covered.
     refine_ratio: a covered point is still added when the new keyframe is at least this many
@@ -50,8 +60,12 @@ class LiftConfig:
     budget: keep at most this many Gaussians (the most important ones), None: all.
     """
 
-    scale_factor: float = 0.7
-    opacity: float = 0.95
+    scale_factor: float = 0.55
+    opacity: float = 0.99
+    shape: str = "surfel"
+    max_stretch: float = 8.0
+    surfel_thickness: float = 0.1
+    planarity: float = 0.05
     downsample: int = 1
     merge_longitude: bool = True
     sky: str = "skip"
@@ -63,6 +77,8 @@ class LiftConfig:
     budget: int | None = None
 
     def __post_init__(self):
+        if self.shape not in ("isotropic", "surfel"):
+            raise InputError(f"lift shape must be 'isotropic' or 'surfel', got {self.shape!r}")
         if self.sky not in ("skip", "shell"):
             raise InputError(f"lift sky must be 'skip' or 'shell', got {self.sky!r}")
         if self.downsample < 1:
@@ -88,7 +104,7 @@ def longitude_groups(height: int, width: int, merge: bool = True, device=None) -
 
 
 def shell_distance(origin: Tensor, dirs: Tensor, radius: float) -> Tensor:
-    """Distance along unit ``dirs`` [..., 3] from ``origin`` [3] to the sphere |x| = radius."""
+    """Distance along unit ``dirs`` [..., 3] from ``origin`` [3] (inside) to the sphere |x| = radius."""
     b = (dirs * origin).sum(-1)
     c = (origin * origin).sum() - radius * radius
     return -b + torch.sqrt((b * b - c).clamp_min(0.0))
@@ -117,10 +133,12 @@ class _Coverage:
             px, py = direction_to_pixel(cam, h, w)
             x0 = torch.floor(px - 0.5).long()
             y0 = torch.floor(py - 0.5).long()
-            # the 4 pixel centres around the point: [N, 4] (NaN where nothing is represented)
+            # exact: the pixel the point falls in represents a surface at the point's distance
+            near = dmap[torch.floor(py).long().clamp(0, h - 1), torch.floor(px).long().clamp(0, w - 1)]
+            hit = (r - near).abs() <= tol * near  # NaN compares False
+            # smooth: on one surface (the 4 pixel centres around the point agree within
+            # smooth_ratio, e.g. a ground at a grazing angle) the point lies between their distances
             d = torch.stack([dmap[(y0 + dy).clamp(0, h - 1), torch.remainder(x0 + dx, w)] for dy in (0, 1) for dx in (0, 1)], -1)
-            hit = ((r[:, None] - d).abs() <= tol * d).any(-1)  # NaN compares False
-            # on a smooth (e.g. grazing) surface the point lies between its neighbours' distances
             lo, hi = d.amin(-1), d.amax(-1)
             smooth = hi <= (1.0 + self.smooth_ratio) * lo
             hit |= smooth & (r >= (1.0 - tol) * lo) & (r <= (1.0 + tol) * hi)
@@ -148,15 +166,20 @@ def lift_keyframes(keyframes: Keyframes, config: LiftConfig = LiftConfig()) -> t
     g_dirs = dirs[g_row, g_col]
     pixel_angle = math.pi / h
 
+    shell_centre = kf.c2w[:, :3, 3].mean(0)  # the sky shell surrounds the keyframes' cameras
     sky_radius = config.sky_radius
     if config.sky == "shell" and sky_radius is None:
+        sky_d = kf.distance[0][kf.sky[0] & kf.known[0] & torch.isfinite(kf.distance[0])]
         d0 = kf.distance[0][kf.geometry(0)]
-        if d0.numel() == 0:
-            raise InputError("keyframe 0 has no surface pixel to size the sky shell; pass sky_radius")
-        sky_radius = config.sky_radius_factor * float(d0.max())
+        if sky_d.numel():  # the depth stage / ground truth gave the sky a distance: use it
+            sky_radius = float(sky_d.median())
+        elif d0.numel():
+            sky_radius = config.sky_radius_factor * float(d0.max())
+        else:
+            raise InputError("keyframe 0 has no pixel with a distance to size the sky shell; pass sky_radius")
 
     coverage = _Coverage()
-    means, sigmas, colours = [], [], []
+    means, scales, rotations, colours = [], [], [], []
     info = {"added": [], "covered": [], "sky_radius": sky_radius}
     for k in range(len(kf.indices)):
         rgb = resize_equirect(kf.rgb[k].permute(2, 0, 1)[None], h, mode="area")[0].permute(1, 2, 0)
@@ -167,9 +190,10 @@ def lift_keyframes(keyframes: Keyframes, config: LiftConfig = LiftConfig()) -> t
         c2w = kf.c2w[k]
         origin = c2w[:3, 3]
         if config.sky == "shell":
-            shell = shell_distance(origin, dirs @ c2w[:3, :3].T, sky_radius)
+            shell = shell_distance(origin - shell_centre, dirs @ c2w[:3, :3].T, sky_radius)
             dist = torch.where(known & sky, shell, dist)
             surface = surface | (known & sky)
+            rgb = clean_sky_rim(rgb, known & sky)
         dist = torch.where(surface, dist, torch.full_like(dist, float("nan")))
 
         # merge pixel groups: mean colour of the group's kept pixels, centre pixel's distance
@@ -181,7 +205,8 @@ def lift_keyframes(keyframes: Keyframes, config: LiftConfig = LiftConfig()) -> t
         g_keep = (counts > 0) & torch.isfinite(g_dist)
         g_rgb = col_sum / counts.clamp_min(1.0)[:, None]
 
-        pts = origin + (g_dirs @ c2w[:3, :3].T) * g_dist[:, None]
+        world_dirs = g_dirs @ c2w[:3, :3].T
+        pts = origin + world_dirs * g_dist[:, None]
         n_covered = 0
         if config.dedupe and k > 0:
             cov = coverage.covered(pts[g_keep], g_dist[g_keep], config.dedupe_tolerance, config.refine_ratio)
@@ -189,27 +214,87 @@ def lift_keyframes(keyframes: Keyframes, config: LiftConfig = LiftConfig()) -> t
             g_keep[idx[cov]] = False
             n_covered = int(cov.sum())
         coverage.add(dist, c2w)
+        sigma = config.scale_factor * pixel_angle * g_dist[g_keep]
+        scale = sigma[:, None].expand(-1, 3).clone()
+        rot = torch.eye(3, device=device, dtype=torch.float64).expand(len(sigma), 3, 3)
+        if config.shape == "surfel":
+            rot_px, stretch_px = surfel_frames(dist, dirs @ c2w[:3, :3].T,
+                                               config.max_stretch, config.planarity)
+            rot, stretch = rot_px[g_row, g_col][g_keep], stretch_px[g_row, g_col][g_keep]
+            flat = stretch > 0
+            scale[flat, 0] *= stretch[flat]
+            scale[flat, 2] *= config.surfel_thickness
+            rot = torch.where(flat[:, None, None], rot, torch.eye(3, device=device, dtype=torch.float64))
         means.append(pts[g_keep])
-        sigmas.append(config.scale_factor * pixel_angle * g_dist[g_keep])
+        scales.append(scale)
+        rotations.append(rot)
         colours.append(g_rgb[g_keep])
         info["added"].append(int(g_keep.sum()))
         info["covered"].append(n_covered)
 
-    means_t = torch.cat(means).float()
-    sigma = torch.cat(sigmas).float()
-    rgb_t = torch.cat(colours).float().clamp(0.0, 1.0)
-    gaussians = make_gaussians(means_t, sigma, rgb_t, config.opacity)
+    quats = rotmat_to_quat(torch.cat(rotations)).float()
+    scale_t = torch.cat(scales).float().clamp_min(1e-8)
+    gaussians = Gaussians.from_values(torch.cat(means).float(), torch.cat(colours).float().clamp(0.0, 1.0), scale_t,
+                                      torch.full((len(quats),), config.opacity, device=device), quats=quats)
     if config.budget is not None and len(gaussians) > config.budget:
         gaussians = gaussians.prune(config.budget)
     info["num_gaussians"] = len(gaussians)
     return gaussians, info
 
 
-def make_gaussians(
-    means: Tensor,  # [N, 3]
-    sigma: Tensor,  # [N] isotropic standard deviation
-    rgb: Tensor,  # [N, 3] in [0, 1]
-    opacity: float,
-) -> Gaussians:
-    """Isotropic Gaussians with identity rotation and one opacity; colour as SH DC."""
-    return Gaussians.from_values(means, rgb, sigma.clamp_min(1e-8), torch.full_like(sigma, opacity))
+def clean_sky_rim(
+    rgb: Tensor,  # [h, w, 3]
+    sky: Tensor,  # [h, w] bool
+    radius: int = 2,
+) -> Tensor:
+    """Recolour sky pixels next to non-sky ones with the mean of nearby pure-sky pixels.
+
+    At silhouettes a sky pixel's colour is blended with the object in front; on the far sky
+    shell that blend becomes a dark ghost outline once the object moves with parallax.
+    """
+    k = 2 * radius + 1
+    pool = lambda x: torch.nn.functional.avg_pool2d(  # noqa: E731  (longitude wraps, rows clamp)
+        torch.nn.functional.pad(torch.nn.functional.pad(x[None], (radius, radius, 0, 0), mode="circular"),
+                                (0, 0, radius, radius), mode="replicate"), k, stride=1)[0]
+    sky_f = sky.to(rgb.dtype)[None]
+    rim = sky & (pool(sky_f)[0] < 1.0 - 1e-6)
+    pure = sky & ~rim
+    pure_f = pure.to(rgb.dtype)[None]
+    total = pool(pure_f)[0]
+    mean = pool(rgb.permute(2, 0, 1) * pure_f) / total.clamp_min(1e-12)
+    fix = rim & (total > 0)
+    return torch.where(fix[..., None], mean.permute(1, 2, 0), rgb)
+
+
+def surfel_frames(
+    distance: Tensor,  # [h, w] distance along each pixel's ray (NaN: no surface)
+    dirs: Tensor,  # [h, w, 3] unit world directions of the pixels
+    max_stretch: float,
+    planarity: float,
+) -> tuple[Tensor, Tensor]:
+    """Per pixel: rotation [h, w, 3, 3] with columns (tilt axis, side axis, normal) and the
+    stretch 1 / cos(incidence) along the tilt axis [h, w], clamped to ``max_stretch``; 0
+    where the surface is not locally planar (a Gaussian there stays isotropic).
+
+    Normals come from central differences of the lifted points (longitude wraps); planarity
+    is checked on 1 / distance, which is nearly linear across a plane.
+    """
+    pts = dirs * distance[..., None]
+    right, left = torch.roll(pts, -1, dims=1), torch.roll(pts, 1, dims=1)
+    down = torch.cat((pts[1:], pts[-1:]))
+    up = torch.cat((pts[:1], pts[:-1]))
+    normal = torch.nn.functional.normalize(torch.cross(right - left, down - up, dim=-1), dim=-1)
+    inv = 1.0 / distance
+    d2x = (torch.roll(inv, -1, 1) + torch.roll(inv, 1, 1) - 2.0 * inv).abs()
+    d2y = (torch.cat((inv[1:], inv[-1:])) + torch.cat((inv[:1], inv[:-1])) - 2.0 * inv).abs()
+    planar = (d2x <= planarity * inv) & (d2y <= planarity * inv) & torch.isfinite(normal).all(-1)
+    cos = (normal * dirs).sum(-1)
+    tilt = dirs - cos[..., None] * normal
+    head_on = tilt.norm(dim=-1) < 1e-6
+    helper = torch.tensor([1.0, 0.0, 0.0], device=dirs.device, dtype=dirs.dtype).expand_as(tilt)
+    tilt = torch.where(head_on[..., None], torch.cross(normal, helper, dim=-1), tilt)
+    tilt = torch.nn.functional.normalize(tilt, dim=-1)
+    side = torch.cross(normal, tilt, dim=-1)
+    rot = torch.stack((tilt, side, normal), dim=-1)
+    stretch = (1.0 / cos.abs().clamp_min(1e-6)).clamp(max=max_stretch)
+    return rot, torch.where(planar, stretch, torch.zeros_like(stretch))

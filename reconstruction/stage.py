@@ -1,0 +1,96 @@
+"""The reconstruction stage: panoramic frames + poses + distance -> 3D Gaussians.
+
+One entry point, :func:`reconstruct`, with a backend chosen by name:
+
+* ``lift``: one Gaussian per keyframe pixel, no training (:mod:`.lift`); CPU-fast, the
+  offline default;
+* ``optimize``: Matrix-3D's gsplat optimisation over 12 crops per keyframe (:mod:`.optimize`);
+* ``auto``: ``optimize`` on a CUDA device, ``lift`` otherwise (it says which in ``info``).
+
+Inputs follow DESIGN.md §3: equirect frames [F, H, 2H, 3] float32 in [0, 1], camera-to-world
+poses [F, 4, 4] (OpenCV), frame 0's distance [H, W] along the rays. Other keyframes get
+their distance from ``depth_fn(frame_index, rgb [H, W, 3]) -> distance [H, W]`` (or
+``(distance, sky)``), aligned to the previous keyframe by a weighted least-squares
+scale + shift (:mod:`.align`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from matrix_world.errors import InputError
+from matrix_world.gaussians import Gaussians
+from matrix_world.reconstruction.keyframes import DepthFn, KeyframeConfig, prepare_keyframes
+from matrix_world.reconstruction.lift import LiftConfig, lift_keyframes
+from matrix_world.reconstruction.optimize import OptimizeConfig, optimize_keyframes
+
+BACKENDS = ("auto", "lift", "optimize")
+
+
+@dataclass
+class ReconConfig:
+    """backend: "auto", "lift" or "optimize"; the rest configures each step."""
+
+    backend: str = "auto"
+    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    lift: LiftConfig = field(default_factory=LiftConfig)
+    optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise InputError(f"reconstruction backend must be one of {BACKENDS}, got {self.backend!r}")
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """``auto`` -> ``optimize`` on CUDA (gsplat), ``lift`` elsewhere."""
+    if name not in BACKENDS:
+        raise InputError(f"reconstruction backend must be one of {BACKENDS}, got {name!r}")
+    if name == "auto":
+        return "optimize" if device.type == "cuda" else "lift"
+    return name
+
+
+def reconstruct(
+    config: ReconConfig,
+    *,
+    frames,  # [F, H, W, 3] float32 in [0, 1] (numpy or torch)
+    distance0,  # [H, W] distance of frame 0
+    c2w,  # [F, 4, 4] camera-to-world
+    masks=None,  # [F, H, W] bool, True = pixel known; None: all known
+    sky0=None,  # [H, W] bool sky mask of frame 0; None: non-finite distances only
+    depth_fn: DepthFn | None = None,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> tuple[Gaussians, dict]:
+    """Reconstruct 3D Gaussians from a panoramic clip (see the module docstring).
+
+    generator: a CPU ``torch.Generator`` (seeded by the caller) for the ``optimize``
+        backend; required there.
+    returns (Gaussians on ``device``, info: backend, keyframe indices, alignment
+        (scale, shift) per keyframe, backend details, seconds per step)
+    """
+    device = torch.device(device)
+    backend = resolve_backend(config.backend, device)
+    t0 = time.perf_counter()
+    keyframes = prepare_keyframes(frames, c2w, distance0, masks=masks, sky0=sky0, depth_fn=depth_fn,
+                                  config=config.keyframes, device=device)
+    t1 = time.perf_counter()
+    if backend == "lift":
+        gaussians, details = lift_keyframes(keyframes, config.lift)
+    else:
+        if generator is None:
+            raise InputError("the optimize backend needs a seeded torch.Generator (generator=...)")
+        gaussians, details = optimize_keyframes(keyframes, config.optimize, generator=generator)
+    t2 = time.perf_counter()
+    info = {
+        "backend": backend,
+        "keyframes": keyframes.indices,
+        "alignment": keyframes.alignment,
+        "num_gaussians": len(gaussians),
+        "details": details,
+        "seconds": {"keyframes": t1 - t0, backend: t2 - t1, "total": t2 - t0},
+    }
+    return gaussians, info
