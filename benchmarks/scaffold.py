@@ -136,10 +136,12 @@ def main(argv=None) -> int:
 
     for k in args.decimate:
         config = ScaffoldConfig(decimate=k)
-        build_s, _, mesh = timed(lambda: build_scaffold_mesh(rgb, dist, config), device, args.repeats)
+        build_s, _, mesh = timed(lambda config=config: build_scaffold_mesh(rgb, dist, config), device, args.repeats)
         for height in args.heights:
             render_scaffold(mesh, c2w[:1], height, backend=backend)  # per-size lookup tables
-            render_s, render_cpu_s, out = timed(lambda: render_scaffold(mesh, c2w, height, backend=backend, pano_rgb=rgb), device, args.repeats)
+            render_s, render_cpu_s, out = timed(
+                lambda mesh=mesh, height=height: render_scaffold(mesh, c2w, height, backend=backend, pano_rgb=rgb), device, args.repeats
+            )
             rows.append(
                 {
                     "decimate": k,

@@ -129,7 +129,7 @@ def _scaffold(origin_pillar=True):
 
 
 def test_translated_camera_matches_analytic_room():
-    rgb, dist, mesh = _scaffold(origin_pillar=False)
+    _, _, mesh = _scaffold(origin_pillar=False)
     out_h = 64
     cam = torch.tensor([0.35, 0.15, 0.45], dtype=torch.float64)
     frames = render_scaffold(mesh, translation(cam.tolist())[None], out_h, backend="cpu")
@@ -218,7 +218,7 @@ def test_identity_pose_reproduces_panorama_across_the_seam():
 
 
 def test_frame0_exact_and_unknown_black():
-    rgb, dist, mesh = _scaffold()
+    rgb, _, mesh = _scaffold()
     poses = torch.stack((torch.eye(4, dtype=torch.float64), translation([0.6, 0.0, 0.2])))
     frames = render_scaffold(mesh, poses, 64, backend="cpu", pano_rgb=rgb)
     expected = resize_equirect(rgb.permute(2, 0, 1)[None], 64)[0].permute(1, 2, 0)

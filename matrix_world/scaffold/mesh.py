@@ -64,7 +64,7 @@ class ScaffoldMesh:
     grid_height: int
     grid_width: int
 
-    def transformed(self, c2w: Tensor) -> "ScaffoldMesh":
+    def transformed(self, c2w: Tensor) -> ScaffoldMesh:
         """The same mesh with its vertices mapped by ``c2w`` [4, 4] (panorama camera -> world)."""
         c2w = torch.as_tensor(c2w).to(device=self.vertices.device, dtype=torch.float64)
         if c2w.shape != (4, 4):
@@ -72,7 +72,7 @@ class ScaffoldMesh:
         verts = self.vertices.to(torch.float64) @ c2w[:3, :3].T + c2w[:3, 3]
         return replace(self, vertices=verts.to(self.vertices.dtype))
 
-    def to(self, device) -> "ScaffoldMesh":
+    def to(self, device) -> ScaffoldMesh:
         return replace(
             self,
             vertices=self.vertices.to(device),

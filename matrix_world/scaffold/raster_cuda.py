@@ -31,10 +31,10 @@ def load_nvdiffrast():
     """Import ``nvdiffrast.torch`` with the plugin import fix; raises MissingDependencyError."""
     dr = require("nvdiffrast.torch", _INSTALL)
     import nvdiffrast
-    import torch.utils.cpp_extension as cpp_extension
     from nvdiffrast.torch import ops
+    from torch.utils import cpp_extension
 
-    name = ops.sanitize_name("nvdiffrast_plugin_%s_torch%s" % (nvdiffrast.__version__, torch.__version__))
+    name = ops.sanitize_name(f"nvdiffrast_plugin_{nvdiffrast.__version__}_torch{torch.__version__}")
     build_dir = cpp_extension._get_build_directory(name, False)
     if build_dir not in sys.path:
         sys.path.insert(0, build_dir)
@@ -52,7 +52,7 @@ def nvdiffrast_available() -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _context(device_index: int):
     """One RasterizeCudaContext per GPU (making one allocates its buffers; reuse it)."""
     dr = load_nvdiffrast()
