@@ -104,7 +104,7 @@ def evaluate(gaussians, heldout_c2w: torch.Tensor, heldout_rgb: np.ndarray, size
 
 def run_backend(name: str, clip: dict, config: ReconConfig, device: torch.device, seed: int, eval_size: int) -> dict:
     rgb, dist, sky = clip["rgb"], clip["distance"], clip["sky"]
-    depth_fn = lambda i, _rgb: (dist[i], sky[i])  # noqa: E731  (the oracle's distance for keyframe i)
+    depth_fn = lambda i, _rgb: (dist[i], sky[i])  # (the oracle's distance for keyframe i)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -68,7 +68,7 @@ def fit_scale_shift(
     distance: Tensor,  # [...] distance to align (arbitrary scale and offset); inf/nan = unknown
     reference: Tensor,  # [...] target distance, same shape (e.g. the warped previous keyframe)
     valid: Tensor | None = None,  # [...] bool, extra restriction of the samples used
-    config: AlignConfig = AlignConfig(),
+    config: AlignConfig | None = None,
 ) -> tuple[float, float]:
     """Scale and shift with ``scale * distance + shift ≈ reference`` (weighted least squares).
 
@@ -76,6 +76,7 @@ def fit_scale_shift(
     floats (scale, shift). Raises InputError when fewer than ``config.min_pixels`` pixels are
     usable or the fit is degenerate (a non-positive scale).
     """
+    config = config or AlignConfig()
     if distance.shape != reference.shape:
         raise InputError(f"distance {tuple(distance.shape)} and reference {tuple(reference.shape)} must have one shape")
     d = distance.reshape(-1).to(torch.float64)
@@ -157,7 +158,7 @@ def align_to_previous(
     *,
     valid: Tensor | None = None,  # [H, W] bool, pixels of the new keyframe that may be used
     prev_valid: Tensor | None = None,  # [H', W'] bool, pixels of the previous keyframe to warp
-    config: AlignConfig = AlignConfig(),
+    config: AlignConfig | None = None,
 ) -> tuple[Tensor, float, float]:
     """Align a keyframe's distance to the previous keyframe's, warped into the new pose.
 
@@ -170,6 +171,7 @@ def align_to_previous(
 
     Returns (aligned distance [H, W] in the input dtype, scale, shift).
     """
+    config = config or AlignConfig()
     h, w = distance.shape
     points = lift_equirect(prev_distance, prev_c2w)
     if prev_valid is not None:

@@ -18,7 +18,7 @@ other keyframes then only supervise the optimisation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -138,10 +138,11 @@ def prepare_keyframes(
     masks=None,  # [F, H, W] bool or None
     sky0=None,  # [H, W] bool or None
     depth_fn: DepthFn | None = None,
-    config: KeyframeConfig = KeyframeConfig(),
+    config: KeyframeConfig | None = None,
     device: torch.device | str = "cpu",
 ) -> Keyframes:
     """Select keyframes and give each an aligned distance (see the module docstring)."""
+    config = config or KeyframeConfig()
     validate_clip(frames, c2w, distance0, masks, sky0)
     f, h, w = frames.shape[:3]
     indices = select_keyframes(f, config.stride, config.include_last)

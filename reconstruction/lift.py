@@ -148,12 +148,13 @@ class _Coverage:
         return out
 
 
-def lift_keyframes(keyframes: Keyframes, config: LiftConfig = LiftConfig()) -> tuple[Gaussians, dict]:
+def lift_keyframes(keyframes: Keyframes, config: LiftConfig | None = None) -> tuple[Gaussians, dict]:
     """Lift the keyframes to Gaussians (see the module docstring).
 
     returns (Gaussians on the keyframes' device, info: per keyframe Gaussians added and
     pixels skipped as covered, the sky radius used)
     """
+    config = config or LiftConfig()
     kf = keyframes
     device = kf.rgb.device
     h = kf.height // config.downsample
@@ -253,7 +254,7 @@ def clean_sky_rim(
     shell that blend becomes a dark ghost outline once the object moves with parallax.
     """
     k = 2 * radius + 1
-    pool = lambda x: torch.nn.functional.avg_pool2d(  # noqa: E731  (longitude wraps, rows clamp)
+    pool = lambda x: torch.nn.functional.avg_pool2d(  # longitude wraps, rows clamp
         torch.nn.functional.pad(torch.nn.functional.pad(x[None], (radius, radius, 0, 0), mode="circular"),
                                 (0, 0, radius, radius), mode="replicate"), k, stride=1)[0]
     sky_f = sky.to(rgb.dtype)[None]

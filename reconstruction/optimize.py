@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -284,11 +284,13 @@ def train_gaussians(
             opt.step()
             opt.zero_grad(set_to_none=True)
         scheduler.step()
-        if strategy is not None:
+        if strategy is not None and step % config.densify_every == 0:  # may split: random offsets
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed)
                 strategy.step_post_backward(params, optimizers, state, step, info, packed=False)
+        elif strategy is not None:  # only accumulates screen-space gradients
+            strategy.step_post_backward(params, optimizers, state, step, info, packed=False)
     bar.close()
     gaussians = _gaussians_from(params)
     if config.max_gaussians is not None:
@@ -300,7 +302,7 @@ def train_gaussians(
 
 def optimize_keyframes(
     keyframes: Keyframes,
-    config: OptimizeConfig = OptimizeConfig(),
+    config: OptimizeConfig | None = None,
     *,
     generator: torch.Generator,
 ) -> tuple[Gaussians, dict]:
@@ -309,6 +311,7 @@ def optimize_keyframes(
     returns (Gaussians, info with ``init`` (lift info), ``num_init``, ``train`` (training log),
     ``num_views``, ``crop_size``)
     """
+    config = config or OptimizeConfig()
     size = config.crop_size or max(16, keyframes.height // 2)
     init, init_info = lift_keyframes(keyframes, config.init)
     views = cut_crops(keyframes, size, config.crop_fov, config.super_resolution)

@@ -48,11 +48,12 @@ class PreviewConfig:
 def render_flythrough(
     gaussians: Gaussians,
     c2w: Tensor,  # [F, 4, 4] camera-to-world of the trajectory (panoramic cameras)
-    config: PreviewConfig = PreviewConfig(),
+    config: PreviewConfig | None = None,
     *,
     backend: str = "auto",
 ) -> np.ndarray:
     """Perspective frames along the trajectory: uint8 [F, h, w, 3]."""
+    config = config or PreviewConfig()
     c2w = torch.as_tensor(c2w, dtype=torch.float64)
     if c2w.dim() != 3 or c2w.shape[-2:] != (4, 4) or len(c2w) == 0:
         raise InputError(f"c2w must be [F, 4, 4] with F >= 1, got {tuple(c2w.shape)}")
@@ -73,7 +74,7 @@ def write_preview(
     out_dir: str | os.PathLike,
     gaussians: Gaussians,
     c2w: Tensor,  # [F, 4, 4]
-    config: PreviewConfig = PreviewConfig(),
+    config: PreviewConfig | None = None,
     *,
     backend: str = "auto",
 ) -> dict[str, Path]:
@@ -81,6 +82,7 @@ def write_preview(
 
     returns {"video": path, "panorama": path}
     """
+    config = config or PreviewConfig()
     out_dir = Path(out_dir)
     frames = render_flythrough(gaussians, c2w, config, backend=backend)
     video = out_dir / "preview.mp4"

@@ -76,7 +76,7 @@ def test_lift_skips_unknown_and_sky_and_respects_budget(pano64):
     assert bool((lon > -0.05).all())  # nothing in the unknown half (lon < 0)
     lat = torch.asin(-g_skip.means[:, 1] / g_skip.means.norm(dim=-1))
     assert float(lat.max()) < math.pi / 2 - 8 * math.pi / 64 + 0.05  # no sky rows
-    g_shell, info = lift_keyframes(kf, LiftConfig(sky="shell", sky_radius=50.0))
+    g_shell, _ = lift_keyframes(kf, LiftConfig(sky="shell", sky_radius=50.0))
     far = g_shell.means.norm(dim=-1) > 45.0
     assert 0 < int(far.sum()) and torch.allclose(g_shell.means[far].norm(dim=-1), torch.tensor(50.0), rtol=1e-4)
     g_budget, _ = lift_keyframes(kf, LiftConfig(budget=500))
