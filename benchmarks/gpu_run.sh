@@ -27,8 +27,9 @@ for j in "$@"; do
     pano_bench)    job pano_bench 360 "python benchmarks/panorama.py" ;;
     depth_bench)   job depth_bench 300 "python benchmarks/depth.py" ;;
     gen_tests)     job gen_tests 300 "python -m pytest tests/test_depth.py tests/test_panorama.py -m cuda -q -rs" ;;
-    scaffold_tests) job scaffold_tests 300 "python -m pytest -q -rs tests/test_scaffold_render.py tests/test_render_scaffold_cli.py tests/test_scenes.py -k cuda" ;;
-    scaffold_bench) job scaffold_bench 300 "python benchmarks/scaffold.py" ;;
+    scaffold_tests) job scaffold_tests 300 "python -m pytest -q -rs -s -p no:cacheprovider tests/test_scaffold_render.py tests/test_scaffold_mesh.py && python -m pytest -q -rs -k cuda tests/test_render_scaffold_cli.py tests/test_scenes.py" ;;
+    scaffold_bench) job scaffold_bench 300 "python benchmarks/scaffold.py --decimate 1 2" ;;
+    video_tests)   job video_tests 240 "python -m pytest tests/test_video_pipeline.py -m cuda -q -rs" ;;
     video_bench)   job video_bench 590 "python benchmarks/video.py" ;;
     recon_bench)   job recon_bench 590 "python benchmarks/recon.py" ;;
     split_bench)   job split_bench 300 "python benchmarks/build_benchmark_split.py --backend cuda --out /tmp/split_gpu" ;;
