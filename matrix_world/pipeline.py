@@ -1,0 +1,361 @@
+"""The world pipeline: text or image -> panorama -> depth -> trajectory -> scaffold -> video -> 3D Gaussians.
+
+One object, :class:`WorldPipeline`, used by ``scripts/text2world.py`` and
+``scripts/image2world.py`` (and, for chained segments, by :mod:`matrix_world.explore`).
+Its ``__call__`` reads as the numbered steps of the method; each step is a resumable stage
+of the run directory (:mod:`matrix_world.stages`).
+
+Backends: every stage takes a backend name or ``auto``. ``auto`` picks the real model when
+its weights are on this machine (a local folder or the Hugging Face cache) and a CUDA GPU is
+present, and otherwise the backend that needs no weights; the choice and the reason are
+printed at the start and stored in the manifest.
+
+Presets:
+
+* ``preview``: only the no-weight backends (procedural or file panorama, procedural /
+  prior / file depth, ``fill`` video, ``lift`` splats), 256-pixel-high video frames unless
+  ``--resolution`` says otherwise. Runs anywhere in minutes; it is a preview of the
+  pipeline, not of the models.
+* ``fast``: ``auto`` backends with fewer denoising steps and optimisation iterations.
+* ``quality``: ``auto`` backends with the paper's settings (50 steps, 3000 iterations).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from matrix_world.errors import InputError
+from matrix_world.rundir import RunDir
+from matrix_world.stages import (
+    StageContext,
+    depth_stage,
+    panorama_stage,
+    reconstruction_stage,
+    scaffold_stage,
+    trajectory_stage,
+    video_stage,
+)
+
+PRESET_NAMES = ("preview", "fast", "quality")
+PREVIEW_HEIGHT = 256
+
+
+@dataclass
+class WorldConfig:
+    """Options of a world run (``scripts/text2world.py --help`` lists them all)."""
+
+    prompt: str = ""
+    """Text describing the world (required for text2world; optional guidance for image2world)."""
+    image: str | None = None
+    """A photo (perspective) or, with --panorama, a 360-degree equirectangular image (2:1)."""
+    panorama: bool = False
+    """The input image is already a 360-degree panorama (skip the image->panorama model)."""
+    distance: str | None = None
+    """Distance map for the panorama (.npy/.npz, [H, W] float32, +inf = sky) instead of a depth model."""
+    out: str | None = None
+    """Run directory (default: outputs/<slug>-<timestamp>). Rerunning into it resumes."""
+    preset: Literal["preview", "fast", "quality"] = "fast"
+    """preview = no-weight backends only; fast / quality = real models where available."""
+    panorama_backend: str = "auto"
+    """auto | flux | flux-fill | file | procedural"""
+    depth_backend: str = "auto"
+    """auto | moge | prior | file | procedural"""
+    video_backend: str = "auto"
+    """auto | wan | fill | oracle"""
+    recon_backend: str = "auto"
+    """auto | optimize | lift"""
+    trajectory: str = "straight"
+    """Camera path: straight | s_curve | l_curve | r_curve | orbit, or a JSON file of poses."""
+    frames: int = 81
+    """Frames along the camera path (the Wan model needs 4k+1)."""
+    resolution: int | None = None
+    """Video frame height: 480 or 720 for the Wan model (width = 2 x height). Default: 480 with
+    the Wan model, 256 with the no-weight video backends."""
+    seed: int = 0
+    """Seed of every random choice (panorama noise, video noise, optimisation)."""
+    device: str = "auto"
+    """auto (CUDA when present) | cpu | cuda | cuda:N"""
+    memory: Literal["auto", "full", "offload", "lowvram"] = "auto"
+    """GPU memory mode of the diffusion models."""
+    resume: bool = True
+    """Skip stages whose outputs exist with the same settings (--no-resume reruns all)."""
+    flux_model: str | None = None
+    """FLUX.1-dev (or -Fill-dev for photos): hub id or local folder."""
+    flux_lora: str | None = None
+    """Panorama LoRA for FLUX (file, folder or hub id), e.g. Matrix-3D's text2panoimage_lora.safetensors."""
+    moge_model: str | None = None
+    """MoGe checkpoint: hub id (Ruicheng/moge-2-vitl-normal) or local file/folder."""
+    wan_model: str | None = None
+    """Wan2.1-I2V-14B-480P/720P-Diffusers: hub id or local folder."""
+    wan_lora: str | None = None
+    """Video LoRA: "matrix3d" (official, from Skywork/Matrix-3D), a converted .safetensors, or none."""
+    exports: tuple[str, ...] = ("spz",)
+    """Extra splat formats written beside world.ply (spz, splat)."""
+
+
+@dataclass
+class Plan:
+    """The backend chosen for each stage, with the reason, and the stage configurations."""
+
+    device: torch.device
+    backends: dict[str, str]
+    reasons: dict[str, str]
+    height: int
+    panorama: object = None
+    depth: object = None
+    video: object = None
+    recon: object = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def preview_only(self) -> bool:
+        return all(b in NO_WEIGHTS for b in self.backends.values())
+
+
+NO_WEIGHTS = {"file", "procedural", "prior", "fill", "oracle", "lift", "photo"}
+
+
+def slug(text: str, limit: int = 40) -> str:
+    words = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return (words[:limit].rstrip("-") or "world")
+
+
+def default_out(config: WorldConfig) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = config.prompt or (Path(config.image).stem if config.image else "world")
+    return Path("outputs") / f"{slug(name)}-{stamp}"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return device
+
+
+def check_inputs(config: WorldConfig) -> None:
+    """Everything that can be wrong with the inputs, found before anything is written."""
+    if config.image is None and not config.prompt.strip():
+        raise InputError("an empty prompt: describe the world in words (or give an image with image2world)")
+    if config.image is not None and not Path(config.image).is_file():
+        raise InputError(f"image {config.image} does not exist")
+    if config.distance is not None and not config.panorama:
+        raise InputError("--distance needs --panorama (the distance map belongs to a 360-degree image)")
+    if config.distance is not None and not Path(config.distance).is_file():
+        raise InputError(f"distance file {config.distance} does not exist")
+    if config.frames < 2:
+        raise InputError(f"--frames must be at least 2, got {config.frames}")
+    if config.resolution is not None and (config.resolution < 64 or config.resolution % 16):
+        raise InputError(f"--resolution must be a multiple of 16 and at least 64 (480 or 720 for Wan), got {config.resolution}")
+    if config.preset not in PRESET_NAMES:
+        raise InputError(f"--preset must be one of {PRESET_NAMES}, got {config.preset!r}")
+    for ext in config.exports:
+        if ext not in ("spz", "splat"):
+            raise InputError(f"--exports takes spz and/or splat, got {ext!r}")
+
+
+def make_plan(config: WorldConfig) -> Plan:
+    """Resolve device, presets and ``auto`` backends into concrete stage configurations."""
+    from matrix_world.generation.depth import DepthConfig
+    from matrix_world.generation.panorama import PanoramaConfig
+    from matrix_world.generation.video import VideoConfig
+    from matrix_world.reconstruction.stage import ReconConfig
+
+    device = resolve_device(config.device)
+    preview = config.preset == "preview"
+    quality = config.preset == "quality"
+    backends = {"panorama": config.panorama_backend, "depth": config.depth_backend,
+                "video": config.video_backend, "reconstruction": config.recon_backend}
+    reasons = {k: "requested" for k, v in backends.items() if v != "auto"}
+
+    # panorama
+    if backends["panorama"] == "auto":
+        if config.image and config.panorama:
+            backends["panorama"], reasons["panorama"] = "file", "the input is a panorama"
+        elif config.image:
+            real = not preview and device.type == "cuda" and _available(config.flux_model or "black-forest-labs/FLUX.1-Fill-dev")
+            backends["panorama"], reasons["panorama"] = ("flux-fill", "FLUX.1-Fill weights and a GPU found") if real else \
+                ("photo", "no FLUX.1-Fill weights/GPU (or preview): photo placed on the sphere, the rest filled classically")
+        else:
+            real = not preview and device.type == "cuda" and _available(config.flux_model or "black-forest-labs/FLUX.1-dev")
+            backends["panorama"], reasons["panorama"] = ("flux", "FLUX.1-dev weights and a GPU found") if real else \
+                ("procedural", "no FLUX.1-dev weights/GPU (or preview): a procedural synthetic scene from the prompt")
+    pano_height = 512 if not quality else 1024
+    panorama = PanoramaConfig(backend=backends["panorama"], model=config.flux_model, lora=config.flux_lora,
+                              height=pano_height, steps=50 if quality else 28, seed=config.seed, path=config.image,
+                              memory="full" if config.memory == "auto" else config.memory)
+
+    # depth
+    if backends["depth"] == "auto":
+        if config.distance:
+            backends["depth"], reasons["depth"] = "file", "a distance map was given"
+        elif backends["panorama"] == "procedural":
+            backends["depth"], reasons["depth"] = "procedural", "the procedural scene's exact distance"
+        else:
+            model = config.moge_model or DepthConfig().model
+            real = not preview and _available(model, "model.pt")
+            backends["depth"], reasons["depth"] = ("moge", f"MoGe weights {model} found") if real else \
+                ("prior", "no MoGe weights (or preview): ground-plane + far-dome heuristic")
+    depth = DepthConfig(backend=backends["depth"], path=config.distance, prompt=config.prompt, seed=config.seed,
+                        **({"model": config.moge_model} if config.moge_model else {}))
+
+    # video (the Wan model works at 480p/720p; the no-weight backends default to 256 rows)
+    height = config.resolution or 480
+    video = VideoConfig(backend=backends["video"], height=height, model=config.wan_model,
+                        lora=config.wan_lora if config.wan_lora is not None else "matrix3d",
+                        num_inference_steps=50 if quality else 30, memory=config.memory, seed=config.seed)
+    if backends["video"] == "auto":
+        if preview:
+            backends["video"], reasons["video"] = "fill", "preview preset: classical hole filling"
+        else:
+            from matrix_world.generation.video import resolve_backend
+
+            backends["video"], reasons["video"] = resolve_backend(video, device)
+        video = dataclasses.replace(video, backend=backends["video"])
+    if config.resolution is None and backends["video"] != "wan":
+        height = PREVIEW_HEIGHT
+        video = dataclasses.replace(video, height=height)
+
+    # reconstruction
+    if backends["reconstruction"] == "auto":
+        if preview or device.type != "cuda":
+            backends["reconstruction"], reasons["reconstruction"] = "lift", \
+                "preview preset or no GPU: one Gaussian per keyframe pixel (no training)"
+        else:
+            backends["reconstruction"], reasons["reconstruction"] = "optimize", "GPU present: gsplat optimisation"
+    recon = ReconConfig(backend=backends["reconstruction"])
+    recon.optimize.iterations = 3000 if quality else 1500
+    return Plan(device=device, backends=backends, reasons=reasons, height=height, panorama=panorama,
+                depth=depth, video=video, recon=recon)
+
+
+def _available(name: str, filename: str | None = None) -> bool:
+    from matrix_world.generation.weights import weights_available
+
+    if Path(name).expanduser().exists():
+        return True
+    return weights_available(name, filename)
+
+
+@dataclass
+class WorldResult:
+    """Where a run's results are, and what it took."""
+
+    out: Path
+    plan: Plan
+    num_gaussians: int
+    seconds: dict[str, float]
+
+
+class WorldPipeline:
+    """Text or image -> explorable world of 3D Gaussians in a run directory.
+
+    ``WorldPipeline(log=print)(config)`` runs every stage (resuming finished ones) and
+    returns a :class:`WorldResult`.
+    """
+
+    def __init__(self, log=print):
+        self.log = log
+
+    def __call__(self, config: WorldConfig) -> WorldResult:
+        from matrix_world.report import contact_sheet_stage, preview_stage, summarize
+
+        # 1. check the inputs and resolve the backends (nothing is written before this passes)
+        check_inputs(config)
+        plan = make_plan(config)
+        out = Path(config.out) if config.out else default_out(config)
+        run = RunDir(out, seed=config.seed, force=not config.resume)
+        self._announce(config, plan, out)
+        ctx = StageContext(run=run, device=plan.device, seed=config.seed, log=self.log)
+        run.set_inputs(image=config.image, distance=config.distance)
+        run.manifest["request"] = {"prompt": config.prompt, "preset": config.preset, "trajectory": config.trajectory,
+                                   "frames": config.frames, "height": plan.height, "device": str(plan.device)}
+        run.manifest["plan"] = {"backends": plan.backends, "reasons": plan.reasons, "preview_only": plan.preview_only}
+        start = time.perf_counter()
+
+        # 2. panorama from text or image
+        rgb = panorama_stage(ctx, plan.panorama, prompt=config.prompt, image=config.image)
+        # 3. panoramic distance (+ sky)
+        depth = depth_stage(ctx, plan.depth, rgb)
+        # 4. camera path through the panorama
+        traj = trajectory_stage(ctx, config.trajectory, config.frames, depth["distance"])
+        # 5. occlusion-aware scaffold video + mask along the path
+        scaffold = scaffold_stage(ctx, plan.height, rgb, depth, traj)
+        # 6. panoramic video: the unknown parts of the scaffold generated
+        frames = video_stage(ctx, plan.video, scaffold, traj, config.prompt)
+        # 7. 3D Gaussians from the video, exported as world.ply (+ .spz)
+        depth_fn = make_depth_fn(plan, scaffold, depth, rgb, traj)
+        gaussians = reconstruction_stage(ctx, plan.recon, frames, scaffold, depth, traj, depth_fn,
+                                         exports=tuple(config.exports))
+        # 8. what a person looks at: preview.mp4 fly-through and a contact sheet
+        preview_stage(ctx, gaussians, traj, plan.height)
+        contact_sheet_stage(ctx, rgb, scaffold, frames)
+
+        seconds = {name: rec.get("seconds", 0.0) for name, rec in run.manifest["stages"].items()}
+        result = WorldResult(out=out, plan=plan, num_gaussians=len(gaussians), seconds=seconds)
+        summarize(result, wall=time.perf_counter() - start, log=self.log)
+        return result
+
+    def _announce(self, config: WorldConfig, plan: Plan, out: Path) -> None:
+        self.log(f"matrix_world: preset {config.preset}, device {plan.device}, video {plan.height}x{2 * plan.height}, "
+                 f"{config.frames} frames -> {out}")
+        for stage, backend in plan.backends.items():
+            self.log(f"  {stage:<15} {backend:<11} ({plan.reasons.get(stage, '')})")
+        if plan.preview_only:
+            self.log("  NOTE: only the preview backends run (no model weights or no GPU here). For the real models, "
+                     "download FLUX.1-dev + the Matrix-3D LoRA, MoGe-2 and Wan2.1-I2V-14B (see README: 'Real weights') "
+                     "and run on a CUDA GPU.")
+
+
+def make_depth_fn(plan: Plan, scaffold: dict, depth: dict, rgb: np.ndarray, traj):
+    """Distance of a video frame for the reconstruction's keyframes.
+
+    Where the scaffold knows the frame (mask), its rendered distance is exact geometry; the
+    rest comes from the depth backend (the procedural scene's truth, the ``prior`` heuristic
+    or MoGe on the generated frame), scaled to agree with the known part (median ratio). The
+    reconstruction then aligns it to the previous keyframe (scale + shift).
+    """
+    known_distance = scaffold["distance"].astype(np.float32)
+    known = scaffold["mask"] & np.isfinite(known_distance)
+    backend = plan.backends["depth"]
+
+    def depth_fn(index: int, frame: torch.Tensor):
+        h, w = known.shape[1:]
+        estimate = _estimate_frame_distance(plan, backend, index, frame, traj, h)
+        out = estimate.copy()
+        k = known[index]
+        if k.any():
+            ratio = np.median(known_distance[index][k] / np.maximum(estimate[k], 1e-6))
+            out = estimate * float(ratio)
+            out[k] = known_distance[index][k]
+        return torch.from_numpy(out)
+
+    return depth_fn
+
+
+def _estimate_frame_distance(plan: Plan, backend: str, index: int, frame, traj, height: int) -> np.ndarray:
+    from matrix_world.generation.depth import estimate_depth, prior_distance
+
+    if backend == "procedural":
+        from matrix_world.datasets.procedural import scene_from_prompt
+
+        scene = scene_from_prompt(plan.depth.prompt or "", plan.depth.seed)
+        _, distance, sky = scene.render(traj.c2w[index : index + 1], height)
+        distance = np.asarray(distance[0], dtype=np.float32)
+        far = float(distance[np.isfinite(distance)].max()) if np.isfinite(distance).any() else 100.0
+        return np.where(np.isfinite(distance) & ~np.asarray(sky[0]), distance, 2.0 * far).astype(np.float32)
+    if backend == "moge":
+        rgb = frame.detach().cpu().numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
+        return estimate_depth(rgb, plan.depth, device=plan.device).distance
+    return prior_distance(height, camera_height=plan.depth.camera_height, dome_radius=plan.depth.dome_radius)

@@ -1,0 +1,269 @@
+"""The stages of a world run, one function each: run-directory artifacts in, artifacts out.
+
+Each function runs one :meth:`RunDir.stage` (skipped when its outputs exist with the same
+config hash) and returns what later stages need, read back from the run directory, so a
+resumed run continues exactly where it stopped. Model packages are imported inside the
+functions (this module is the composition root of the pipeline; the core never imports
+them at module level).
+
+Artifacts (DESIGN.md §1): panorama.png, depth.npz, trajectory.json, scaffold.npz
+(+ scaffold_rgb.mp4, scaffold_mask.mp4), video.npz (+ video.mp4), world.ply (+ world.spz),
+preview.mp4, contact_sheet.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from matrix_world.io import load_npz, read_image, save_npz, to_uint8, write_image, write_video
+from matrix_world.rundir import RunDir
+from matrix_world.trajectory import Trajectory
+
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass
+class StageContext:
+    """What every stage gets: the run directory, device, seed and a log function."""
+
+    run: RunDir
+    device: torch.device
+    seed: int
+    log: Log = print
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A CPU generator seeded from the run's seed (offset per stage)."""
+        return torch.Generator().manual_seed(self.seed + offset)
+
+
+def _done(ctx: StageContext, st, name: str, started: float) -> None:
+    word = "reused" if st.done else f"{time.perf_counter() - started:.1f} s"
+    ctx.log(f"  {name}: {word} [{st.backend}]")
+
+
+# --------------------------------------------------------------------------- 1. panorama
+
+
+def panorama_stage(ctx: StageContext, config, *, prompt: str, image: str | None) -> np.ndarray:
+    """Text or image -> ``panorama.png``; returns rgb [H, 2H, 3] float32."""
+    from matrix_world.generation.panorama import generate_panorama
+
+    t0 = time.perf_counter()
+    files = {"image": image} if image else {}
+    with ctx.run.stage("panorama", {"prompt": prompt, **config.to_dict()}, files=files,
+                       outputs=["panorama.png"], backend=config.backend) as st:
+        if not st.done:
+            result = generate_panorama(config, prompt=prompt, image=image, device=ctx.device,
+                                       generator=ctx.generator(1))
+            write_image(st.path("panorama.png"), result.rgb)
+            st.backend = result.info.get("backend", config.backend)
+            st.info.update(_small(result.info))
+    _done(ctx, st, "panorama", t0)
+    return read_image(ctx.run.path / "panorama.png")
+
+
+# --------------------------------------------------------------------------- 2. depth
+
+
+def depth_stage(ctx: StageContext, config, rgb: np.ndarray) -> dict[str, np.ndarray]:
+    """``panorama.png`` -> ``depth.npz`` (distance [H, W] float32, sky, valid)."""
+    from matrix_world.generation.depth import estimate_depth
+
+    t0 = time.perf_counter()
+    files = {"distance": config.path} if config.path else {}
+    with ctx.run.stage("depth", config.to_dict(), inputs=["panorama.png"], files=files,
+                       outputs=["depth.npz"], backend=config.backend) as st:
+        if not st.done:
+            result = estimate_depth(rgb, config, device=ctx.device)
+            save_npz(st.path("depth.npz"), distance=result.distance.astype(np.float32), sky=result.sky,
+                     valid=result.valid)
+            st.backend = result.info.get("backend", config.backend)
+            st.info.update(_small(result.info))
+    _done(ctx, st, "depth", t0)
+    return load_npz(ctx.run.path / "depth.npz", keys=("distance", "sky", "valid"))
+
+
+# --------------------------------------------------------------------------- 3. trajectory
+
+
+def trajectory_stage(ctx: StageContext, spec: str, frames: int, distance: np.ndarray, *,
+                     start_c2w: torch.Tensor | None = None, fps: float = 16.0) -> Trajectory:
+    """Preset name or JSON -> ``trajectory.json`` (world-frame c2w, frame 0 = ``start_c2w`` or I)."""
+    from pathlib import Path
+
+    from matrix_world.trajectory import PRESETS, load_trajectory
+
+    t0 = time.perf_counter()
+    is_file = spec not in PRESETS
+    config = {"trajectory": "file" if is_file else spec, "frames": frames, "fps": fps,
+              "start_c2w": None if start_c2w is None else start_c2w.reshape(-1).tolist()}
+    with ctx.run.stage("trajectory", config, inputs=["depth.npz"], files={"trajectory": spec} if is_file else {},
+                       outputs=["trajectory.json"], backend="file" if is_file else "preset") as st:
+        if not st.done:
+            traj = load_trajectory(spec, distance, None if is_file else frames, fps=None if is_file else fps)
+            if start_c2w is not None:  # chained segment: poses continue from the world's pose
+                traj = dataclasses.replace(traj, c2w=start_c2w.to(torch.float64) @ traj.c2w)
+            traj.to_json(st.path("trajectory.json"))
+            st.info.update(frames=len(traj), name=traj.name, source=Path(spec).name if is_file else spec)
+    _done(ctx, st, "trajectory", t0)
+    return Trajectory.from_json(ctx.run.path / "trajectory.json")
+
+
+# --------------------------------------------------------------------------- 4. scaffold
+
+
+def scaffold_stage(ctx: StageContext, height: int, rgb: np.ndarray, depth: dict, traj: Trajectory, *,
+                   backend: str = "auto", occlusion_threshold: float = 0.05,
+                   cache_meshes: list | None = None) -> dict[str, np.ndarray]:
+    """Panorama + distance (+ the world's cached meshes) -> ``scaffold.npz`` along the trajectory.
+
+    scaffold.npz: rgb [F, H, 2H, 3] uint8, mask [F, H, 2H] bool, distance [F, H, 2H] float16
+    (inf where nothing was hit). cache_meshes: ScaffoldMesh objects already in the world
+    frame (earlier segments) rendered together with this panorama's mesh.
+    """
+    from matrix_world.scaffold.mesh import ScaffoldConfig, build_scaffold_mesh
+    from matrix_world.scaffold.render import render_scaffold
+
+    t0 = time.perf_counter()
+    mesh_config = ScaffoldConfig(occlusion_threshold=occlusion_threshold)
+    config = {"height": height, "mesh": dataclasses.asdict(mesh_config), "cache_meshes": len(cache_meshes or [])}
+    outputs = ["scaffold.npz", "scaffold_rgb.mp4", "scaffold_mask.mp4"]
+    render_backend = _render_backend(backend, ctx.device)
+    with ctx.run.stage("scaffold", config, inputs=["panorama.png", "depth.npz", "trajectory.json"],
+                       outputs=outputs, backend=render_backend) as st:
+        if not st.done:
+            device = ctx.device if render_backend == "cuda" else torch.device("cpu")
+            pano = torch.from_numpy(rgb).to(device)
+            dist = torch.from_numpy(depth["distance"]).to(device)
+            sky = torch.from_numpy(depth["sky"]).to(device)
+            c2w = traj.c2w.to(device)
+            mesh = build_scaffold_mesh(pano, dist, mesh_config, sky_mask=sky).transformed(c2w[0])
+            meshes = [mesh] + [m.to(device) for m in (cache_meshes or [])]
+            frames = render_scaffold(concat_meshes(meshes), c2w, height, backend=render_backend)
+            out_rgb = to_uint8(frames.rgb.cpu().numpy())
+            mask = frames.mask.cpu().numpy()
+            out_rgb[0] = to_uint8(_resize(rgb, height))  # frame 0 is the panorama itself, fully known
+            mask[0] = True
+            distance = frames.distance.cpu().numpy()
+            save_npz(st.path("scaffold.npz"), rgb=out_rgb, mask=mask, distance=distance.astype(np.float16))
+            write_video(st.path("scaffold_rgb.mp4"), out_rgb, fps=traj.fps)
+            write_video(st.path("scaffold_mask.mp4"), mask.astype(np.uint8) * 255, fps=traj.fps)
+            st.info.update(frames=int(mask.shape[0]), known_fraction=round(float(mask.mean()), 4),
+                           mesh_faces=int(sum(int(m.faces.shape[0]) for m in meshes)))
+    _done(ctx, st, "scaffold", t0)
+    return load_npz(ctx.run.path / "scaffold.npz", keys=("rgb", "mask", "distance"))
+
+
+def concat_meshes(meshes: list):
+    """One ScaffoldMesh holding several (all in the same frame); faces are re-indexed."""
+    if len(meshes) == 1:
+        return meshes[0]
+    offsets = np.cumsum([0] + [int(m.vertices.shape[0]) for m in meshes[:-1]])
+    return dataclasses.replace(
+        meshes[0],
+        vertices=torch.cat([m.vertices for m in meshes]),
+        faces=torch.cat([m.faces + int(o) for m, o in zip(meshes, offsets)]),
+        colors=torch.cat([m.colors for m in meshes]),
+        visible=torch.cat([m.visible for m in meshes]),
+    )
+
+
+def _render_backend(backend: str, device: torch.device) -> str:
+    if backend != "auto":
+        return backend
+    if device.type != "cuda":
+        return "cpu"
+    try:
+        import nvdiffrast.torch  # noqa: F401
+    except ImportError:
+        return "cpu"
+    return "cuda"
+
+
+def _resize(rgb: np.ndarray, height: int) -> np.ndarray:
+    from matrix_world.equirect import resize_equirect
+
+    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+    return resize_equirect(t, height)[0].permute(1, 2, 0).numpy()
+
+
+# --------------------------------------------------------------------------- 5. video
+
+
+def video_stage(ctx: StageContext, config, scaffold: dict, traj: Trajectory, prompt: str) -> np.ndarray:
+    """Scaffold video + mask -> ``video.npz`` (frames [F, H, 2H, 3] uint8) and ``video.mp4``."""
+    from matrix_world.generation.video import generate_video
+
+    t0 = time.perf_counter()
+    with ctx.run.stage("video", {"prompt": prompt, **config.to_dict()}, inputs=["scaffold.npz", "trajectory.json"],
+                       outputs=["video.npz", "video.mp4"], backend=config.backend) as st:
+        if not st.done:
+            result = generate_video(config, scaffold_rgb=scaffold["rgb"].astype(np.float32) / 255.0,
+                                    scaffold_mask=scaffold["mask"], prompt=prompt, c2w=traj.c2w,
+                                    device=ctx.device, generator=ctx.generator(5))
+            frames = to_uint8(result.frames)
+            save_npz(st.path("video.npz"), frames=frames)
+            write_video(st.path("video.mp4"), frames, fps=traj.fps)
+            st.backend = result.info.get("backend", config.backend)
+            st.info.update(_small(result.info))
+    _done(ctx, st, "video", t0)
+    return load_npz(ctx.run.path / "video.npz", keys=("frames",))["frames"]
+
+
+# --------------------------------------------------------------------------- 6. reconstruction
+
+
+def reconstruction_stage(ctx: StageContext, config, frames: np.ndarray, scaffold: dict, depth: dict,
+                         traj: Trajectory, depth_fn, *, exports: tuple[str, ...] = ("spz",)):
+    """Frames + poses + distances -> ``world.ply`` (+ ``world.<ext>`` for each export)."""
+    from matrix_world.reconstruction.stage import reconstruct
+    from matrix_world.splat_io import load_splats, save_splats
+
+    t0 = time.perf_counter()
+    outputs = ["world.ply"] + [f"world.{ext}" for ext in exports]
+    with ctx.run.stage("reconstruction", _jsonable_config(config), inputs=["video.npz", "scaffold.npz", "depth.npz",
+                       "trajectory.json"], outputs=outputs, backend=config.backend) as st:
+        if not st.done:
+            height = frames.shape[1]
+            distance0 = _resize_nearest(depth["distance"], height)
+            sky0 = _resize_nearest(depth["sky"].astype(np.float32), height) > 0.5
+            gaussians, info = reconstruct(config, frames=frames.astype(np.float32) / 255.0, distance0=distance0,
+                                          c2w=traj.c2w, masks=None, sky0=sky0, depth_fn=depth_fn,
+                                          device=ctx.device, generator=ctx.generator(6))
+            gaussians = gaussians.to("cpu")
+            for name in outputs:
+                save_splats(st.path(name), gaussians)
+            st.backend = info.get("backend", config.backend)
+            st.info.update(num_gaussians=len(gaussians), keyframes=info.get("keyframes"),
+                           seconds=info.get("seconds"))
+    _done(ctx, st, "reconstruction", t0)
+    return load_splats(ctx.run.path / "world.ply")
+
+
+def _resize_nearest(x: np.ndarray, height: int) -> np.ndarray:
+    from matrix_world.equirect import resize_equirect
+
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
+    return resize_equirect(t, height, mode="nearest")[0, 0].numpy()
+
+
+def _jsonable_config(config) -> dict:
+    out = dataclasses.asdict(config)
+    out.get("optimize", {}).pop("super_resolution", None)
+    return out
+
+
+def _small(info: dict) -> dict[str, Any]:
+    """The JSON-able, small entries of a backend's info dict (for the manifest)."""
+    out = {}
+    for key, value in info.items():
+        if isinstance(value, (bool, int, float, str)) or value is None:
+            out[key] = value
+        elif isinstance(value, (list, tuple, dict)) and len(str(value)) < 2000:
+            out[key] = value
+    return out
