@@ -15,7 +15,7 @@ panoramic video = ground-truth renders with distances and sky masks):
 Targets (issue 6, one H100/H200, 480x960, 81 frames): optimize >= 30 dB in <= 120 s per
 clip; lift >= 24 dB in <= 10 s.
 
-    python benchmarks/recon.py                 # GPU: 3 clips at 480x960, ~6-8 min
+    python benchmarks/recon.py                 # GPU: 4 clips at 480x960, ~4 min
     python benchmarks/recon.py --smoke         # CPU: one tiny clip, same code path
 
 Writes ``$OUT/recon.json`` when OUT is set.
@@ -158,7 +158,7 @@ def _finite(obj):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run of the same code path")
-    ap.add_argument("--kinds", default="park,city,room", help="scene kinds, one clip each")
+    ap.add_argument("--kinds", default="park,city,forest,room", help="scene kinds, one clip each")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--height", type=int, default=480, help="panorama height (width = 2 x height)")
@@ -174,8 +174,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None)
     args = ap.parse_args(argv)
     if args.smoke:
-        args.kinds, args.frames, args.height, args.heldout, args.eval_size = "park", 11, 32, 2, 32
-        args.iterations, args.batch_size, args.crop_size, args.init_downsample = 30, 1, 32, 1
+        args.kinds, args.frames, args.height, args.heldout, args.eval_size = "park", 6, 32, 2, 32
+        args.iterations, args.batch_size, args.crop_size, args.init_downsample = 20, 1, 32, 1
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu"))
     backends = [b for b in args.backends.split(",") if b]
     for b in backends:
