@@ -282,6 +282,7 @@ class WorldPipeline:
         run.manifest["request"] = {"prompt": config.prompt, "preset": config.preset, "trajectory": config.trajectory,
                                    "frames": config.frames, "height": plan.height, "device": str(plan.device)}
         run.manifest["plan"] = {"backends": plan.backends, "reasons": plan.reasons, "preview_only": plan.preview_only}
+        run.manifest["world_config"] = dataclasses.asdict(dataclasses.replace(config, out=str(out)))
         start = time.perf_counter()
 
         # 2. panorama from text or image
@@ -351,7 +352,9 @@ def _estimate_frame_distance(plan: Plan, backend: str, index: int, frame, traj, 
         from matrix_world.datasets.procedural import scene_from_prompt
 
         scene = scene_from_prompt(plan.depth.prompt or "", plan.depth.seed)
-        _, distance, sky = scene.render(traj.c2w[index : index + 1], height)
+        # the run's world frame is the procedural panorama's camera, at scene.camera_c2w(0, 0)
+        c2w_scene = scene.camera_c2w(0.0, 0.0) @ traj.c2w[index].to(torch.float64)
+        _, distance, sky = scene.render(c2w_scene[None], height)
         distance = np.asarray(distance[0], dtype=np.float32)
         far = float(distance[np.isfinite(distance)].max()) if np.isfinite(distance).any() else 100.0
         return np.where(np.isfinite(distance) & ~np.asarray(sky[0]), distance, 2.0 * far).astype(np.float32)

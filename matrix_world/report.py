@@ -10,6 +10,8 @@ import torch
 
 from matrix_world.io import to_uint8, write_image
 
+CPU_PREVIEW_BUDGET = 200_000
+
 
 def preview_stage(ctx, gaussians, traj, height: int) -> None:
     """``world.ply`` -> ``preview.mp4`` (perspective fly-through) and ``preview_panorama.png``."""
@@ -22,8 +24,12 @@ def preview_stage(ctx, gaussians, traj, height: int) -> None:
                        outputs=["preview.mp4", "preview_panorama.png"],
                        backend="cuda" if ctx.device.type == "cuda" else "cpu") as st:
         if not st.done:
-            write_preview(st.path("preview.mp4").parent, gaussians.to(ctx.device), traj.c2w, config)
-            st.info.update(frames=len(traj), size=size)
+            shown = gaussians
+            if ctx.device.type != "cuda" and len(gaussians) > CPU_PREVIEW_BUDGET:
+                shown = gaussians.prune(CPU_PREVIEW_BUDGET)  # the CPU reference renderer slows down sharply above this
+                ctx.log(f"  preview: rendering the {CPU_PREVIEW_BUDGET:,} most important of {len(gaussians):,} Gaussians (CPU)")
+            write_preview(st.path("preview.mp4").parent, shown.to(ctx.device), traj.c2w, config)
+            st.info.update(frames=len(traj), size=size, gaussians_rendered=len(shown))
     ctx.log(f"  preview: {'reused' if st.done else f'{time.perf_counter() - t0:.1f} s'}")
 
 

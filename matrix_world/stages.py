@@ -123,32 +123,31 @@ def scaffold_stage(ctx: StageContext, height: int, rgb: np.ndarray, depth: dict,
     """Panorama + distance (+ the world's cached meshes) -> ``scaffold.npz`` along the trajectory.
 
     scaffold.npz: rgb [F, H, 2H, 3] uint8, mask [F, H, 2H] bool, distance [F, H, 2H] float16
-    (inf where nothing was hit). cache_meshes: ScaffoldMesh objects already in the world
-    frame (earlier segments) rendered together with this panorama's mesh.
+    (inf where nothing was hit). Frame 0 is the panorama itself; its mask is ``depth['known']``
+    when present (a chained segment's start view may have holes), else all true.
+    cache_meshes: ScaffoldMesh objects already in the world frame (earlier segments),
+    rendered together with this panorama's mesh (the "3D cache").
     """
-    from matrix_world.scaffold.mesh import ScaffoldConfig, build_scaffold_mesh
     from matrix_world.scaffold.render import render_scaffold
 
     t0 = time.perf_counter()
-    mesh_config = ScaffoldConfig(occlusion_threshold=occlusion_threshold)
-    config = {"height": height, "mesh": dataclasses.asdict(mesh_config), "cache_meshes": len(cache_meshes or [])}
+    mesh_config = {"occlusion_threshold": occlusion_threshold}
+    config = {"height": height, "mesh": mesh_config, "cache_meshes": len(cache_meshes or [])}
     outputs = ["scaffold.npz", "scaffold_rgb.mp4", "scaffold_mask.mp4"]
     render_backend = _render_backend(backend, ctx.device)
     with ctx.run.stage("scaffold", config, inputs=["panorama.png", "depth.npz", "trajectory.json"],
                        outputs=outputs, backend=render_backend) as st:
         if not st.done:
             device = ctx.device if render_backend == "cuda" else torch.device("cpu")
-            pano = torch.from_numpy(rgb).to(device)
-            dist = torch.from_numpy(depth["distance"]).to(device)
-            sky = torch.from_numpy(depth["sky"]).to(device)
             c2w = traj.c2w.to(device)
-            mesh = build_scaffold_mesh(pano, dist, mesh_config, sky_mask=sky).transformed(c2w[0])
+            mesh = panorama_mesh(rgb, depth, c2w[0], occlusion_threshold=occlusion_threshold, device=device)
             meshes = [mesh] + [m.to(device) for m in (cache_meshes or [])]
             frames = render_scaffold(concat_meshes(meshes), c2w, height, backend=render_backend)
             out_rgb = to_uint8(frames.rgb.cpu().numpy())
             mask = frames.mask.cpu().numpy()
-            out_rgb[0] = to_uint8(_resize(rgb, height))  # frame 0 is the panorama itself, fully known
-            mask[0] = True
+            known0 = depth.get("known")
+            mask[0] = True if known0 is None else _resize_nearest(known0.astype(np.float32), height) > 0.5
+            out_rgb[0] = to_uint8(_resize(rgb, height)) * mask[0][..., None]  # frame 0: the panorama itself
             distance = frames.distance.cpu().numpy()
             save_npz(st.path("scaffold.npz"), rgb=out_rgb, mask=mask, distance=distance.astype(np.float16))
             write_video(st.path("scaffold_rgb.mp4"), out_rgb, fps=traj.fps)
@@ -157,6 +156,29 @@ def scaffold_stage(ctx: StageContext, height: int, rgb: np.ndarray, depth: dict,
                            mesh_faces=int(sum(int(m.faces.shape[0]) for m in meshes)))
     _done(ctx, st, "scaffold", t0)
     return load_npz(ctx.run.path / "scaffold.npz", keys=("rgb", "mask", "distance"))
+
+
+def panorama_mesh(rgb: np.ndarray, depth: dict, c2w: torch.Tensor, *, occlusion_threshold: float = 0.05,
+                  device: torch.device | str = "cpu"):
+    """The occlusion-aware scaffold mesh of a panorama, in the world frame (``c2w`` = its pose).
+
+    depth: {"distance" [H, W], "sky" [H, W], optional "known" [H, W]}; pixels not known
+    (holes of a re-rendered view) become invisible vertices.
+    """
+    from matrix_world.scaffold.mesh import ScaffoldConfig, build_scaffold_mesh
+
+    pano = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).to(device)
+    dist = torch.from_numpy(np.ascontiguousarray(depth["distance"], dtype=np.float32)).to(device)
+    sky = torch.from_numpy(np.ascontiguousarray(depth["sky"]).astype(bool)).to(device)
+    mesh = build_scaffold_mesh(pano, dist, ScaffoldConfig(occlusion_threshold=occlusion_threshold), sky_mask=sky)
+    known = depth.get("known")
+    if known is not None:
+        hidden = torch.from_numpy(~np.asarray(known, dtype=bool).reshape(-1)).to(device)
+        visible = mesh.visible.clone()
+        visible[: hidden.numel()] &= ~hidden  # one vertex per pixel, row-major, then the pole vertices
+        colors = mesh.colors * visible[:, None].to(mesh.colors.dtype)
+        mesh = dataclasses.replace(mesh, visible=visible, colors=colors)
+    return mesh.transformed(c2w.to(device=device, dtype=torch.float64))
 
 
 def concat_meshes(meshes: list):
