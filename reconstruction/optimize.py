@@ -25,8 +25,10 @@ Pixels the video does not know (``masks``) do not count in the loss: the target 
 
 Determinism: crops are drawn from ``generator``; gsplat's split draws from the global RNG,
 so each densification step runs inside ``torch.random.fork_rng`` seeded from ``generator``
-(the caller's global RNG state is left untouched). On CPU a seed gives identical results;
-gsplat's CUDA backward sums gradients with atomics, so GPU runs agree only to rounding.
+(the caller's global RNG state is left untouched). On CPU a seed gives the same crops and
+splits; values are bit-identical with one thread (``torch.set_num_threads(1)``) and equal
+to float rounding otherwise (multi-threaded scatter-adds sum in varying order). gsplat's
+CUDA backward sums gradients with atomics, so GPU runs also agree only to rounding.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class OptimizeConfig:
     iterations: int = 3000
     crop_size: int | None = None
     crop_fov: float = 90.0
-    batch_size: int = 1
+    batch_size: int = 4
     ssim_weight: float = 0.2
     lr_means: float = 1.6e-4
     lr_means_final_ratio: float = 0.01

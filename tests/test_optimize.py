@@ -15,10 +15,19 @@ from matrix_world.reconstruction.stage import ReconConfig, reconstruct
 
 
 def _config(**kw) -> OptimizeConfig:
-    base = dict(iterations=40, crop_size=32, densify=False, progress=False, log_every=1,
+    base = dict(iterations=40, crop_size=32, batch_size=1, densify=False, progress=False, log_every=1,
                 init=LiftConfig(sky="shell", downsample=1, opacity=0.9))
     base.update(kw)
     return OptimizeConfig(**base)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster (no spin-waiting for a busy second core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +93,12 @@ def test_optimize_is_deterministic_with_a_seed(clip):
     cfg = _config(iterations=12, densify=True, densify_start=2, densify_every=4, densify_stop=10, grow_grad2d=1e-4)
     runs = [optimize_keyframes(kf, cfg, generator=torch.Generator().manual_seed(s))[0] for s in (3, 3, 4)]
     a, b, c = runs
-    assert len(a) == len(b)
+    assert len(a) == len(b) > 0
+    # same seed: the same crops, the same splits, bit-identical values (one thread here;
+    # with several, multi-threaded scatter-adds may differ in the last bit)
     for name in ("means", "quats", "log_scales", "opacity_logits", "sh_dc"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
-    assert len(a) != len(c) or not torch.equal(a.means, c.means)
+    assert len(a) != len(c) or float((a.sh_dc - c.sh_dc).abs().max()) > 1e-3
 
 
 def test_densification_runs_on_cpu_with_default_strategy(clip):
