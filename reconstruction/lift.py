@@ -3,20 +3,27 @@
 The offline default (CPU-fast). For every kept pixel of a keyframe:
 
 * mean: on the pixel's ray at its (aligned) distance, in the world frame;
-* scale: isotropic, ``scale_factor * distance * pixel_angle`` with ``pixel_angle = pi / H``
+* scale: ``sigma = scale_factor * distance * pixel_angle`` with ``pixel_angle = pi / H``
   (the angular height of an equirect pixel). The angular width of a pixel shrinks with the
   latitude factor ``cos(lat)``, so near the poles ``m = floor(1 / cos lat)`` neighbouring
   pixels of a row are merged into one Gaussian (their mean colour): every Gaussian then
-  covers a near-square footprint and the poles do not get ``1 / cos lat`` times too many;
-* opacity: high (``opacity``); rotation: identity; colour: the pixel's (SH DC only).
+  covers a near-square footprint and the poles do not get ``1 / cos lat`` times too many.
+  ``shape="isotropic"`` makes a ball of that sigma. ``shape="surfel"`` (default) keeps the
+  same footprint seen from the keyframe but lays it on the surface where the distance map
+  is locally planar: flat along the normal, stretched by 1 / cos(incidence) along the
+  ray's tilt, so that a surface seen at a grazing angle (the ground) stays closed from
+  other poses, where balls leave gaps (measured: see ``benchmarks/recon.py``);
+* opacity: high (``opacity``); colour: the pixel's (SH DC only).
 
 Skipped: pixels the video does not know (mask), sky (or, with ``sky="shell"``, sky pixels
 become Gaussians on a sphere of radius ``sky_radius`` around the keyframes' mean camera
-centre), and pixels
-whose 3D point is already well covered by an earlier keyframe: the point is projected into
-every earlier keyframe's equirect and counts as covered when that keyframe represents a
-surface within ``dedupe_tolerance`` (relative) of the point's distance there — unless the
-new keyframe sees it ``refine_ratio`` times closer (then it adds finer detail).
+centre; sky pixels at silhouettes take the colour of nearby pure sky, so that the object's
+blended rim does not stay behind on the shell as a ghost outline), and pixels whose 3D
+point is already well covered by an earlier keyframe: the point is projected into every
+earlier keyframe's equirect and counts as covered when the pixel it falls in holds a
+surface within ``dedupe_tolerance`` (relative) of the point's distance, or when it lies
+between the distances of its four neighbouring pixel centres on one smooth surface —
+unless the new keyframe sees it ``refine_ratio`` times closer (then it adds finer detail).
 
 Conventions: DESIGN.md §3 (OpenCV c2w, equirect pixel centres, distance along rays).
 """
