@@ -136,3 +136,13 @@ def test_reconstruct_stage_backends_and_bad_input(clip):
         ReconConfig(backend="nerf")
     with pytest.raises(InputError):
         OptimizeConfig(batch_size=0)
+
+
+def test_super_resolution_hook_scales_crops_and_intrinsics(clip):
+    kf = clip[3]
+    up = lambda x: torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")  # noqa: E731
+    base, sr = cut_crops(kf, 16), cut_crops(kf, 16, super_resolution=up)
+    assert sr.images.shape[-2:] == (32, 32) and sr.masks.shape[-2:] == (32, 32)
+    assert torch.allclose(sr.K[:, :2], 2.0 * base.K[:, :2]) and torch.equal(sr.w2c, base.w2c)
+    with pytest.raises(InputError, match="super_resolution"):
+        cut_crops(kf, 16, super_resolution=lambda x: x[:, :, :8])
