@@ -60,7 +60,7 @@ DECODE_METHODS = ("wrap", "blended", "plain")
 class PanoramaConfig:
     """Options of the panorama stage (one dataclass for all backends; unused fields are ignored)."""
 
-    backend: str = "auto"  # auto | flux | flux-fill | file | procedural
+    backend: str = "auto"  # auto | flux | flux-fill | file | procedural | photo
     model: str | None = None  # hub id or folder; None -> FLUX.1-dev (flux) / FLUX.1-Fill-dev (flux-fill)
     lora: str | None = None  # LoRA .safetensors file, folder, hub id, or "matrix3d"
     lora_weight_name: str | None = None  # file inside a LoRA folder / hub repo
@@ -419,6 +419,20 @@ def _procedural_backend(config: PanoramaConfig, *, prompt, image, device, genera
     return PanoramaResult(rgb, {"backend": "procedural", "prompt": prompt or "", "seed": int(config.seed), "height": height,
                                 "width": 2 * height, "scene_kind": getattr(scene, "kind", None),
                                 "seam_score": round(seam_score(rgb, width_dim=-2), 4)})
+
+
+@register_panorama_backend("photo")
+def _photo_backend(config: PanoramaConfig, *, prompt, image, device, generator) -> PanoramaResult:
+    """No-weight image->panorama preview: the photo placed on the sphere, the rest filled classically."""
+    from matrix_world.generation.photo_pano import photo_to_panorama
+
+    if image is None:
+        raise InputError("backend 'photo' needs an input photo (image=...)")
+    height = check_height(config.height)
+    rgb, keep, fov = photo_to_panorama(as_rgb_image(image, what="input photo"), height, config.fov)
+    return PanoramaResult(rgb, {"backend": "photo", "fov": fov, "fov_source": "given" if config.fov else "default",
+                                "kept_fraction": round(float(keep.mean()), 5),
+                                "note": "surround filled by classical inpainting (preview, no model)"}, mask=keep)
 
 
 def choose_backend(config: PanoramaConfig, *, image) -> tuple[str, str]:

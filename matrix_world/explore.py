@@ -118,7 +118,7 @@ def start_pose_of(run: RunDir, config: ExploreConfig) -> tuple[torch.Tensor, Run
     return traj.c2w[index], last, index
 
 
-def world_meshes(run: RunDir, occlusion_threshold: float, device) -> list:
+def world_meshes(run: RunDir, occlusion_threshold: float, device, max_height: int | None = None) -> list:
     """The scaffold meshes of the base panorama and of every finished segment's start view (world frame)."""
     from matrix_world.stages import panorama_mesh
 
@@ -128,7 +128,9 @@ def world_meshes(run: RunDir, occlusion_threshold: float, device) -> list:
             continue
         depth = load_npz(sub.path / "depth.npz")
         c2w0 = Trajectory.from_json(sub.path / "trajectory.json").c2w[0]
-        meshes.append(panorama_mesh(read_image(sub.path / "panorama.png"), depth, c2w0,
+        if depth.get("known") is not None and depth["distance"].shape[0] > (max_height or 1 << 30):
+            continue  # (a segment's start view is built at the frames' size already)
+        meshes.append(panorama_mesh(read_image(sub.path / "panorama.png"), depth, c2w0, max_height=max_height,
                                     occlusion_threshold=occlusion_threshold, device=device))
     return meshes
 
@@ -167,7 +169,7 @@ def explore(config: ExploreConfig, log=print) -> SegmentResult:
     t0 = time.perf_counter()
 
     # 1-2. start view: panorama + distance (+ known mask) at the start pose
-    pano_h = read_image(root / "panorama.png").shape[0]
+    pano_h = plan.height  # the start view is made of a video frame (or a render) at the frames' size
     with seg.stage("start_view", {"start_c2w": start_c2w.reshape(-1).tolist(), "height": pano_h},
                    files={"world": root / "world.ply"}, outputs=["panorama.png", "depth.npz"], backend="render") as st:
         if not st.done:
@@ -187,7 +189,7 @@ def explore(config: ExploreConfig, log=print) -> SegmentResult:
 
     # 3. trajectory in the world frame, and the scaffold from the world's meshes
     traj = trajectory_stage(ctx, config.trajectory, config.frames, depth["distance"], start_c2w=start_c2w)
-    cache = world_meshes(run, 0.05, "cpu")
+    cache = world_meshes(run, 0.05, "cpu", max_height=plan.height)
     scaffold = scaffold_stage(ctx, plan.height, rgb, depth, traj, cache_meshes=cache)
     # 4. video of the segment
     frames = video_stage(ctx, plan.video, scaffold, traj, world_config.prompt)

@@ -35,6 +35,10 @@ class StageContext:
     device: torch.device
     seed: int
     log: Log = print
+    models: dict = dataclasses.field(default_factory=dict)
+    """Already loaded models to use instead of loading from weights: "panorama" (a FLUX
+    panorama pipeline), "depth" (a LoadedMoGe), "video" (a PanoVideoPipeline). Keeps models
+    in memory across runs and segments; the random-weight end-to-end benchmark injects here."""
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator seeded from the run's seed (offset per stage)."""
@@ -58,11 +62,19 @@ def panorama_stage(ctx: StageContext, config, *, prompt: str, image: str | None)
     with ctx.run.stage("panorama", {"prompt": prompt, **config.to_dict()}, files=files,
                        outputs=["panorama.png"], backend=config.backend) as st:
         if not st.done:
-            result = generate_panorama(config, prompt=prompt, image=image, device=ctx.device,
-                                       generator=ctx.generator(1))
-            write_image(st.path("panorama.png"), result.rgb)
-            st.backend = result.info.get("backend", config.backend)
-            st.info.update(_small(result.info))
+            if "panorama" in ctx.models and config.backend == "flux":
+                from matrix_world.generation.panorama import generate_with_pipeline
+
+                rgb, info = generate_with_pipeline(ctx.models["panorama"], config, prompt=prompt, device=ctx.device,
+                                                   generator=ctx.generator(1))
+                info = {"backend": "flux", "model": "injected", **info}
+            else:
+                result = generate_panorama(config, prompt=prompt, image=image, device=ctx.device,
+                                           generator=ctx.generator(1))
+                rgb, info = result.rgb, result.info
+            write_image(st.path("panorama.png"), rgb)
+            st.backend = info.get("backend", config.backend)
+            st.info.update(_small(info))
     _done(ctx, st, "panorama", t0)
     return read_image(ctx.run.path / "panorama.png")
 
@@ -79,7 +91,12 @@ def depth_stage(ctx: StageContext, config, rgb: np.ndarray) -> dict[str, np.ndar
     with ctx.run.stage("depth", config.to_dict(), inputs=["panorama.png"], files=files,
                        outputs=["depth.npz"], backend=config.backend) as st:
         if not st.done:
-            result = estimate_depth(rgb, config, device=ctx.device)
+            if "depth" in ctx.models and config.backend == "moge":
+                from matrix_world.generation.depth import panorama_depth_from_model
+
+                result = panorama_depth_from_model(rgb, ctx.models["depth"], config, device=ctx.device)
+            else:
+                result = estimate_depth(rgb, config, device=ctx.device)
             save_npz(st.path("depth.npz"), distance=result.distance.astype(np.float32), sky=result.sky,
                      valid=result.valid)
             st.backend = result.info.get("backend", config.backend)
@@ -159,18 +176,26 @@ def scaffold_stage(ctx: StageContext, height: int, rgb: np.ndarray, depth: dict,
 
 
 def panorama_mesh(rgb: np.ndarray, depth: dict, c2w: torch.Tensor, *, occlusion_threshold: float = 0.05,
-                  device: torch.device | str = "cpu"):
+                  device: torch.device | str = "cpu", max_height: int | None = None):
     """The occlusion-aware scaffold mesh of a panorama, in the world frame (``c2w`` = its pose).
 
     depth: {"distance" [H, W], "sky" [H, W], optional "known" [H, W]}; pixels not known
     (holes of a re-rendered view) become invisible vertices.
+    max_height: decimate the grid (integer factor) so it has at most this many rows; used for
+    the meshes of the world's 3D cache, which need no more detail than the frames rendered.
     """
     from matrix_world.scaffold.mesh import ScaffoldConfig, build_scaffold_mesh
+
+    h = np.asarray(depth["distance"]).shape[0]
+    decimate = 1 if max_height is None else max(1, -(-h // max_height))
+    if depth.get("known") is not None and decimate > 1:
+        raise ValueError("decimation of a view with a known mask is not supported; build it at its own size")
 
     pano = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).to(device)
     dist = torch.from_numpy(np.ascontiguousarray(depth["distance"], dtype=np.float32)).to(device)
     sky = torch.from_numpy(np.ascontiguousarray(depth["sky"]).astype(bool)).to(device)
-    mesh = build_scaffold_mesh(pano, dist, ScaffoldConfig(occlusion_threshold=occlusion_threshold), sky_mask=sky)
+    config = ScaffoldConfig(occlusion_threshold=occlusion_threshold, decimate=decimate)
+    mesh = build_scaffold_mesh(pano, dist, config, sky_mask=sky)
     known = depth.get("known")
     if known is not None:
         hidden = torch.from_numpy(~np.asarray(known, dtype=bool).reshape(-1)).to(device)
@@ -227,7 +252,7 @@ def video_stage(ctx: StageContext, config, scaffold: dict, traj: Trajectory, pro
         if not st.done:
             result = generate_video(config, scaffold_rgb=scaffold["rgb"].astype(np.float32) / 255.0,
                                     scaffold_mask=scaffold["mask"], prompt=prompt, c2w=traj.c2w,
-                                    device=ctx.device, generator=ctx.generator(5))
+                                    device=ctx.device, generator=ctx.generator(5), pipeline=ctx.models.get("video"))
             frames = to_uint8(result.frames)
             save_npz(st.path("video.npz"), frames=frames)
             write_video(st.path("video.mp4"), frames, fps=traj.fps)
