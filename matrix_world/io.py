@@ -69,10 +69,21 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def save_npz(path: str | os.PathLike, compressed: bool = True, **arrays: np.ndarray) -> None:
-    """Save arrays into one .npz atomically."""
+    """Save arrays into one .npz atomically; the same arrays always give the same bytes.
+
+    (``np.savez`` stamps each member with the current time, so a rerun would change every
+    artifact hash; here the members carry a fixed date.) ``np.load`` reads the result.
+    """
+    import zipfile
+
+    mode = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
     with atomic_write(path) as tmp:
-        with open(tmp, "wb") as f:
-            (np.savez_compressed if compressed else np.savez)(f, **arrays)
+        with zipfile.ZipFile(tmp, "w", compression=mode, allowZip64=True) as zf:
+            for name, value in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = mode
+                with zf.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
 def load_npz(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
