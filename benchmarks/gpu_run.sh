@@ -32,6 +32,7 @@ for j in "$@"; do
     video_tests)   job video_tests 240 "python -m pytest tests/test_video_pipeline.py -m cuda -q -rs" ;;
     video_bench)   job video_bench 590 "python benchmarks/video.py" ;;
     recon_bench)   job recon_bench 590 "python benchmarks/recon.py" ;;
+    e2e_bench)     job e2e_bench 560 "python benchmarks/e2e.py" ;;
     split_bench)   job split_bench 300 "python benchmarks/build_benchmark_split.py --backend cuda --out /tmp/split_gpu" ;;
     *) echo "unknown job $j"; status+=("$j unknown") ;;
   esac
