@@ -40,6 +40,7 @@ import torch
 from matrix_world.errors import InputError
 from matrix_world.io import load_npz, read_image, save_npz, write_image
 from matrix_world.rundir import RunDir
+from matrix_world.stages import resize_nearest
 from matrix_world.trajectory import Trajectory
 
 
@@ -178,9 +179,16 @@ def explore(config: ExploreConfig, log=print) -> SegmentResult:
             rgb = view.rgb.permute(1, 2, 0).clamp(0, 1).cpu().numpy()
             covered = alpha > 0.5
             known = np.ones_like(covered) if start_index is not None else covered
-            if start_index is not None:  # the generated frame at exactly this pose
+            rendered = view.distance[0].cpu().numpy()
+            if start_index is not None:  # the generated frame at exactly this pose ...
                 rgb = _resize_rgb(load_npz(last_run.path / "video.npz")["frames"][start_index], pano_h)
-            distance, sky = _start_distance(plan, view.distance[0].cpu().numpy(), covered, rgb, start_c2w, pano_h)
+                # ... and, where that segment's scaffold knew the frame, its exact mesh distance
+                prev = load_npz(last_run.path / "scaffold.npz", keys=("mask", "distance"))
+                exact = resize_nearest(prev["distance"][start_index].astype(np.float32), pano_h)
+                exact_ok = (resize_nearest(prev["mask"][start_index].astype(np.float32), pano_h) > 0.5) & np.isfinite(exact)
+                rendered = np.where(exact_ok, exact, rendered)
+                covered = covered | exact_ok
+            distance, sky = _start_distance(plan, rendered, covered, rgb, start_c2w, pano_h)
             write_image(st.path("panorama.png"), rgb)
             save_npz(st.path("depth.npz"), distance=distance, sky=sky, valid=covered, known=known)
             st.info.update(covered=round(float(covered.mean()), 4))
@@ -237,10 +245,15 @@ def _start_distance(plan, rendered: np.ndarray, covered: np.ndarray, rgb: np.nda
                     height: int) -> tuple[np.ndarray, np.ndarray]:
     """Distance at the start view: the world's render where covered, else the depth backend's
     estimate scaled to agree (median ratio on covered pixels). Returns (distance, sky)."""
-    from matrix_world.pipeline import _estimate_frame_distance
+    from matrix_world.pipeline import estimate_frame_distance
 
     traj = Trajectory(c2w[None].to(torch.float64).expand(2, 4, 4).clone())
-    estimate = _estimate_frame_distance(plan, plan.backends["depth"], 0, torch.from_numpy(rgb), traj, height)
+    moge = None
+    if plan.backends["depth"] == "moge":
+        from matrix_world.generation.moge_backend import load_moge
+
+        moge = load_moge(plan.depth.model, device=plan.device)
+    estimate = estimate_frame_distance(plan, plan.backends["depth"], 0, torch.from_numpy(rgb), traj, height, moge)
     good = covered & np.isfinite(rendered) & (rendered > 0)
     ratio = float(np.median(rendered[good] / np.maximum(estimate[good], 1e-6))) if good.any() else 1.0
     distance = np.where(good, rendered, estimate * ratio).astype(np.float32)

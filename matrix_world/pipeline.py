@@ -97,7 +97,7 @@ class WorldConfig:
     wan_model: str | None = None
     """Wan2.1-I2V-14B-480P/720P-Diffusers: hub id or local folder."""
     wan_lora: str | None = None
-    """Video LoRA: "matrix3d" (official, from Skywork/Matrix-3D), a converted .safetensors, or none."""
+    """Video LoRA: "matrix3d" (official, from Skywork/Matrix-3D; the default), a converted .safetensors, or "none"."""
     exports: tuple[str, ...] = ("spz",)
     """Extra splat formats written beside world.ply (spz, splat)."""
 
@@ -212,8 +212,8 @@ def make_plan(config: WorldConfig) -> Plan:
 
     # video (the Wan model works at 480p/720p; the no-weight backends default to 256 rows)
     height = config.resolution or 480
-    video = VideoConfig(backend=backends["video"], height=height, model=config.wan_model,
-                        lora=config.wan_lora if config.wan_lora is not None else "matrix3d",
+    lora = "matrix3d" if config.wan_lora is None else (None if config.wan_lora.lower() == "none" else config.wan_lora)
+    video = VideoConfig(backend=backends["video"], height=height, model=config.wan_model, lora=lora,
                         num_inference_steps=50 if quality else 30, memory=config.memory, seed=config.seed)
     if backends["video"] == "auto":
         if preview:
@@ -265,8 +265,11 @@ class WorldPipeline:
     returns a :class:`WorldResult`.
     """
 
-    def __init__(self, log=print):
+    def __init__(self, log=print, models: dict | None = None, adjust_plan=None):
         self.log = log
+        self.models = models if models is not None else {}  # loaded models to reuse (see StageContext.models)
+        self.adjust_plan = adjust_plan  # optional ``adjust_plan(plan) -> plan`` applied after make_plan
+        # (e.g. fewer denoising steps for a benchmark); None: the plan as make_plan resolves it
 
     def __call__(self, config: WorldConfig) -> WorldResult:
         from matrix_world.report import contact_sheet_stage, preview_stage, summarize
@@ -274,10 +277,12 @@ class WorldPipeline:
         # 1. check the inputs and resolve the backends (nothing is written before this passes)
         check_inputs(config)
         plan = make_plan(config)
+        if self.adjust_plan is not None:
+            plan = self.adjust_plan(plan)
         out = Path(config.out) if config.out else default_out(config)
         run = RunDir(out, seed=config.seed, force=not config.resume)
         self._announce(config, plan, out)
-        ctx = StageContext(run=run, device=plan.device, seed=config.seed, log=self.log)
+        ctx = StageContext(run=run, device=plan.device, seed=config.seed, log=self.log, models=self.models)
         run.set_inputs(image=config.image, distance=config.distance)
         run.manifest["request"] = {"prompt": config.prompt, "preset": config.preset, "trajectory": config.trajectory,
                                    "frames": config.frames, "height": plan.height, "device": str(plan.device)}
@@ -296,7 +301,7 @@ class WorldPipeline:
         # 6. panoramic video: the unknown parts of the scaffold generated
         frames = video_stage(ctx, plan.video, scaffold, traj, config.prompt)
         # 7. 3D Gaussians from the video, exported as world.ply (+ .spz)
-        depth_fn = make_depth_fn(plan, scaffold, depth, rgb, traj)
+        depth_fn = make_depth_fn(plan, scaffold, depth, rgb, traj, models=self.models)
         gaussians = reconstruction_stage(ctx, plan.recon, frames, scaffold, depth, traj, depth_fn,
                                          exports=tuple(config.exports))
         # 8. what a person looks at: preview.mp4 fly-through and a contact sheet
@@ -319,7 +324,7 @@ class WorldPipeline:
                      "and run on a CUDA GPU.")
 
 
-def make_depth_fn(plan: Plan, scaffold: dict, depth: dict, rgb: np.ndarray, traj):
+def make_depth_fn(plan: Plan, scaffold: dict, depth: dict, rgb: np.ndarray, traj, models: dict | None = None):
     """Distance of a video frame for the reconstruction's keyframes.
 
     Where the scaffold knows the frame (mask), its rendered distance is exact geometry; the
@@ -330,10 +335,15 @@ def make_depth_fn(plan: Plan, scaffold: dict, depth: dict, rgb: np.ndarray, traj
     known_distance = scaffold["distance"].astype(np.float32)
     known = scaffold["mask"] & np.isfinite(known_distance)
     backend = plan.backends["depth"]
+    models = models if models is not None else {}
 
     def depth_fn(index: int, frame: torch.Tensor):
         h, w = known.shape[1:]
-        estimate = _estimate_frame_distance(plan, backend, index, frame, traj, h)
+        if backend == "moge" and "depth" not in models:  # load MoGe once for all keyframes
+            from matrix_world.generation.moge_backend import load_moge
+
+            models["depth"] = load_moge(plan.depth.model, device=plan.device)
+        estimate = estimate_frame_distance(plan, backend, index, frame, traj, h, models.get("depth"))
         out = estimate.copy()
         k = known[index]
         if k.any():
@@ -345,8 +355,11 @@ def make_depth_fn(plan: Plan, scaffold: dict, depth: dict, rgb: np.ndarray, traj
     return depth_fn
 
 
-def _estimate_frame_distance(plan: Plan, backend: str, index: int, frame, traj, height: int) -> np.ndarray:
-    from matrix_world.generation.depth import estimate_depth, prior_distance
+def estimate_frame_distance(plan: Plan, backend: str, index: int, frame, traj, height: int,
+                            moge=None) -> np.ndarray:
+    """The depth backend's distance [height, 2*height] for frame ``index`` of ``traj`` (its rgb is ``frame``):
+    the procedural scene's truth, MoGe on the frame (``moge``: a LoadedMoGe), or the ``prior`` heuristic."""
+    from matrix_world.generation.depth import panorama_depth_from_model, prior_distance
 
     if backend == "procedural":
         from matrix_world.datasets.procedural import scene_from_prompt
@@ -360,5 +373,6 @@ def _estimate_frame_distance(plan: Plan, backend: str, index: int, frame, traj, 
         return np.where(np.isfinite(distance) & ~np.asarray(sky[0]), distance, 2.0 * far).astype(np.float32)
     if backend == "moge":
         rgb = frame.detach().cpu().numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
-        return estimate_depth(rgb, plan.depth, device=plan.device).distance
+        return panorama_depth_from_model(np.ascontiguousarray(rgb, dtype=np.float32), moge, plan.depth,
+                                         device=plan.device).distance
     return prior_distance(height, camera_height=plan.depth.camera_height, dome_radius=plan.depth.dome_radius)

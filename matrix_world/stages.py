@@ -145,7 +145,6 @@ def scaffold_stage(ctx: StageContext, height: int, rgb: np.ndarray, depth: dict,
     cache_meshes: ScaffoldMesh objects already in the world frame (earlier segments),
     rendered together with this panorama's mesh (the "3D cache").
     """
-    from matrix_world.scaffold.render import render_scaffold
 
     t0 = time.perf_counter()
     mesh_config = {"occlusion_threshold": occlusion_threshold}
@@ -159,11 +158,11 @@ def scaffold_stage(ctx: StageContext, height: int, rgb: np.ndarray, depth: dict,
             c2w = traj.c2w.to(device)
             mesh = panorama_mesh(rgb, depth, c2w[0], occlusion_threshold=occlusion_threshold, device=device)
             meshes = [mesh] + [m.to(device) for m in (cache_meshes or [])]
-            frames = render_scaffold(concat_meshes(meshes), c2w, height, backend=render_backend)
+            frames = render_union(meshes, c2w, height, backend=render_backend)
             out_rgb = to_uint8(frames.rgb.cpu().numpy())
             mask = frames.mask.cpu().numpy()
             known0 = depth.get("known")
-            mask[0] = True if known0 is None else _resize_nearest(known0.astype(np.float32), height) > 0.5
+            mask[0] = True if known0 is None else resize_nearest(known0.astype(np.float32), height) > 0.5
             out_rgb[0] = to_uint8(_resize(rgb, height)) * mask[0][..., None]  # frame 0: the panorama itself
             distance = frames.distance.cpu().numpy()
             save_npz(st.path("scaffold.npz"), rgb=out_rgb, mask=mask, distance=distance.astype(np.float16))
@@ -206,18 +205,30 @@ def panorama_mesh(rgb: np.ndarray, depth: dict, c2w: torch.Tensor, *, occlusion_
     return mesh.transformed(c2w.to(device=device, dtype=torch.float64))
 
 
-def concat_meshes(meshes: list):
-    """One ScaffoldMesh holding several (all in the same frame); faces are re-indexed."""
+def render_union(meshes: list, c2w: torch.Tensor, height: int, *, backend: str = "auto", tolerance: float = 0.03):
+    """Render several scaffold meshes (one world frame) as one scene, known surfaces first.
+
+    Each mesh is rendered on its own; a pixel takes the nearest surface of any mesh, except
+    that a known surface (mask true) within ``tolerance`` (relative distance) of the nearest
+    one wins over an unknown one. Two meshes that see the same surface, one of them at a
+    grazing angle where the occlusion rule flags it, would otherwise z-fight into rings of
+    unknown pixels. Returns a ScaffoldFrames (rgb [F, H, 2H, 3], mask, distance).
+    """
+    from matrix_world.scaffold.render import render_scaffold
+
+    first = render_scaffold(meshes[0], c2w, height, backend=backend)
     if len(meshes) == 1:
-        return meshes[0]
-    offsets = np.cumsum([0] + [int(m.vertices.shape[0]) for m in meshes[:-1]])
-    return dataclasses.replace(
-        meshes[0],
-        vertices=torch.cat([m.vertices for m in meshes]),
-        faces=torch.cat([m.faces + int(o) for m, o in zip(meshes, offsets)]),
-        colors=torch.cat([m.colors for m in meshes]),
-        visible=torch.cat([m.visible for m in meshes]),
-    )
+        return first
+    rgb, mask, distance = first.rgb.clone(), first.mask.clone(), first.distance.clone()
+    known_distance = torch.where(mask, distance, torch.full_like(distance, float("inf")))
+    for mesh in meshes[1:]:
+        f = render_scaffold(mesh, c2w, height, backend=backend)
+        distance = torch.minimum(distance, f.distance)
+        better = f.mask & (f.distance < known_distance)
+        rgb[better], known_distance[better] = f.rgb[better], f.distance[better]
+    mask = torch.isfinite(known_distance) & (known_distance <= distance * (1.0 + tolerance))
+    rgb = rgb * mask[..., None]
+    return dataclasses.replace(first, rgb=rgb, mask=mask, distance=distance)
 
 
 def _render_backend(backend: str, device: torch.device) -> str:
@@ -277,8 +288,8 @@ def reconstruction_stage(ctx: StageContext, config, frames: np.ndarray, scaffold
                        "trajectory.json"], outputs=outputs, backend=config.backend) as st:
         if not st.done:
             height = frames.shape[1]
-            distance0 = _resize_nearest(depth["distance"], height)
-            sky0 = _resize_nearest(depth["sky"].astype(np.float32), height) > 0.5
+            distance0 = resize_nearest(depth["distance"], height)
+            sky0 = resize_nearest(depth["sky"].astype(np.float32), height) > 0.5
             gaussians, info = reconstruct(config, frames=frames.astype(np.float32) / 255.0, distance0=distance0,
                                           c2w=traj.c2w, masks=None, sky0=sky0, depth_fn=depth_fn,
                                           device=ctx.device, generator=ctx.generator(6))
@@ -292,7 +303,8 @@ def reconstruction_stage(ctx: StageContext, config, frames: np.ndarray, scaffold
     return load_splats(ctx.run.path / "world.ply")
 
 
-def _resize_nearest(x: np.ndarray, height: int) -> np.ndarray:
+def resize_nearest(x: np.ndarray, height: int) -> np.ndarray:
+    """Resize an equirect map [H, 2H] to [height, 2*height] by nearest neighbour (no blending across edges)."""
     from matrix_world.equirect import resize_equirect
 
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
