@@ -253,13 +253,13 @@ def _start_distance(plan, rendered: np.ndarray, covered: np.ndarray, rgb: np.nda
         from matrix_world.generation.moge_backend import load_moge
 
         moge = load_moge(plan.depth.model, device=plan.device)
-    estimate = estimate_frame_distance(plan, plan.backends["depth"], 0, torch.from_numpy(rgb), traj, height, moge)
+    estimate, estimate_sky = estimate_frame_distance(plan, plan.backends["depth"], 0, torch.from_numpy(rgb), traj,
+                                                     height, moge)
     good = covered & np.isfinite(rendered) & (rendered > 0)
     ratio = float(np.median(rendered[good] / np.maximum(estimate[good], 1e-6))) if good.any() else 1.0
     distance = np.where(good, rendered, estimate * ratio).astype(np.float32)
-    far = float(distance.max())
-    sky = ~good & (estimate * ratio >= 0.999 * float((estimate * ratio).max()))
-    distance[sky] = far
+    sky = ~good & estimate_sky
+    distance[sky] = float(distance.max())
     return distance, sky
 
 

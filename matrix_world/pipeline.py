@@ -80,6 +80,8 @@ class WorldConfig:
     resolution: int | None = None
     """Video frame height: 480 or 720 for the Wan model (width = 2 x height). Default: 480 with
     the Wan model, 256 with the no-weight video backends."""
+    panorama_height: int | None = None
+    """Panorama height in pixels (width = 2 x height). Default: 512 (1024 with --preset quality)."""
     seed: int = 0
     """Seed of every random choice (panorama noise, video noise, optimisation)."""
     device: str = "auto"
@@ -191,7 +193,7 @@ def make_plan(config: WorldConfig) -> Plan:
             real = not preview and device.type == "cuda" and _available(config.flux_model or "black-forest-labs/FLUX.1-dev")
             backends["panorama"], reasons["panorama"] = ("flux", "FLUX.1-dev weights and a GPU found") if real else \
                 ("procedural", "no FLUX.1-dev weights/GPU (or preview): a procedural synthetic scene from the prompt")
-    pano_height = 512 if not quality else 1024
+    pano_height = config.panorama_height or (1024 if quality else 512)
     panorama = PanoramaConfig(backend=backends["panorama"], model=config.flux_model, lora=config.flux_lora,
                               height=pano_height, steps=50 if quality else 28, seed=config.seed, path=config.image,
                               memory="full" if config.memory == "auto" else config.memory)
@@ -235,6 +237,11 @@ def make_plan(config: WorldConfig) -> Plan:
         else:
             backends["reconstruction"], reasons["reconstruction"] = "optimize", "GPU present: gsplat optimisation"
     recon = ReconConfig(backend=backends["reconstruction"])
+    recon.lift.sky = "shell"  # a far shell of sky Gaussians: worlds look whole in any viewer
+    # make_depth_fn already puts every keyframe's distance in the world's units (exact scaffold
+    # geometry where known, the depth estimate scaled to agree elsewhere), so the keyframe-to-
+    # keyframe scale + shift fit is not applied on top of it
+    recon.keyframes.align_distances = False
     recon.optimize.iterations = 3000 if quality else 1500
     return Plan(device=device, backends=backends, reasons=reasons, height=height, panorama=panorama,
                 depth=depth, video=video, recon=recon)
@@ -343,22 +350,23 @@ def make_depth_fn(plan: Plan, scaffold: dict, depth: dict, rgb: np.ndarray, traj
             from matrix_world.generation.moge_backend import load_moge
 
             models["depth"] = load_moge(plan.depth.model, device=plan.device)
-        estimate = estimate_frame_distance(plan, backend, index, frame, traj, h, models.get("depth"))
+        estimate, sky = estimate_frame_distance(plan, backend, index, frame, traj, h, models.get("depth"))
         out = estimate.copy()
         k = known[index]
         if k.any():
             ratio = np.median(known_distance[index][k] / np.maximum(estimate[k], 1e-6))
             out = estimate * float(ratio)
             out[k] = known_distance[index][k]
-        return torch.from_numpy(out)
+        return torch.from_numpy(out), torch.from_numpy(sky)  # the depth backend decides what is sky
 
     return depth_fn
 
 
 def estimate_frame_distance(plan: Plan, backend: str, index: int, frame, traj, height: int,
-                            moge=None) -> np.ndarray:
-    """The depth backend's distance [height, 2*height] for frame ``index`` of ``traj`` (its rgb is ``frame``):
-    the procedural scene's truth, MoGe on the frame (``moge``: a LoadedMoGe), or the ``prior`` heuristic."""
+                            moge=None) -> tuple[np.ndarray, np.ndarray]:
+    """The depth backend's (distance [height, 2*height] float32, sky [height, 2*height] bool) for
+    frame ``index`` of ``traj`` (its rgb is ``frame``): the procedural scene's truth, MoGe on the
+    frame (``moge``: a LoadedMoGe), or the ``prior`` heuristic (no sky)."""
     from matrix_world.generation.depth import panorama_depth_from_model, prior_distance
 
     if backend == "procedural":
@@ -368,11 +376,14 @@ def estimate_frame_distance(plan: Plan, backend: str, index: int, frame, traj, h
         # the run's world frame is the procedural panorama's camera, at scene.camera_c2w(0, 0)
         c2w_scene = scene.camera_c2w(0.0, 0.0) @ traj.c2w[index].to(torch.float64)
         _, distance, sky = scene.render(c2w_scene[None], height)
-        distance = np.asarray(distance[0], dtype=np.float32)
-        far = float(distance[np.isfinite(distance)].max()) if np.isfinite(distance).any() else 100.0
-        return np.where(np.isfinite(distance) & ~np.asarray(sky[0]), distance, 2.0 * far).astype(np.float32)
+        distance, sky = np.asarray(distance[0], dtype=np.float32), np.asarray(sky[0], dtype=bool)
+        surface = np.isfinite(distance) & ~sky
+        far = float(distance[surface].max()) if surface.any() else 100.0
+        return np.where(surface, distance, 2.0 * far).astype(np.float32), ~surface
     if backend == "moge":
         rgb = frame.detach().cpu().numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
-        return panorama_depth_from_model(np.ascontiguousarray(rgb, dtype=np.float32), moge, plan.depth,
-                                         device=plan.device).distance
-    return prior_distance(height, camera_height=plan.depth.camera_height, dome_radius=plan.depth.dome_radius)
+        result = panorama_depth_from_model(np.ascontiguousarray(rgb, dtype=np.float32), moge, plan.depth,
+                                           device=plan.device)
+        return result.distance, result.sky
+    return (prior_distance(height, camera_height=plan.depth.camera_height, dome_radius=plan.depth.dome_radius),
+            np.zeros((height, 2 * height), bool))

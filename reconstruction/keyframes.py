@@ -17,6 +17,8 @@ other keyframes then only supervise the optimisation.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 from collections.abc import Callable
 
@@ -168,10 +170,14 @@ def prepare_keyframes(
                 prev -= 1
             prev_valid = known[prev] & ~skies[prev] & torch.isfinite(distances[prev])
             valid = known[k] & ~sky
-            dist, scale, shift = align_to_previous(
-                torch.where(sky, torch.nan, dist), poses[k], distances[prev], poses[prev],
-                valid=valid, prev_valid=prev_valid, config=config.align,
-            )
+            try:
+                dist, scale, shift = align_to_previous(
+                    torch.where(sky, torch.nan, dist), poses[k], distances[prev], poses[prev],
+                    valid=valid, prev_valid=prev_valid, config=config.align,
+                )
+            except InputError as exc:  # too little overlap, or distances that disagree: keep it unaligned
+                warnings.warn(f"keyframe {indices[k]}: alignment skipped ({exc})", stacklevel=2)
+                scale, shift = 1.0, 0.0
             alignment.append((scale, shift))
         else:
             alignment.append((1.0, 0.0))
