@@ -93,7 +93,8 @@ class WorldConfig:
     flux_model: str | None = None
     """FLUX.1-dev (or -Fill-dev for photos): hub id or local folder."""
     flux_lora: str | None = None
-    """Panorama LoRA for FLUX (file, folder or hub id), e.g. Matrix-3D's text2panoimage_lora.safetensors."""
+    """Panorama LoRA for FLUX (file, folder or hub id). Default for text: "matrix3d" (Skywork/Matrix-3D
+    checkpoints/text2panoimage_lora.safetensors); "none" disables it."""
     moge_model: str | None = None
     """MoGe checkpoint: hub id (Ruicheng/moge-2-vitl-normal) or local file/folder."""
     wan_model: str | None = None
@@ -181,7 +182,10 @@ def make_plan(config: WorldConfig) -> Plan:
                 "video": config.video_backend, "reconstruction": config.recon_backend}
     reasons = {k: "requested" for k, v in backends.items() if v != "auto"}
 
-    # panorama
+    # panorama (text -> panorama uses Matrix-3D's panorama LoRA unless another one or "none" is given)
+    flux_lora = "matrix3d" if config.flux_lora is None else (None if config.flux_lora.lower() == "none" else config.flux_lora)
+    if config.image:
+        flux_lora = None if config.flux_lora is None or config.flux_lora.lower() == "none" else config.flux_lora
     if backends["panorama"] == "auto":
         if config.image and config.panorama:
             backends["panorama"], reasons["panorama"] = "file", "the input is a panorama"
@@ -190,11 +194,14 @@ def make_plan(config: WorldConfig) -> Plan:
             backends["panorama"], reasons["panorama"] = ("flux-fill", "FLUX.1-Fill weights and a GPU found") if real else \
                 ("photo", "no FLUX.1-Fill weights/GPU (or preview): photo placed on the sphere, the rest filled classically")
         else:
-            real = not preview and device.type == "cuda" and _available(config.flux_model or "black-forest-labs/FLUX.1-dev")
-            backends["panorama"], reasons["panorama"] = ("flux", "FLUX.1-dev weights and a GPU found") if real else \
-                ("procedural", "no FLUX.1-dev weights/GPU (or preview): a procedural synthetic scene from the prompt")
+            lora_ok = flux_lora is None or flux_lora != "matrix3d" or _available("Skywork/Matrix-3D",
+                                                                               "checkpoints/text2panoimage_lora.safetensors")
+            real = not preview and device.type == "cuda" and lora_ok and \
+                _available(config.flux_model or "black-forest-labs/FLUX.1-dev")
+            backends["panorama"], reasons["panorama"] = ("flux", "FLUX.1-dev + panorama LoRA and a GPU found") if real else \
+                ("procedural", "no FLUX.1-dev + panorama LoRA / GPU (or preview): a procedural synthetic scene from the prompt")
     pano_height = config.panorama_height or (1024 if quality else 512)
-    panorama = PanoramaConfig(backend=backends["panorama"], model=config.flux_model, lora=config.flux_lora,
+    panorama = PanoramaConfig(backend=backends["panorama"], model=config.flux_model, lora=flux_lora,
                               height=pano_height, steps=50 if quality else 28, seed=config.seed, path=config.image,
                               memory="full" if config.memory == "auto" else config.memory)
 
