@@ -30,6 +30,8 @@ for j in "$@"; do
     scaffold_tests) job scaffold_tests 300 "python -m pytest -q -rs -s -p no:cacheprovider tests/test_scaffold_render.py tests/test_scaffold_mesh.py && python -m pytest -q -rs -k cuda tests/test_render_scaffold_cli.py tests/test_scenes.py" ;;
     scaffold_bench) job scaffold_bench 300 "python benchmarks/scaffold.py --decimate 1 2" ;;
     video_tests)   job video_tests 240 "python -m pytest tests/test_video_pipeline.py -m cuda -q -rs" ;;
+    multigpu)      job multigpu 300 "torchrun --nproc_per_node \$(python -c 'import torch; print(torch.cuda.device_count())') tests/multigpu_video_check.py" ;;
+    cuda_rest)     job cuda_rest 300 "python -m pytest -q -rs -k cuda tests/test_render_scaffold_cli.py tests/test_scenes.py" ;;
     video_bench)   job video_bench 590 "python benchmarks/video.py" ;;
     recon_bench)   job recon_bench 590 "python benchmarks/recon.py" ;;
     e2e_bench)     job e2e_bench 560 "python benchmarks/e2e.py" ;;
