@@ -32,6 +32,7 @@ for j in "$@"; do
     video_tests)   job video_tests 240 "python -m pytest tests/test_video_pipeline.py -m cuda -q -rs" ;;
     multigpu)      job multigpu 300 "torchrun --nproc_per_node \$(python -c 'import torch; print(torch.cuda.device_count())') tests/multigpu_video_check.py" ;;
     cuda_rest)     job cuda_rest 300 "python -m pytest -q -rs -k cuda tests/test_render_scaffold_cli.py tests/test_scenes.py" ;;
+    video_lowvram720) job video_lowvram720 400 "python benchmarks/video.py --resolutions 720p --modes lowvram --no-stock --steps 2 --warmup 1 --budget-s 380" ;;
     video_bench)   job video_bench 590 "python benchmarks/video.py" ;;
     recon_bench)   job recon_bench 590 "python benchmarks/recon.py" ;;
     e2e_bench)     job e2e_bench 560 "python benchmarks/e2e.py" ;;
