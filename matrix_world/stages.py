@@ -25,6 +25,14 @@ from matrix_world.rundir import RunDir
 from matrix_world.trajectory import Trajectory
 
 Log = Callable[[str], None]
+SCAFFOLD_CHUNK = 8  # frames rendered per call (progress and memory)
+
+
+def progress_bar(total: int, desc: str, unit: str):
+    """A tqdm progress bar with ETA on stderr, removed when done."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"  {desc}", unit=unit, leave=False, dynamic_ncols=True)
 
 
 @dataclasses.dataclass
@@ -158,7 +166,13 @@ def scaffold_stage(ctx: StageContext, height: int, rgb: np.ndarray, depth: dict,
             c2w = traj.c2w.to(device)
             mesh = panorama_mesh(rgb, depth, c2w[0], occlusion_threshold=occlusion_threshold, device=device)
             meshes = [mesh] + [m.to(device) for m in (cache_meshes or [])]
-            frames = render_union(meshes, c2w, height, backend=render_backend)
+            chunks = []
+            with progress_bar(len(c2w), "scaffold", "frame") as bar:
+                for start in range(0, len(c2w), SCAFFOLD_CHUNK):
+                    chunks.append(render_union(meshes, c2w[start:start + SCAFFOLD_CHUNK], height, backend=render_backend))
+                    bar.update(len(chunks[-1].mask))
+            frames = dataclasses.replace(chunks[0], **{k: torch.cat([getattr(c, k) for c in chunks])
+                                                       for k in ("rgb", "mask", "distance")})
             out_rgb = to_uint8(frames.rgb.cpu().numpy())
             mask = frames.mask.cpu().numpy()
             known0 = depth.get("known")
@@ -290,9 +304,18 @@ def reconstruction_stage(ctx: StageContext, config, frames: np.ndarray, scaffold
             height = frames.shape[1]
             distance0 = resize_nearest(depth["distance"], height)
             sky0 = resize_nearest(depth["sky"].astype(np.float32), height) > 0.5
-            gaussians, info = reconstruct(config, frames=frames.astype(np.float32) / 255.0, distance0=distance0,
-                                          c2w=traj.c2w, masks=None, sky0=sky0, depth_fn=depth_fn,
-                                          device=ctx.device, generator=ctx.generator(6))
+            from matrix_world.reconstruction.keyframes import select_keyframes
+
+            count = len(select_keyframes(len(frames), config.keyframes.stride, config.keyframes.include_last)) - 1
+            with progress_bar(count, "keyframe depth", "keyframe") as bar:
+                def counted(index, frame):
+                    out = depth_fn(index, frame)
+                    bar.update(1)
+                    return out
+
+                gaussians, info = reconstruct(config, frames=frames.astype(np.float32) / 255.0, distance0=distance0,
+                                              c2w=traj.c2w, masks=None, sky0=sky0, depth_fn=counted,
+                                              device=ctx.device, generator=ctx.generator(6))
             gaussians = gaussians.to("cpu")
             for name in outputs:
                 save_splats(st.path(name), gaussians)
