@@ -141,7 +141,6 @@ def explore(config: ExploreConfig, log=print) -> SegmentResult:
     from matrix_world.pipeline import make_depth_fn, make_plan
     from matrix_world.reconstruction.render import render_panorama
     from matrix_world.report import contact_sheet_stage, preview_stage
-    from matrix_world.splat_io import load_splats
     from matrix_world.stages import (StageContext, reconstruction_stage, scaffold_stage, trajectory_stage,
                                      video_stage)
 

@@ -38,14 +38,6 @@ from matrix_world.io import save_npz, write_image, write_video
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _poses(f, seed=0):
     rng = np.random.default_rng(seed)
     return torch.stack([make_pose(rotation_yaw(float(rng.uniform(-180, 180))) @ rotation_pitch(float(rng.uniform(-20, 20))),

@@ -14,15 +14,6 @@ from matrix_world.generation.weights import WeightsNotFoundError
 
 from tiny_moge import build_tiny_moge
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_cpu_thread():
-    """Tiny models are overhead-bound: one intra-op thread is 10-50x faster than two when the
-    CPU is shared (OpenMP threads spin against other processes). Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 ROOM_LO = (-3.0, -1.2, -2.5)
 ROOM_HI = (4.0, 1.6, 3.5)

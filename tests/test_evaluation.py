@@ -23,15 +23,6 @@ from matrix_world.equirect import equirect_directions
 from matrix_world.metrics import psnr_from_noise_std
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small tensor ops are far slower with oversubscribed threads on a busy 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _pano(h=48, seed=0):
     """A smooth test panorama [H, 2H, 3] in [0.2, 0.8] (no clipping when errors are added)."""
     d = equirect_directions(h, dtype=torch.float64).numpy()

@@ -121,7 +121,7 @@ def test_rotation_yaw_pitch_directions():
 
 
 def test_crop_centre_pixel_looks_along_yaw_pitch():
-    h, w = 64, 128
+    h = 64
     pano = equirect_directions(h, dtype=torch.float64).permute(2, 0, 1)  # the panorama stores its own directions
     for yaw, pitch in [(0, 0), (90, 0), (-135, 30), (60, -45)]:
         view = PerspectiveView(yaw, pitch, 90.0, 33, 33)

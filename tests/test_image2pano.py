@@ -5,7 +5,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from matrix_world.equirect import equirect_directions
 from matrix_world.errors import InputError
@@ -13,15 +12,6 @@ from matrix_world.generation.image2pano import DEFAULT_FOV, keep_mask, place_pho
 from matrix_world.generation.panorama import PanoramaConfig, generate_panorama, load_flux_pipeline
 
 from tiny_flux import build_tiny_flux
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_cpu_thread():
-    """Tiny models are overhead-bound: one intra-op thread is 10-50x faster than two when the
-    CPU is shared (OpenMP threads spin against other processes). Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 H = 32

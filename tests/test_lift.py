@@ -22,15 +22,6 @@ def _single(rgb, dist, **kw):
     return prepare_keyframes(rgb[None], EYE[None], dist, **kw)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster (no spin-waiting for a busy second core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pano64():
     return render_panorama(EYE, 64)

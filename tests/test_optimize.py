@@ -21,15 +21,6 @@ def _config(**kw) -> OptimizeConfig:
     return OptimizeConfig(**base)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster (no spin-waiting for a busy second core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def clip():
     c2w = trajectory(11, length=1.0)

@@ -24,15 +24,6 @@ from matrix_world.generation.seamless import blended_decode, seam_score, wrap_de
 
 from tiny_flux import build_tiny_flux, save_tiny_flux_lora
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_cpu_thread():
-    """Tiny models are overhead-bound: one intra-op thread is 10-50x faster than two when the
-    CPU is shared (OpenMP threads spin against other processes). Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 H = 32  # tiny panoramas: 64 x 32
 

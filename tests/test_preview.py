@@ -14,15 +14,6 @@ from matrix_world.reconstruction.lift import lift_keyframes
 from matrix_world.reconstruction.preview import PreviewConfig, render_flythrough, write_preview
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster (no spin-waiting for a busy second core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def scene():
     c2w = trajectory(4, length=0.6)

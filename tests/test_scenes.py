@@ -22,15 +22,6 @@ from matrix_world.equirect import equirect_directions, pixel_grid, pixel_to_lonl
 from matrix_world.errors import InputError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the CPU rasteriser is much slower with oversubscribed threads on a busy 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _latitudes(h):
     px, py = pixel_grid(h, 2 * h, dtype=torch.float64)
     return pixel_to_lonlat(px, py, h, 2 * h)[1].numpy()

@@ -17,16 +17,6 @@ from matrix_world.generation.seamless import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_cpu_thread():
-    """Tiny models are overhead-bound: one intra-op thread is 10-50x faster than two when the
-    CPU is shared (OpenMP threads spin against other processes). Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class ToyDecoder(torch.nn.Module):
     """Upsample x4 + zero-padded convolutions: like a VAE decoder, blind to the wrap-around."""
 

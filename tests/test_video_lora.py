@@ -10,16 +10,6 @@ import torch
 from tiny_wan import load_tiny_pipeline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """Tiny models are overhead-bound: one intra-op thread is 10-50x faster than two when the
-    CPU is shared (OpenMP threads spin against other processes). Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class _NotATensor:
     pass
 

@@ -10,16 +10,6 @@ from tiny_wan import load_tiny_pipeline
 FRAMES, H, W = 9, 32, 64  # latent 3 x 4 x 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """Tiny models are overhead-bound: one intra-op thread is 10-50x faster than two when the
-    CPU is shared (OpenMP threads spin against other processes). Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     p = load_tiny_pipeline()

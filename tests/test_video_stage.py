@@ -10,16 +10,6 @@ from matrix_world.errors import InputError
 H, W = 32, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """Tiny models are overhead-bound: one intra-op thread is 10-50x faster than two when the
-    CPU is shared (OpenMP threads spin against other processes). Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _smooth_pano(seed=0):
     rng = np.random.default_rng(seed)
     lon = np.linspace(0, 2 * np.pi, W, endpoint=False)[None, :, None]

@@ -24,14 +24,6 @@ ARTIFACTS = ("panorama.png", "depth.npz", "trajectory.json", "scaffold.npz", "sc
              "contact_sheet.png")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny(out, **kw) -> WorldConfig:
     base = dict(prompt=PROMPT, out=str(out), preset="preview", resolution=64, panorama_height=128, frames=9,
                 device="cpu")
