@@ -14,8 +14,6 @@ matrix_world.datasets.benchmark.load_benchmark_split().
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import sys
 import tempfile
@@ -31,6 +29,8 @@ from matrix_world.datasets.benchmark import (
 )
 
 from matrix_world.cli import positive_int, run_main
+
+from common import write_results  # benchmarks/common.py (scripts run from this folder)
 
 
 def main(argv=None) -> int:
@@ -75,10 +75,8 @@ def main(argv=None) -> int:
     result = {"name": "build_benchmark_split", "smoke": args.smoke, "clips_built": len(built), "frames_rendered": frames,
               "height": args.height, "total_seconds": round(total, 2), "seconds_per_frame": round(total / max(frames, 1), 4),
               "backend": args.backend, "device": device, "workers": args.workers, "threads": torch.get_num_threads(), "per_clip": split["clips"]}
-    if os.environ.get("OUT"):
-        out = Path(os.environ["OUT"]) / "build_benchmark_split.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
+    out = write_results("build_benchmark_split", result)
+    if out:
         print(f"wrote {out}")
     if tmp:
         shutil.rmtree(tmp, ignore_errors=True)

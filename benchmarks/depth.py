@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 import numpy as np
 import torch
+
+from common import write_results  # benchmarks/common.py (scripts run from this folder)
 
 GB = 1024**3
 
@@ -191,11 +192,7 @@ def main(argv=None) -> int:
 
 def save(results: dict) -> None:
     """Write $OUT/depth.json (after each section, so a late failure keeps the numbers)."""
-    out = os.environ.get("OUT")
-    if out:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "depth.json"), "w") as f:
-            json.dump(results, f, indent=1)
+    write_results("depth", results)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # the per-stage benchmar
 import depth as bench_depth  # benchmarks/depth.py: build_moge
 import panorama as bench_panorama  # benchmarks/panorama.py: FLUX configs, build_on
 import video as bench_video  # benchmarks/video.py: build_transformer, build_encoders
+from common import write_results  # benchmarks/common.py
 
 GB = 1024**3
 FULL = {"panorama": 50, "video": 50, "reconstruction": 3000}  # the quality preset's steps / iterations
@@ -231,19 +232,6 @@ class StageMonitor:
             self.results["build"][name]["allocated_after_free_gb"] = round(torch.cuda.memory_allocated(self.device) / GB, 2)
 
 
-def redirect_moge_loads(moge, counter: dict) -> None:
-    """The pipeline's keyframe depth (pipeline.make_depth_fn) calls ``estimate_depth`` with the
-    ``moge`` backend, which loads MoGe from weights on every call; with no weights here, that
-    load returns the injected model instead (and the calls are counted and reported)."""
-    import matrix_world.generation.depth as depth_module
-
-    def load_moge(*args, **kwargs):
-        counter["calls"] += 1
-        return moge
-
-    depth_module.load_moge = load_moge
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -288,8 +276,6 @@ def main(argv=None) -> int:
     monitor = StageMonitor(models, device, smoke, results)
     monitor.build("panorama")
     monitor.build("depth")
-    moge_loads = {"calls": 0}
-    redirect_moge_loads(models["depth"], moge_loads)
 
     def adjust(plan):
         plan.panorama.steps, plan.panorama.height = steps["panorama"], pano_height
@@ -309,7 +295,7 @@ def main(argv=None) -> int:
     result = WorldPipeline(log=monitor, models=models, adjust_plan=adjust)(config)
     results["wall_s"] = round(time.perf_counter() - t0, 1)
     results["num_gaussians"] = result.num_gaussians
-    results["moge_loads_redirected"] = moge_loads["calls"]
+    results["moge_reused"] = models.get("depth") is not None  # keyframe depth used the injected MoGe
     results["run_dir"] = str(result.out)
 
     # 3. Rows: stage seconds from the manifest, per-step times from the hooks, peaks from the monitor.
@@ -365,7 +351,7 @@ def report(r: dict) -> None:
     print("model building (random init on the device; a real run loads weights instead):")
     for name, b in r["build"].items():
         print(f"  {name:9s} {b['seconds']:7.2f} s  params (B) {b['params_b']}  allocated after {b['allocated_after_gb']} GB")
-    print(f"MoGe loads by the keyframe depth_fn (redirected to the built model): {r['moge_loads_redirected']}")
+    print(f"keyframe depth reused the injected MoGe: {r['moge_reused']}")
     e = r["extrapolated_full_quality"]
     print(f"EXTRAPOLATED (not measured) full-quality run, {e['full_steps']}: total {e['total_s']:.0f} s; "
           + ", ".join(f"{k} {v:.0f} s" for k, v in e["stage_s"].items() if k in FULL))
@@ -373,11 +359,7 @@ def report(r: dict) -> None:
 
 def save(results: dict) -> None:
     """Write $OUT/e2e.json (also at every stage end, so a late failure keeps the numbers)."""
-    out = os.environ.get("OUT")
-    if out:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "e2e.json"), "w") as f:
-            json.dump(results, f, indent=1)
+    write_results("e2e", results)
 
 
 if __name__ == "__main__":

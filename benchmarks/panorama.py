@@ -28,11 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 
 import torch
+
+from common import write_results  # benchmarks/common.py (scripts run from this folder)
 
 FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                 num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
@@ -231,11 +232,7 @@ def main(argv=None) -> int:
 
 def save(results: dict) -> None:
     """Write $OUT/panorama.json (called after each section, so a late failure keeps the numbers)."""
-    out = os.environ.get("OUT")
-    if out:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "panorama.json"), "w") as f:
-            json.dump(results, f, indent=1)
+    write_results("panorama", results)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,6 @@ Writes ``$OUT/recon.json`` when OUT is set.
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import sys
 import time
 
@@ -44,6 +41,8 @@ from matrix_world.reconstruction.lift import LiftConfig
 from matrix_world.reconstruction.optimize import OptimizeConfig
 from matrix_world.reconstruction.render import Cameras, render
 from matrix_world.reconstruction.stage import ReconConfig, reconstruct
+
+from common import write_results  # benchmarks/common.py (scripts run from this folder)
 
 TARGETS = {"lift": (24.0, 10.0), "optimize": (30.0, 120.0)}  # (min PSNR dB, max seconds)
 
@@ -144,17 +143,6 @@ def warm_up(device: torch.device) -> None:
     torch.cuda.synchronize()
 
 
-def _finite(obj):
-    """NaN/Inf -> None, recursively (strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run of the same code path")
@@ -218,10 +206,8 @@ def main(argv=None) -> int:
               f"{np.mean([r['seconds'] for r in sel]):.1f} s")
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "args": vars(args),
               "clips": clips_meta, "rows": rows, "smoke": args.smoke}
-    if os.environ.get("OUT"):
-        path = os.path.join(os.environ["OUT"], "recon.json")
-        with open(path, "w") as f:
-            json.dump(_finite(result), f, indent=1, default=str)
+    path = write_results("recon", result)
+    if path:
         print(f"[recon] wrote {path}")
     return 0
 

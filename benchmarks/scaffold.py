@@ -31,6 +31,8 @@ from matrix_world.equirect import equirect_directions, resize_equirect
 from matrix_world.scaffold.mesh import ScaffoldConfig, build_scaffold_mesh
 from matrix_world.scaffold.render import render_scaffold
 
+from common import write_results  # benchmarks/common.py (scripts run from this folder)
+
 ROOM_LO = torch.tensor([-3.0, -1.6, -3.5], dtype=torch.float64)
 ROOM_HI = torch.tensor([4.0, 1.4, 5.0], dtype=torch.float64)
 PILLAR_LO = torch.tensor([0.6, -1.6, 2.0], dtype=torch.float64)
@@ -170,10 +172,7 @@ def main(argv=None) -> int:
             f"{r['decimate']:>3} {r['triangles']:>9} {r['output']:>10} {r['frames']:>6} {r['build_s']:>8.3f} "
             f"{r['render_s']:>9.3f} {r['per_frame_s']:>8.3f} {r['per_frame_cpu_s']:>8.3f} {r['total_s']:>8.3f} {r['known_fraction_last']:>6.3f}"
         )
-    if os.environ.get("OUT"):
-        os.makedirs(os.environ["OUT"], exist_ok=True)
-        with open(os.path.join(os.environ["OUT"], "scaffold.json"), "w") as fh:
-            json.dump({"info": info, "rows": rows}, fh, indent=1)
+    write_results("scaffold", {"info": info, "rows": rows})
     return 0
 
 

@@ -15,18 +15,16 @@ when OUT is set.
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from matrix_world.cameras import crops_12
 from matrix_world.gaussians import Gaussians
 from matrix_world.reconstruction.render import Cameras, render, render_panorama
+
+from common import write_results  # benchmarks/common.py (scripts run from this folder)
 
 
 def room_scene(n: int, sh_degree: int, device, seed: int = 0) -> Gaussians:
@@ -159,25 +157,10 @@ def main(argv=None) -> int:
         print(f"  panorama {r['backend']} n={r['n']} {r['height']}x{2 * r['height']}: {r['panorama_ms']:.1f} ms")
     print(f"total {result['total_s']:.1f} s")
 
-    out = os.environ.get("OUT")
-    if out:
-        path = Path(out) / "splat_render.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        clean = json.loads(json.dumps(result, default=float), parse_constant=lambda c: None)
-        path.write_text(json.dumps(_finite(clean), indent=2))
+    path = write_results("splat_render", result)
+    if path:
         print(f"wrote {path}")
     return 0
-
-
-def _finite(obj):
-    """NaN/Inf -> None, recursively (strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 if __name__ == "__main__":

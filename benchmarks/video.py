@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 import torch
+
+from common import write_results  # benchmarks/common.py (scripts run from this folder)
 
 TINY_CONFIG = {
     "patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 12, "in_channels": 36, "out_channels": 16, "text_dim": 32,
@@ -283,10 +284,7 @@ def main(argv=None) -> int:
     if lv and fu and lv["peak_gb"] is not None:
         print(f"480p lowvram: peak {lv['peak_gb']:.1f} GB (target < 24), time {lv['s_per_step'] / fu['s_per_step']:.2f}x full (target <= 1.5x)")
     print(f"total {result['total_s']:.0f} s")
-    if os.environ.get("OUT"):
-        os.makedirs(os.environ["OUT"], exist_ok=True)
-        with open(os.path.join(os.environ["OUT"], "video.json"), "w") as f:
-            json.dump(result, f, indent=1)
+    write_results("video", result)
     return 0
 
 

@@ -243,16 +243,18 @@ def _procedural_backend(rgb: np.ndarray, config: DepthConfig, *, device) -> Dept
                                           "prompt": config.prompt or "", "seed": int(config.seed)})
 
 
+def choose_backend(config: DepthConfig) -> tuple[str, str]:
+    """(backend, reason) for ``auto``: ``moge`` when its weights are on this machine, else ``prior``."""
+    if moge_available(config.model):
+        return "moge", f"MoGe weights {config.model} found"
+    return "prior", f"MoGe weights {config.model} not on this machine: ground-plane + far-dome heuristic"
+
+
 def estimate_depth(rgb, config: DepthConfig | None = None, *, device="cpu") -> DepthResult:
     """Run the depth stage on a panorama (path, PIL image or array [H, 2H, 3]) -> DepthResult."""
     config = config or DepthConfig()
     rgb = check_panorama(rgb)
-    backend, reason = config.backend, "requested"
-    if backend == "auto":
-        if moge_available(config.model):
-            backend, reason = "moge", f"{config.model} is available locally"
-        else:
-            backend, reason = "prior", f"{config.model} is not on this machine: using the ground-plane/dome heuristic"
+    backend, reason = (config.backend, "requested") if config.backend != "auto" else choose_backend(config)
     if backend not in DEPTH_BACKENDS:
         raise InputError(f"unknown depth backend {backend!r}; expected one of {['auto', *DEPTH_BACKENDS]}")
     start = time.perf_counter()
@@ -269,5 +271,5 @@ def estimate_depth(rgb, config: DepthConfig | None = None, *, device="cpu") -> D
     return result
 
 
-__all__ = ["DepthConfig", "DepthResult", "estimate_depth", "DEPTH_BACKENDS", "register_depth_backend",
+__all__ = ["DepthConfig", "DepthResult", "estimate_depth", "choose_backend", "DEPTH_BACKENDS", "register_depth_backend",
            "panorama_depth_from_model", "prior_distance", "estimate_fov", "check_panorama"]

@@ -252,6 +252,17 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
     def _size_multiple(self) -> int:
         return self.vae_scale_factor_spatial * self.transformer.config.patch_size[1]
 
+    def _predict(self, cache: str, hidden: Tensor, t: Tensor, text: Tensor, image: Tensor,
+                 attention_kwargs: dict | None) -> Tensor:
+        """One transformer pass (velocity) under a named cache context.
+
+        hidden: [B, 36, f, h, w] (noise | mask | scaffold latent); text: [B, 512, D]; image: [B, 257, D]
+        """
+        with self.transformer.cache_context(cache):
+            return self.transformer(hidden_states=hidden, timestep=t.expand(hidden.shape[0]),
+                                    encoder_hidden_states=text, encoder_hidden_states_image=image,
+                                    attention_kwargs=attention_kwargs, return_dict=False)[0]
+
     @torch.no_grad()
     def __call__(
         self,
@@ -365,38 +376,16 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
             for i, t in enumerate(timesteps):
                 self._current_timestep = t
                 model_input = torch.cat([latents.to(dtype), condition], dim=1)
-                if do_cfg and cfg_batch:
-                    with self.transformer.cache_context("cond_uncond"):
-                        both = self.transformer(
-                            hidden_states=torch.cat([model_input, model_input]),
-                            timestep=t.expand(2 * batch),
-                            encoder_hidden_states=text,
-                            encoder_hidden_states_image=torch.cat([image_embeds, image_embeds]),
-                            attention_kwargs=attention_kwargs,
-                            return_dict=False,
-                        )[0]
+                if do_cfg and cfg_batch:  # both guidance passes in one batch
+                    both = self._predict("cond_uncond", torch.cat([model_input, model_input]), t, text,
+                                         torch.cat([image_embeds, image_embeds]), attention_kwargs)
                     cond, uncond = both.chunk(2)
                     noise_pred = uncond + guidance_scale * (cond - uncond)
                 else:
-                    with self.transformer.cache_context("cond"):
-                        noise_pred = self.transformer(
-                            hidden_states=model_input,
-                            timestep=t.expand(batch),
-                            encoder_hidden_states=prompt_embeds,
-                            encoder_hidden_states_image=image_embeds,
-                            attention_kwargs=attention_kwargs,
-                            return_dict=False,
-                        )[0]
+                    noise_pred = self._predict("cond", model_input, t, prompt_embeds, image_embeds, attention_kwargs)
                     if do_cfg:
-                        with self.transformer.cache_context("uncond"):
-                            uncond = self.transformer(
-                                hidden_states=model_input,
-                                timestep=t.expand(batch),
-                                encoder_hidden_states=negative_prompt_embeds,
-                                encoder_hidden_states_image=image_embeds,
-                                attention_kwargs=attention_kwargs,
-                                return_dict=False,
-                            )[0]
+                        uncond = self._predict("uncond", model_input, t, negative_prompt_embeds, image_embeds,
+                                               attention_kwargs)
                         noise_pred = uncond + guidance_scale * (noise_pred - uncond)
                 latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:

@@ -40,7 +40,7 @@ import torch
 from matrix_world.errors import InputError
 from matrix_world.io import load_npz, read_image, save_npz, write_image
 from matrix_world.rundir import RunDir
-from matrix_world.stages import resize_nearest
+from matrix_world.stages import resize_nearest, resize_rgb
 from matrix_world.trajectory import Trajectory
 
 
@@ -180,7 +180,7 @@ def explore(config: ExploreConfig, log=print) -> SegmentResult:
             known = np.ones_like(covered) if start_index is not None else covered
             rendered = view.distance[0].cpu().numpy()
             if start_index is not None:  # the generated frame at exactly this pose ...
-                rgb = _resize_rgb(load_npz(last_run.path / "video.npz")["frames"][start_index], pano_h)
+                rgb = resize_rgb(load_npz(last_run.path / "video.npz")["frames"][start_index] / 255.0, pano_h)
                 # ... and, where that segment's scaffold knew the frame, its exact mesh distance
                 prev = load_npz(last_run.path / "scaffold.npz", keys=("mask", "distance"))
                 exact = resize_nearest(prev["distance"][start_index].astype(np.float32), pano_h)
@@ -201,15 +201,15 @@ def explore(config: ExploreConfig, log=print) -> SegmentResult:
     # 4. video of the segment
     frames = video_stage(ctx, plan.video, scaffold, traj, world_config.prompt)
     # 5. the segment's Gaussians (world frame by construction), checked against the world
-    depth_fn = make_depth_fn(plan, scaffold, depth, rgb, traj)
-    gaussians = reconstruction_stage(ctx, plan.recon, frames, scaffold, depth, traj, depth_fn, exports=())
+    depth_fn = make_depth_fn(plan, scaffold, traj)
+    gaussians = reconstruction_stage(ctx, plan.recon, frames, depth, traj, depth_fn, exports=())
     checks = _check_alignment(world, gaussians, traj, plan.device)
     seg.manifest["checks"] = checks
     seg.write_manifest()
     preview_stage(ctx, gaussians, traj, plan.height)
     contact_sheet_stage(ctx, rgb, scaffold, frames)
     # 6. merge into the world
-    merged = _merge_into_world(run, name, world_config.exports, log)
+    merged = _merge_into_world(run, world_config.exports, log)
     log(f"explore: segment {name} done in {time.perf_counter() - t0:.1f} s; {len(gaussians):,} Gaussians in the "
         f"segment, {merged:,} in the merged world -> {root / 'world.ply'}")
     return SegmentResult(name, seg.path, len(gaussians), merged, checks)
@@ -228,16 +228,6 @@ def _merged_world(run: RunDir):
     from matrix_world.splat_io import load_splats
 
     return load_splats(run.path / "world.ply")
-
-
-def _resize_rgb(frame: np.ndarray, height: int) -> np.ndarray:
-    import cv2
-
-    img = frame.astype(np.float32) / 255.0 if frame.dtype == np.uint8 else frame.astype(np.float32)
-    if img.shape[0] == height:
-        return img
-    interp = cv2.INTER_AREA if img.shape[0] > height else cv2.INTER_LINEAR
-    return cv2.resize(img, (2 * height, height), interpolation=interp)
 
 
 def _start_distance(plan, rendered: np.ndarray, covered: np.ndarray, rgb: np.ndarray, c2w: torch.Tensor,
@@ -284,7 +274,7 @@ def _check_alignment(world, segment, traj: Trajectory, device, height: int = 128
     return checks
 
 
-def _merge_into_world(run: RunDir, name: str, exports, log) -> int:
+def _merge_into_world(run: RunDir, exports, log) -> int:
     """Rewrite ``world.ply`` (+ exports, ``world_segments.npz``) as base + all segments, deduplicated."""
     from matrix_world.gaussians import Gaussians
     from matrix_world.splat_io import load_splats, save_splats

@@ -140,9 +140,9 @@ def default_out(config: WorldConfig) -> Path:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.isweights_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cuda" and not torch.cuda.isweights_available():
         raise InputError(f"device {name!r} was asked for but no CUDA GPU is available; use --device cpu or auto")
     return device
 
@@ -171,8 +171,10 @@ def check_inputs(config: WorldConfig) -> None:
 def make_plan(config: WorldConfig) -> Plan:
     """Resolve device, presets and ``auto`` backends into concrete stage configurations."""
     from matrix_world.generation.depth import DepthConfig
+    from matrix_world.generation.depth import choose_backend as choose_depth_backend
     from matrix_world.generation.panorama import PanoramaConfig
     from matrix_world.generation.video import VideoConfig
+    from matrix_world.generation.weights import weights_available
     from matrix_world.reconstruction.stage import ReconConfig
 
     device = resolve_device(config.device)
@@ -190,14 +192,14 @@ def make_plan(config: WorldConfig) -> Plan:
         if config.image and config.panorama:
             backends["panorama"], reasons["panorama"] = "file", "the input is a panorama"
         elif config.image:
-            real = not preview and device.type == "cuda" and _available(config.flux_model or "black-forest-labs/FLUX.1-Fill-dev")
+            real = not preview and device.type == "cuda" and weights_available(config.flux_model or "black-forest-labs/FLUX.1-Fill-dev")
             backends["panorama"], reasons["panorama"] = ("flux-fill", "FLUX.1-Fill weights and a GPU found") if real else \
                 ("photo", "no FLUX.1-Fill weights/GPU (or preview): photo placed on the sphere, the rest filled classically")
         else:
-            lora_ok = flux_lora is None or flux_lora != "matrix3d" or _available("Skywork/Matrix-3D",
+            lora_ok = flux_lora is None or flux_lora != "matrix3d" or weights_available("Skywork/Matrix-3D",
                                                                                "checkpoints/text2panoimage_lora.safetensors")
             real = not preview and device.type == "cuda" and lora_ok and \
-                _available(config.flux_model or "black-forest-labs/FLUX.1-dev")
+                weights_available(config.flux_model or "black-forest-labs/FLUX.1-dev")
             backends["panorama"], reasons["panorama"] = ("flux", "FLUX.1-dev + panorama LoRA and a GPU found") if real else \
                 ("procedural", "no FLUX.1-dev + panorama LoRA / GPU (or preview): a procedural synthetic scene from the prompt")
     pano_height = config.panorama_height or (1024 if quality else 512)
@@ -211,11 +213,10 @@ def make_plan(config: WorldConfig) -> Plan:
             backends["depth"], reasons["depth"] = "file", "a distance map was given"
         elif backends["panorama"] == "procedural":
             backends["depth"], reasons["depth"] = "procedural", "the procedural scene's exact distance"
+        elif preview:
+            backends["depth"], reasons["depth"] = "prior", "preview preset: ground-plane + far-dome heuristic"
         else:
-            model = config.moge_model or DepthConfig().model
-            real = not preview and _available(model, "model.pt")
-            backends["depth"], reasons["depth"] = ("moge", f"MoGe weights {model} found") if real else \
-                ("prior", "no MoGe weights (or preview): ground-plane + far-dome heuristic")
+            backends["depth"], reasons["depth"] = choose_depth_backend(DepthConfig(model=config.moge_model or DepthConfig().model))
     depth = DepthConfig(backend=backends["depth"], path=config.distance, prompt=config.prompt, seed=config.seed,
                         **({"model": config.moge_model} if config.moge_model else {}))
 
@@ -252,14 +253,6 @@ def make_plan(config: WorldConfig) -> Plan:
     recon.optimize.iterations = 3000 if quality else 1500
     return Plan(device=device, backends=backends, reasons=reasons, height=height, panorama=panorama,
                 depth=depth, video=video, recon=recon)
-
-
-def _available(name: str, filename: str | None = None) -> bool:
-    from matrix_world.generation.weights import weights_available
-
-    if Path(name).expanduser().exists():
-        return True
-    return weights_available(name, filename)
 
 
 @dataclass
@@ -315,8 +308,8 @@ class WorldPipeline:
         # 6. panoramic video: the unknown parts of the scaffold generated
         frames = video_stage(ctx, plan.video, scaffold, traj, config.prompt)
         # 7. 3D Gaussians from the video, exported as world.ply (+ .spz)
-        depth_fn = make_depth_fn(plan, scaffold, depth, rgb, traj, models=self.models)
-        gaussians = reconstruction_stage(ctx, plan.recon, frames, scaffold, depth, traj, depth_fn,
+        depth_fn = make_depth_fn(plan, scaffold, traj, models=self.models)
+        gaussians = reconstruction_stage(ctx, plan.recon, frames, depth, traj, depth_fn,
                                          exports=tuple(config.exports))
         # 8. what a person looks at: preview.mp4 fly-through and a contact sheet
         preview_stage(ctx, gaussians, traj, plan.height)
@@ -338,7 +331,7 @@ class WorldPipeline:
                      "and run on a CUDA GPU.")
 
 
-def make_depth_fn(plan: Plan, scaffold: dict, depth: dict, rgb: np.ndarray, traj, models: dict | None = None):
+def make_depth_fn(plan: Plan, scaffold: dict, traj, models: dict | None = None):
     """Distance of a video frame for the reconstruction's keyframes.
 
     Where the scaffold knows the frame (mask), its rendered distance is exact geometry; the

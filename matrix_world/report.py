@@ -15,7 +15,8 @@ CPU_PREVIEW_BUDGET = 200_000
 
 def preview_stage(ctx, gaussians, traj, height: int) -> None:
     """``world.ply`` -> ``preview.mp4`` (perspective fly-through) and ``preview_panorama.png``."""
-    from matrix_world.reconstruction.preview import PreviewConfig
+    from matrix_world.reconstruction.preview import PreviewConfig, write_preview
+    from matrix_world.stages import progress_bar
 
     t0 = time.perf_counter()
     size = 512 if ctx.device.type == "cuda" else min(256, max(128, height))
@@ -28,31 +29,10 @@ def preview_stage(ctx, gaussians, traj, height: int) -> None:
             if ctx.device.type != "cuda" and len(gaussians) > CPU_PREVIEW_BUDGET:
                 shown = gaussians.prune(CPU_PREVIEW_BUDGET)  # the CPU reference renderer slows down sharply above this
                 ctx.log(f"  preview: rendering the {CPU_PREVIEW_BUDGET:,} most important of {len(gaussians):,} Gaussians (CPU)")
-            _write_preview(st.path("preview.mp4"), st.path("preview_panorama.png"), shown.to(ctx.device), traj, config)
+            with progress_bar(len(traj), "preview", "frame") as bar:
+                write_preview(st.path("preview.mp4").parent, shown.to(ctx.device), traj.c2w, config, progress=bar.update)
             st.info.update(frames=len(traj), size=size, gaussians_rendered=len(shown))
     ctx.log(f"  preview: {'reused' if st.done else f'{time.perf_counter() - t0:.1f} s'}")
-
-
-def _write_preview(video_path, panorama_path, gaussians, traj, config) -> None:
-    """preview.mp4 (perspective fly-through, rendered a few frames at a time with a progress
-    bar) and preview_panorama.png (the world's panorama at the first pose)."""
-    import dataclasses
-
-    from matrix_world.io import write_video
-    from matrix_world.reconstruction.preview import render_flythrough
-    from matrix_world.reconstruction.render import render_panorama
-    from matrix_world.stages import progress_bar
-
-    frames = []
-    with progress_bar(len(traj), "preview", "frame") as bar:
-        for start in range(0, len(traj), config.batch):
-            frames.append(render_flythrough(gaussians, traj.c2w[start:start + config.batch], dataclasses.replace(config)))
-            bar.update(len(frames[-1]))
-    write_video(video_path, np.concatenate(frames), fps=config.fps)
-    with torch.no_grad():
-        pano = render_panorama(gaussians, traj.c2w[0], config.panorama_height,
-                               background=torch.tensor(config.background, dtype=gaussians.dtype, device=gaussians.device))
-    write_image(panorama_path, pano.rgb.clamp(0, 1).permute(1, 2, 0).cpu().numpy())
 
 
 def contact_sheet(panorama: np.ndarray, scaffold_rgb: np.ndarray, scaffold_mask: np.ndarray, video: np.ndarray,

@@ -158,7 +158,9 @@ def scaffold_stage(ctx: StageContext, height: int, rgb: np.ndarray, depth: dict,
     mesh_config = {"occlusion_threshold": occlusion_threshold}
     config = {"height": height, "mesh": mesh_config, "cache_meshes": len(cache_meshes or [])}
     outputs = ["scaffold.npz", "scaffold_rgb.mp4", "scaffold_mask.mp4"]
-    render_backend = _render_backend(backend, ctx.device)
+    from matrix_world.scaffold.render import resolve_backend
+
+    render_backend = resolve_backend(backend, ctx.device)
     with ctx.run.stage("scaffold", config, inputs=["panorama.png", "depth.npz", "trajectory.json"],
                        outputs=outputs, backend=render_backend) as st:
         if not st.done:
@@ -177,7 +179,7 @@ def scaffold_stage(ctx: StageContext, height: int, rgb: np.ndarray, depth: dict,
             mask = frames.mask.cpu().numpy()
             known0 = depth.get("known")
             mask[0] = True if known0 is None else resize_nearest(known0.astype(np.float32), height) > 0.5
-            out_rgb[0] = to_uint8(_resize(rgb, height)) * mask[0][..., None]  # frame 0: the panorama itself
+            out_rgb[0] = to_uint8(resize_rgb(rgb, height)) * mask[0][..., None]  # frame 0: the panorama itself
             distance = frames.distance.cpu().numpy()
             save_npz(st.path("scaffold.npz"), rgb=out_rgb, mask=mask, distance=distance.astype(np.float16))
             write_video(st.path("scaffold_rgb.mp4"), out_rgb, fps=traj.fps)
@@ -245,22 +247,11 @@ def render_union(meshes: list, c2w: torch.Tensor, height: int, *, backend: str =
     return dataclasses.replace(first, rgb=rgb, mask=mask, distance=distance)
 
 
-def _render_backend(backend: str, device: torch.device) -> str:
-    if backend != "auto":
-        return backend
-    if device.type != "cuda":
-        return "cpu"
-    try:
-        import nvdiffrast.torch  # noqa: F401
-    except ImportError:
-        return "cpu"
-    return "cuda"
-
-
-def _resize(rgb: np.ndarray, height: int) -> np.ndarray:
+def resize_rgb(rgb: np.ndarray, height: int) -> np.ndarray:
+    """Resize an equirect image [H, 2H, 3] float32 to [height, 2*height, 3] (area when shrinking)."""
     from matrix_world.equirect import resize_equirect
 
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+    t = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
     return resize_equirect(t, height)[0].permute(1, 2, 0).numpy()
 
 
@@ -290,7 +281,7 @@ def video_stage(ctx: StageContext, config, scaffold: dict, traj: Trajectory, pro
 # --------------------------------------------------------------------------- 6. reconstruction
 
 
-def reconstruction_stage(ctx: StageContext, config, frames: np.ndarray, scaffold: dict, depth: dict,
+def reconstruction_stage(ctx: StageContext, config, frames: np.ndarray, depth: dict,
                          traj: Trajectory, depth_fn, *, exports: tuple[str, ...] = ("spz",)):
     """Frames + poses + distances -> ``world.ply`` (+ ``world.<ext>`` for each export)."""
     from matrix_world.reconstruction.stage import reconstruct

@@ -13,6 +13,7 @@ pure-PyTorch reference on CPU), a few frames at a time.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +52,12 @@ def render_flythrough(
     config: PreviewConfig | None = None,
     *,
     backend: str = "auto",
+    progress: Callable[[int], object] | None = None,
 ) -> np.ndarray:
-    """Perspective frames along the trajectory: uint8 [F, h, w, 3]."""
+    """Perspective frames along the trajectory: uint8 [F, h, w, 3].
+
+    progress: called with the number of frames after each rendered batch (e.g. ``tqdm.update``).
+    """
     config = config or PreviewConfig()
     c2w = torch.as_tensor(c2w, dtype=torch.float64)
     if c2w.dim() != 3 or c2w.shape[-2:] != (4, 4) or len(c2w) == 0:
@@ -67,6 +72,8 @@ def render_flythrough(
         out = render(gaussians, cams, backend=backend, background=torch.tensor(config.background))
         rgb = out.rgb.clamp(0, 1).permute(0, 2, 3, 1)
         frames.append((rgb * 255.0 + 0.5).to(torch.uint8).cpu().numpy())
+        if progress is not None:
+            progress(len(poses))
     return np.concatenate(frames)
 
 
@@ -77,6 +84,7 @@ def write_preview(
     config: PreviewConfig | None = None,
     *,
     backend: str = "auto",
+    progress: Callable[[int], object] | None = None,
 ) -> dict[str, Path]:
     """Write ``preview.mp4`` and ``preview_panorama.png`` into ``out_dir`` (atomically).
 
@@ -84,7 +92,7 @@ def write_preview(
     """
     config = config or PreviewConfig()
     out_dir = Path(out_dir)
-    frames = render_flythrough(gaussians, c2w, config, backend=backend)
+    frames = render_flythrough(gaussians, c2w, config, backend=backend, progress=progress)
     video = out_dir / "preview.mp4"
     write_video(video, frames, fps=config.fps)
     pose0 = torch.as_tensor(c2w, dtype=torch.float64)[0]

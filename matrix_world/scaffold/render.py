@@ -119,7 +119,8 @@ def _resample(
     return attrs.reshape(f, height, w, c), distance.reshape(f, height, w), covered.reshape(f, height, w)
 
 
-def _resolve_backend(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``auto`` -> ``cuda`` for tensors on a CUDA device when nvdiffrast imports, else ``cpu``."""
     if backend not in ("auto", "cpu", "cuda"):
         raise InputError(f"backend must be 'auto', 'cpu' or 'cuda', got {backend!r}")
     if backend == "auto":
@@ -170,7 +171,7 @@ def render_mesh_equirect(
              covered [F, H, 2H] bool)
     """
     device = vertices.device
-    backend = _resolve_backend(backend, device)
+    backend = resolve_backend(backend, device)
     c2w = _check_poses(c2w).to(device=device, dtype=torch.float64)
     face_size = default_face_size(height) if face_size is None else int(face_size)
     if vertices.dim() != 2 or vertices.shape[-1] != 3 or faces.dim() != 2 or faces.shape[-1] != 3:
