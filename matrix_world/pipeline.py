@@ -343,6 +343,7 @@ def make_depth_fn(plan: Plan, scaffold: dict, traj, models: dict | None = None):
     known = scaffold["mask"] & np.isfinite(known_distance)
     backend = plan.backends["depth"]
     models = models if models is not None else {}
+    cache: dict = {}
 
     def depth_fn(index: int, frame: torch.Tensor):
         h, w = known.shape[1:]
@@ -350,7 +351,12 @@ def make_depth_fn(plan: Plan, scaffold: dict, traj, models: dict | None = None):
             from matrix_world.generation.moge_backend import load_moge
 
             models["depth"] = load_moge(plan.depth.model, device=plan.device)
-        estimate, sky = estimate_frame_distance(plan, backend, index, frame, traj, h, models.get("depth"))
+        if backend == "procedural" and "scene" not in cache:  # build the synthetic scene once
+            from matrix_world.datasets.procedural import scene_from_prompt
+
+            cache["scene"] = scene_from_prompt(plan.depth.prompt or "", plan.depth.seed)
+        estimate, sky = estimate_frame_distance(plan, backend, index, frame, traj, h, models.get("depth"),
+                                                scene=cache.get("scene"))
         out = estimate.copy()
         k = known[index]
         if k.any():
@@ -363,7 +369,7 @@ def make_depth_fn(plan: Plan, scaffold: dict, traj, models: dict | None = None):
 
 
 def estimate_frame_distance(plan: Plan, backend: str, index: int, frame, traj, height: int,
-                            moge=None) -> tuple[np.ndarray, np.ndarray]:
+                            moge=None, scene=None) -> tuple[np.ndarray, np.ndarray]:
     """The depth backend's (distance [height, 2*height] float32, sky [height, 2*height] bool) for
     frame ``index`` of ``traj`` (its rgb is ``frame``): the procedural scene's truth, MoGe on the
     frame (``moge``: a LoadedMoGe), or the ``prior`` heuristic (no sky)."""
@@ -372,7 +378,7 @@ def estimate_frame_distance(plan: Plan, backend: str, index: int, frame, traj, h
     if backend == "procedural":
         from matrix_world.datasets.procedural import scene_from_prompt
 
-        scene = scene_from_prompt(plan.depth.prompt or "", plan.depth.seed)
+        scene = scene if scene is not None else scene_from_prompt(plan.depth.prompt or "", plan.depth.seed)
         # the run's world frame is the procedural panorama's camera, at scene.camera_c2w(0, 0)
         c2w_scene = scene.camera_c2w(0.0, 0.0) @ traj.c2w[index].to(torch.float64)
         _, distance, sky = scene.render(c2w_scene[None], height)
