@@ -140,9 +140,9 @@ def default_out(config: WorldConfig) -> Path:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.isweights_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.isweights_available():
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {name!r} was asked for but no CUDA GPU is available; use --device cpu or auto")
     return device
 
