@@ -29,6 +29,7 @@ manifest lists the segments.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ import torch
 
 from matrix_world.errors import InputError
 from matrix_world.io import load_npz, read_image, save_npz, write_image
-from matrix_world.rundir import RunDir
+from matrix_world.rundir import RunDir, run_lock
 from matrix_world.stages import resize_nearest, resize_rgb
 from matrix_world.trajectory import Trajectory
 
@@ -69,6 +70,8 @@ class ExploreConfig:
     """Seed of the segment (default: the world's seed + segment number)."""
     name: str | None = None
     """Segment name (default: 001, 002, ...)."""
+    threads: int | None = None
+    """CPU threads for torch (default: usable cores minus the machine's load, at least 1)."""
 
 
 @dataclass
@@ -119,14 +122,43 @@ def start_pose_of(run: RunDir, config: ExploreConfig) -> tuple[torch.Tensor, Run
     return traj.c2w[index], last, index
 
 
+def segment_seed(run: RunDir, name: str, base_seed: int, requested: int | None) -> int:
+    """The seed of segment ``name``: ``requested`` when given; else the seed stored when the
+    segment was created (a resumed segment keeps it); else the world's seed + its number."""
+    if requested is not None:
+        return int(requested)
+    folder = run.path / "segments" / name
+    if name in run.manifest["segments"] and (folder / "manifest.json").is_file():
+        stored = RunDir(folder).seed
+        if stored is not None:
+            return int(stored)
+    names = segment_names(run)
+    number = names.index(name) + 1 if name in names else len(names) + 1
+    return base_seed + number
+
+
+def _mesh_runs(run: RunDir) -> list[RunDir]:
+    """The base run and every finished segment: the runs whose start panoramas make the 3D cache."""
+    subs = [run] + [RunDir(run.path / run.manifest["segments"][n]) for n in segment_names(run, finished=True)]
+    return [sub for sub in subs if (sub.path / "panorama.png").is_file() and (sub.path / "depth.npz").is_file()]
+
+
+def world_mesh_files(run: RunDir) -> dict[str, Path]:
+    """{key: path} of the files :func:`world_meshes` reads (for the scaffold stage's hash)."""
+    files = {}
+    for sub in _mesh_runs(run):
+        key = "base" if sub.path == run.path else sub.path.name
+        for rel in ("panorama.png", "depth.npz", "trajectory.json"):
+            files[f"{key}/{rel}"] = sub.path / rel
+    return files
+
+
 def world_meshes(run: RunDir, occlusion_threshold: float, device, max_height: int | None = None) -> list:
     """The scaffold meshes of the base panorama and of every finished segment's start view (world frame)."""
     from matrix_world.stages import panorama_mesh
 
     meshes = []
-    for sub in [run] + [RunDir(run.path / run.manifest["segments"][n]) for n in segment_names(run, finished=True)]:
-        if not (sub.path / "panorama.png").is_file() or not (sub.path / "depth.npz").is_file():
-            continue
+    for sub in _mesh_runs(run):
         depth = load_npz(sub.path / "depth.npz")
         c2w0 = Trajectory.from_json(sub.path / "trajectory.json").c2w[0]
         if depth.get("known") is not None and depth["distance"].shape[0] > (max_height or 1 << 30):
@@ -145,22 +177,64 @@ def explore(config: ExploreConfig, log=print) -> SegmentResult:
                                      video_stage)
 
     root = Path(config.run_dir)
-    if not (root / "manifest.json").is_file() or not (root / "world.ply").is_file():
-        raise InputError(f"{root} is not a finished world run directory (needs manifest.json and world.ply)")
+    check_explore_inputs(config)
+    if not (root / "manifest.json").is_file():
+        raise InputError(f"{root} is not a world run directory (no manifest.json); make one with "
+                         "scripts/text2world.py or scripts/image2world.py")
+    with run_lock(root):
+        return _explore(config, root, log)
+
+
+def check_explore_inputs(config: ExploreConfig) -> None:
+    """The options of a segment, checked before anything is written."""
+    from matrix_world.pipeline import check_frames, check_seed
+    from matrix_world.trajectory import check_trajectory_spec
+
+    if not config.run_dir:
+        raise InputError("explore needs the run directory of an existing world: explore.py RUN_DIR --trajectory straight")
+    check_frames(config.frames)
+    check_trajectory_spec(config.trajectory)
+    if config.seed is not None:
+        check_seed(config.seed)
+    if config.threads is not None and config.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {config.threads}")
+    if config.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", config.name):
+        raise InputError(f"--name {config.name!r} is not a valid segment name: use 1-64 letters, digits, '_', '-' "
+                         "or '.', starting with a letter or digit")
+    if config.start_frame is not None and config.start_pose is not None:
+        raise InputError("give --start-frame or --start-pose, not both")
+    if config.start_pose is not None and not Path(config.start_pose).is_file():
+        raise InputError(f"--start-pose {config.start_pose} does not exist (expected a JSON file with one pose)")
+
+
+def _explore(config: ExploreConfig, root: Path, log) -> SegmentResult:
+    from matrix_world.pipeline import make_depth_fn, make_plan, set_torch_threads
+    from matrix_world.reconstruction.render import render_panorama
+    from matrix_world.report import contact_sheet_stage, preview_stage
+    from matrix_world.stages import (StageContext, reconstruction_stage, scaffold_stage, trajectory_stage,
+                                     video_stage)
+
     run = RunDir(root)
+    if not run.artifact_ok("world.ply"):
+        raise InputError(f"{root} has no finished world (world.ply missing, or not the one its manifest records); "
+                         "rerun its text2world.py / image2world.py command with --out to finish it")
     base = world_config_of(run)
     names = segment_names(run)
     unfinished = [n for n in names if n not in segment_names(run, finished=True)]
     name = config.name or (unfinished[0] if unfinished else f"{len(names) + 1:03d}")  # resume a killed one
+    seed = segment_seed(run, name, base.seed, config.seed)
     overrides = {"video_backend": config.video_backend, "recon_backend": config.recon_backend, "device": config.device}
     world_config = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None},
                                        trajectory=config.trajectory, frames=config.frames)
+    # (world_config keeps the world's seed: procedural scenes are made from it; the segment's
+    # seed drives its random numbers through ctx.generator and joins its stage hashes)
+    threads, why = set_torch_threads(config.threads)
     plan = make_plan(world_config)
-    seed = base.seed + len(names) + 1 if config.seed is None else config.seed
     start_c2w, last_run, start_index = start_pose_of(run, config)
     _keep_base(run)
     world = _merged_world(run)
     seg = run.segment(name, seed=seed)
+    log(f"  threads: {threads} ({why})")
     seg.manifest["explore"] = {"start_c2w": start_c2w.reshape(-1).tolist(), "from": str(last_run.path.relative_to(root)),
                                "start_frame": start_index, "trajectory": config.trajectory}
     ctx = StageContext(run=seg, device=plan.device, seed=seed, log=log)
@@ -170,8 +244,13 @@ def explore(config: ExploreConfig, log=print) -> SegmentResult:
 
     # 1-2. start view: panorama + distance (+ known mask) at the start pose
     pano_h = plan.height  # the start view is made of a video frame (or a render) at the frames' size
-    with seg.stage("start_view", {"start_c2w": start_c2w.reshape(-1).tolist(), "height": pano_h},
-                   files={"world": root / "world.ply"}, outputs=["panorama.png", "depth.npz"], backend="render") as st:
+    view_files = {"world": root / "world.ply"}
+    if start_index is not None:
+        view_files.update(frames=last_run.path / "video.npz", scaffold=last_run.path / "scaffold.npz")
+    view_config = {"start_c2w": start_c2w.reshape(-1).tolist(), "height": pano_h, "start_frame": start_index,
+                   "from": str(last_run.path.relative_to(root)), "depth": plan.depth.to_dict()}
+    with seg.stage("start_view", view_config, files=view_files, outputs=["panorama.png", "depth.npz"],
+                   backend="render") as st:
         if not st.done:
             view = render_panorama(world.to(plan.device), start_c2w, pano_h)
             alpha = view.alpha[0].cpu().numpy()
@@ -197,12 +276,13 @@ def explore(config: ExploreConfig, log=print) -> SegmentResult:
     # 3. trajectory in the world frame, and the scaffold from the world's meshes
     traj = trajectory_stage(ctx, config.trajectory, config.frames, depth["distance"], start_c2w=start_c2w)
     cache = world_meshes(run, 0.05, "cpu", max_height=plan.height)
-    scaffold = scaffold_stage(ctx, plan.height, rgb, depth, traj, cache_meshes=cache)
+    scaffold = scaffold_stage(ctx, plan.height, rgb, depth, traj, cache_meshes=cache, cache_files=world_mesh_files(run))
     # 4. video of the segment
     frames = video_stage(ctx, plan.video, scaffold, traj, world_config.prompt)
     # 5. the segment's Gaussians (world frame by construction), checked against the world
     depth_fn = make_depth_fn(plan, scaffold, traj)
-    gaussians = reconstruction_stage(ctx, plan.recon, frames, depth, traj, depth_fn, exports=())
+    gaussians = reconstruction_stage(ctx, plan.recon, frames, depth, traj, depth_fn, exports=(),
+                                     depth_config=plan.depth.to_dict())
     checks = _check_alignment(world, gaussians, traj, plan.device)
     seg.manifest["checks"] = checks
     seg.write_manifest()

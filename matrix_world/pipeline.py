@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from matrix_world.errors import InputError
-from matrix_world.rundir import RunDir
+from matrix_world.rundir import RunDir, jsonable, run_lock
 from matrix_world.stages import (
     StageContext,
     depth_stage,
@@ -90,6 +90,12 @@ class WorldConfig:
     """GPU memory mode of the diffusion models."""
     resume: bool = True
     """Skip stages whose outputs exist with the same settings (--no-resume reruns all)."""
+    overwrite: bool = False
+    """Write into --out even when it holds another world (other prompt, image or seed) or files that are not a
+    run: that world's artifacts and explored segments are deleted first. Without it such an --out is refused."""
+    threads: int | None = None
+    """CPU threads for torch. Default: the cores this process may use minus the machine's current load (at
+    least 1), so a busy machine is not oversubscribed (see benchmarks/RESULTS.md, 'CPU threads')."""
     flux_model: str | None = None
     """FLUX.1-dev (or -Fill-dev for photos): hub id or local folder."""
     flux_lora: str | None = None
@@ -147,8 +153,32 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+MAX_FRAMES = 2000  # ~25 panoramic videos of 81 frames; longer walks are chained segments (explore.py)
+MAX_RESOLUTION = 2048
+MAX_PANORAMA_HEIGHT = 8192
+BACKEND_NAMES = {
+    "panorama": ("auto", "flux", "flux-fill", "file", "procedural", "photo"),
+    "depth": ("auto", "moge", "prior", "file", "procedural"),
+    "video": ("auto", "wan", "fill", "oracle"),
+    "reconstruction": ("auto", "optimize", "lift"),
+}
+
+
+def check_frames(frames: int, option: str = "--frames") -> None:
+    if not 2 <= frames <= MAX_FRAMES:
+        raise InputError(f"{option} must be between 2 and {MAX_FRAMES}, got {frames} (longer walks: add segments "
+                         "with scripts/explore.py)")
+
+
+def check_seed(seed: int, option: str = "--seed") -> None:
+    if not 0 <= seed < 2**63:
+        raise InputError(f"{option} must be an integer in [0, 2**63), got {seed}")
+
+
 def check_inputs(config: WorldConfig) -> None:
     """Everything that can be wrong with the inputs, found before anything is written."""
+    from matrix_world.trajectory import check_trajectory_spec
+
     if config.image is None and not config.prompt.strip():
         raise InputError("an empty prompt: describe the world in words (or give an image with image2world)")
     if config.image is not None and not Path(config.image).is_file():
@@ -157,15 +187,38 @@ def check_inputs(config: WorldConfig) -> None:
         raise InputError("--distance needs --panorama (the distance map belongs to a 360-degree image)")
     if config.distance is not None and not Path(config.distance).is_file():
         raise InputError(f"distance file {config.distance} does not exist")
-    if config.frames < 2:
-        raise InputError(f"--frames must be at least 2, got {config.frames}")
-    if config.resolution is not None and (config.resolution < 64 or config.resolution % 16):
-        raise InputError(f"--resolution must be a multiple of 16 and at least 64 (480 or 720 for Wan), got {config.resolution}")
+    check_frames(config.frames)
+    check_trajectory_spec(config.trajectory)
+    if config.resolution is not None and not (64 <= config.resolution <= MAX_RESOLUTION and config.resolution % 16 == 0):
+        raise InputError(f"--resolution must be a multiple of 16 from 64 to {MAX_RESOLUTION} (480 or 720 for Wan), "
+                         f"got {config.resolution}")
+    if config.panorama_height is not None and not (32 <= config.panorama_height <= MAX_PANORAMA_HEIGHT
+                                                   and config.panorama_height % 8 == 0):
+        raise InputError(f"--panorama-height must be a multiple of 8 from 32 to {MAX_PANORAMA_HEIGHT}, "
+                         f"got {config.panorama_height}")
+    check_seed(config.seed)
+    if config.threads is not None and config.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {config.threads}")
     if config.preset not in PRESET_NAMES:
         raise InputError(f"--preset must be one of {PRESET_NAMES}, got {config.preset!r}")
+    for stage, option in (("panorama", config.panorama_backend), ("depth", config.depth_backend),
+                          ("video", config.video_backend), ("reconstruction", config.recon_backend)):
+        if option not in BACKEND_NAMES[stage]:
+            flag = "--recon-backend" if stage == "reconstruction" else f"--{stage}-backend"
+            raise InputError(f"{flag} must be one of {', '.join(BACKEND_NAMES[stage])}, got {option!r}")
     for ext in config.exports:
         if ext not in ("spz", "splat"):
             raise InputError(f"--exports takes spz and/or splat, got {ext!r}")
+    if len(set(config.exports)) != len(config.exports):
+        raise InputError(f"--exports names a format twice ({' '.join(config.exports)}); give each once")
+
+
+def check_plan(config: WorldConfig, plan: Plan) -> None:
+    """What the chosen backends need of the inputs (still before anything is written)."""
+    if plan.backends["video"] == "wan" and (config.frames - 1) % 4:
+        raise InputError(f"the Wan video model needs 4k+1 frames (e.g. 81, 49, 17), got --frames {config.frames}")
+    if plan.backends["video"] == "wan" and plan.height % 16:
+        raise InputError(f"the Wan video model needs a frame height that is a multiple of 16, got {plan.height}")
 
 
 def make_plan(config: WorldConfig) -> Plan:
@@ -239,9 +292,15 @@ def make_plan(config: WorldConfig) -> Plan:
 
     # reconstruction
     if backends["reconstruction"] == "auto":
+        from matrix_world.reconstruction.render import gsplat_problem
+
+        problem = None if preview or device.type != "cuda" else gsplat_problem(device.index or 0)
         if preview or device.type != "cuda":
             backends["reconstruction"], reasons["reconstruction"] = "lift", \
                 "preview preset or no GPU: one Gaussian per keyframe pixel (no training)"
+        elif problem is not None:
+            backends["reconstruction"], reasons["reconstruction"] = "lift", \
+                f"gsplat cannot run on this GPU ({problem}): one Gaussian per keyframe pixel"
         else:
             backends["reconstruction"], reasons["reconstruction"] = "optimize", "GPU present: gsplat optimisation"
     recon = ReconConfig(backend=backends["reconstruction"])
@@ -279,22 +338,39 @@ class WorldPipeline:
         # (e.g. fewer denoising steps for a benchmark); None: the plan as make_plan resolves it
 
     def __call__(self, config: WorldConfig) -> WorldResult:
-        from matrix_world.report import contact_sheet_stage, preview_stage, summarize
-
         # 1. check the inputs and resolve the backends (nothing is written before this passes)
         check_inputs(config)
+        threads, why = set_torch_threads(config.threads)
         plan = make_plan(config)
         if self.adjust_plan is not None:
             plan = self.adjust_plan(plan)
+        check_plan(config, plan)
         out = Path(config.out) if config.out else default_out(config)
+        check_out_folder(out, config)
+        with run_lock(out):
+            return self._run(config, plan, out, threads, why)
+
+    def _run(self, config: WorldConfig, plan: Plan, out: Path, threads: int, why: str) -> WorldResult:
+        from matrix_world.report import contact_sheet_stage, preview_stage, summarize
+
         run = RunDir(out, seed=config.seed, force=not config.resume)
+        if config.overwrite and (run.manifest["stages"] or run.manifest["segments"]):
+            removed = run.clear()
+            run.manifest["seed"] = config.seed
+            self.log(f"  --overwrite: removed the previous world in {out} ({len(removed)} artifacts)")
+        elif run.manifest["segments"] and _world_changed(run, config):
+            removed = run.drop_segments()
+            self.log(f"  note: the world's options changed since it was explored: its segments were built on the old "
+                     f"world and are removed ({', '.join(removed)})")
         self._announce(config, plan, out)
+        self.log(f"  threads: {threads} ({why})")
         ctx = StageContext(run=run, device=plan.device, seed=config.seed, log=self.log, models=self.models)
         run.set_inputs(image=config.image, distance=config.distance)
         run.manifest["request"] = {"prompt": config.prompt, "preset": config.preset, "trajectory": config.trajectory,
                                    "frames": config.frames, "height": plan.height, "device": str(plan.device)}
         run.manifest["plan"] = {"backends": plan.backends, "reasons": plan.reasons, "preview_only": plan.preview_only}
         run.manifest["world_config"] = dataclasses.asdict(dataclasses.replace(config, out=str(out)))
+        run.manifest["world_identity"] = world_identity(config)
         start = time.perf_counter()
 
         # 2. panorama from text or image
@@ -310,7 +386,7 @@ class WorldPipeline:
         # 7. 3D Gaussians from the video, exported as world.ply (+ .spz)
         depth_fn = make_depth_fn(plan, scaffold, traj, models=self.models)
         gaussians = reconstruction_stage(ctx, plan.recon, frames, depth, traj, depth_fn,
-                                         exports=tuple(config.exports))
+                                         exports=tuple(config.exports), depth_config=plan.depth.to_dict())
         # 8. what a person looks at: preview.mp4 fly-through and a contact sheet
         preview_stage(ctx, gaussians, traj, plan.height)
         contact_sheet_stage(ctx, rgb, scaffold, frames)
@@ -329,6 +405,71 @@ class WorldPipeline:
             self.log("  NOTE: only the preview backends run (no model weights or no GPU here). For the real models, "
                      "download FLUX.1-dev + the Matrix-3D LoRA, MoGe-2 and Wan2.1-I2V-14B (see README: 'Real weights') "
                      "and run on a CUDA GPU.")
+
+
+# Options that never change an artifact: they are not part of what makes a world "the same".
+_RUN_OPTIONS = ("out", "resume", "overwrite", "threads")
+
+
+def world_identity(config: WorldConfig) -> dict:
+    """What makes two runs the same world: the prompt, the input files' contents and the seed."""
+    from matrix_world.rundir import file_sha256
+
+    return {"prompt": config.prompt, "seed": config.seed, "panorama": config.panorama,
+            "image": None if config.image is None else file_sha256(config.image),
+            "distance": None if config.distance is None else file_sha256(config.distance)}
+
+
+def _world_changed(run: RunDir, config: WorldConfig) -> bool:
+    """True when any option that changes an artifact differs from the world stored in ``run``."""
+    stored = {k: v for k, v in (run.manifest.get("world_config") or {}).items() if k not in _RUN_OPTIONS}
+    now = {k: v for k, v in jsonable(dataclasses.asdict(config)).items() if k not in _RUN_OPTIONS}
+    return stored != now or run.manifest.get("world_identity") != world_identity(config)
+
+
+def check_out_folder(out: Path, config: WorldConfig) -> None:
+    """``--out`` must be new, empty, or this same world (to resume); anything else only with --overwrite."""
+    from matrix_world.rundir import LOCK, MANIFEST
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; expected a folder (created if missing)")
+    if not out.is_dir() or config.overwrite:
+        return
+    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+    if not entries:
+        return
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise InputError(f"--out {out} holds files that are not a matrix_world run ({shown}); choose a new or empty "
+                         "folder, or pass --overwrite to write the world into it")
+    stored = RunDir(out).manifest
+    identity = stored.get("world_identity")
+    if identity is None and stored.get("world_config") is None:
+        raise InputError(f"--out {out} holds another kind of run (no world in its manifest); choose another folder "
+                         "or pass --overwrite")
+    if identity is None:  # a run of an earlier version: compare what its config recorded
+        old = stored["world_config"]
+        identity = {"prompt": old.get("prompt"), "seed": old.get("seed")}
+        same = identity == {"prompt": config.prompt, "seed": config.seed}
+    else:
+        same = identity == world_identity(config)
+    if not same:
+        what = f"prompt {identity.get('prompt')!r}, seed {identity.get('seed')}"
+        raise InputError(f"--out {out} holds another world ({what}); choose another folder, or pass --overwrite "
+                         "to replace it (its artifacts and explored segments are deleted)")
+
+
+def set_torch_threads(requested: int | None) -> tuple[int, str]:
+    """Set torch's intra-op threads; returns (count, why). See :func:`matrix_world.runtime.default_threads`."""
+    from matrix_world.runtime import default_threads
+
+    if requested is not None:
+        torch.set_num_threads(int(requested))
+        return int(requested), "--threads"
+    count, why = default_threads()
+    torch.set_num_threads(count)
+    return count, why
 
 
 def make_depth_fn(plan: Plan, scaffold: dict, traj, models: dict | None = None):

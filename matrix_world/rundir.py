@@ -30,13 +30,17 @@ Usage::
     # or, function style:
     run.run_stage("scaffold", cfg, ["scaffold.npz"], lambda st: ..., inputs=[...])
 
-Not safe for two processes writing the same run directory at once.
+Two processes never write one run directory at once: writers hold :func:`run_lock` (an
+advisory ``flock`` on ``<out>/.lock``, released when the process ends, however it ends); a
+second writer is refused with one line naming the holder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import fcntl
 import datetime as _dt
 import hashlib
 import importlib.metadata
@@ -45,6 +49,7 @@ import math
 import os
 import platform
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +60,7 @@ from matrix_world.errors import InputError
 from matrix_world.io import OutputError, write_text
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 FORMAT = "matrix_world.run/1"
 # Distributions whose versions the manifest records when installed (read from metadata only).
 VERSION_PACKAGES = ("matrix_world", "torch", "numpy", "diffusers", "transformers", "peft", "accelerate",
@@ -65,14 +71,14 @@ VERSION_PACKAGES = ("matrix_world", "torch", "numpy", "diffusers", "transformers
 # --------------------------------------------------------------------------- hashing
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Config values -> plain JSON types (dataclasses, paths, numpy/torch scalars, tuples)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
+        return jsonable(dataclasses.asdict(value))
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, float) and not math.isfinite(value):
@@ -80,15 +86,15 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalar
-        return _jsonable(value.item())
+        return jsonable(value.item())
     if hasattr(value, "tolist"):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     raise TypeError(f"config value {value!r} of type {type(value).__name__} is not JSON-able")
 
 
 def canonical_json(value: Any) -> str:
     """Sorted, compact JSON used for hashing (floats use Python's exact repr)."""
-    return json.dumps(_jsonable(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def config_hash(value: Any) -> str:
@@ -116,8 +122,96 @@ def package_versions(packages: Sequence[str] = VERSION_PACKAGES) -> dict[str, st
     return out
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- lock
+
+
+@contextlib.contextmanager
+def run_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold the run directory ``path`` for writing (created if missing) for the ``with`` block.
+
+    An exclusive ``flock`` on ``<path>/.lock``; the file records who holds it (pid, host,
+    command, start). A second holder is refused at once with :class:`InputError` naming the
+    first. The kernel drops the lock when the holding process dies, so a killed run never
+    blocks the next one. On exit the lock file is removed, and the folder too if this call
+    created it and nothing else was written.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"output folder {folder} is a file; expected a folder (created if missing)")
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from exc
+    file = folder / LOCK
+    while True:
+        try:
+            fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot write in the output folder {folder}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise OutputError(f"cannot lock the output folder {folder}: {exc.strerror or exc}") from exc
+            raise InputError(f"{folder} is in use by another run ({holder}); wait for it to finish or choose "
+                             "another --out") from None
+        try:  # the holder before us may have removed the file after we opened it: lock the live one
+            same = os.fstat(fd).st_ino == os.stat(file).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "argv": list(sys.argv)}
+    os.ftruncate(fd, 0)
+    os.write(fd, (json.dumps(info) + "\n").encode("utf-8"))
+    try:
+        yield folder
+    finally:
+        with contextlib.suppress(OSError):
+            file.unlink()
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: a run that wrote nothing leaves no folder behind
+
+
+def _read_holder(fd: int) -> str:
+    """'pid 123 on host, since ..., command ...' from a lock file, or 'unknown holder'."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        info = json.loads(os.read(fd, 65536).decode("utf-8"))
+        command = " ".join(str(a) for a in info.get("argv", []))[:200]
+        return f"pid {info['pid']} on {info['host']} since {info['started']}: {command}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown holder"
+
+
+def holds_lock(path: str | os.PathLike) -> bool:
+    """True when some process holds :func:`run_lock` on ``path`` (readers may check this)."""
+    file = Path(path) / LOCK
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 # --------------------------------------------------------------------------- stages
@@ -171,11 +265,13 @@ class RunDir:
     force: rerun every stage even when its record matches.
     """
 
-    def __init__(self, path: str | os.PathLike, *, seed: int | None = None, force: bool = False):
+    def __init__(self, path: str | os.PathLike, *, seed: int | None = None, force: bool = False,
+                 warn: Callable[[str], None] | None = None):
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise InputError(f"output folder {self.path} is a file; expected a folder (created if missing)")
         self.force = force
+        self.warn = warn if warn is not None else _warn
         self.manifest = self._load_manifest()
         if seed is not None:
             self.manifest["seed"] = int(seed)
@@ -192,9 +288,13 @@ class RunDir:
 
     # ----------------------------------------------------------------- manifest
 
+    @staticmethod
+    def _empty_manifest() -> dict:
+        return {"format": FORMAT, "created": _now(), "seed": None, "inputs": {}, "config": {}, "backends": {},
+                "versions": {}, "timings": {}, "artifacts": {}, "stages": {}, "segments": {}, "runs": []}
+
     def _load_manifest(self) -> dict:
-        empty = {"format": FORMAT, "created": _now(), "seed": None, "inputs": {}, "config": {}, "backends": {},
-                 "versions": {}, "timings": {}, "artifacts": {}, "stages": {}, "segments": {}, "runs": []}
+        empty = self._empty_manifest()
         file = self.path / MANIFEST
         if not file.is_file():
             return empty
@@ -212,7 +312,7 @@ class RunDir:
         self.manifest["versions"] = package_versions()
         runs = [r for r in self.manifest["runs"] if r.get("id") != self._run_record["id"]]
         self.manifest["runs"] = (runs + [self._run_record])[-20:]
-        write_text(self.path / MANIFEST, json.dumps(_jsonable(self.manifest), indent=1, sort_keys=False) + "\n")
+        write_text(self.path / MANIFEST, json.dumps(jsonable(self.manifest), indent=1, sort_keys=False) + "\n")
 
     @property
     def seed(self) -> int | None:
@@ -246,9 +346,7 @@ class RunDir:
             file = self.path / rel
             if not file.is_file():
                 raise InputError(f"stage input {rel} does not exist in {self.path}")
-            art = self.manifest["artifacts"].get(rel)
-            same = art is not None and file.stat().st_size == art.get("bytes")
-            out[rel] = art["sha256"] if same else self._sha256(file)
+            out[rel] = self._sha256(file)  # the bytes as they are now (cached per size and mtime)
         for key, path in (files or {}).items():
             if path is None:
                 continue
@@ -258,12 +356,27 @@ class RunDir:
         return out
 
     def _outputs_present(self, record: dict) -> bool:
+        return self._outputs_problem(record) is None
+
+    def _outputs_problem(self, record: dict) -> str | None:
+        """None when every output of ``record`` is in place with its recorded sha256, else what is wrong."""
         for rel in record.get("outputs", []):
             art = self.manifest["artifacts"].get(rel)
             file = self.path / rel
-            if art is None or not file.is_file() or file.stat().st_size != art.get("bytes"):
-                return False
-        return True
+            if art is None:
+                return f"{rel} has no artifact record"
+            if not file.is_file():
+                return f"{rel} is missing"
+            if file.stat().st_size != art.get("bytes") or self._sha256(file) != art.get("sha256"):
+                return f"{rel} differs from the sha256 the manifest recorded (changed or corrupt)"
+        return None
+
+    def artifact_ok(self, rel: str) -> bool:
+        """True when ``rel`` is a recorded artifact whose bytes match its sha256."""
+        art = self.manifest["artifacts"].get(rel)
+        file = self.path / rel
+        return (art is not None and file.is_file() and file.stat().st_size == art.get("bytes")
+                and self._sha256(file) == art.get("sha256"))
 
     @contextlib.contextmanager
     def stage(self, name: str, config: dict | Any, *, outputs: Sequence[str], inputs: Sequence[str] = (),
@@ -278,15 +391,22 @@ class RunDir:
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"invalid stage name {name!r}")
         outputs = [os.fspath(o) for o in outputs]
+        if len(set(outputs)) != len(outputs):
+            raise ValueError(f"stage {name!r} declares an output twice: {outputs}")
         for rel in outputs:
             if Path(rel).is_absolute() or ".." in Path(rel).parts or rel == MANIFEST:
                 raise ValueError(f"stage output {rel!r} must be a relative path inside the run directory")
-        config = _jsonable(config)
+        config = jsonable(config)
         input_hashes = self._input_hashes(inputs, files)
         digest = config_hash({"stage": name, "config": config, "inputs": input_hashes, "outputs": sorted(outputs)})
         record = self.manifest["stages"].get(name)
         done = (not self.force and record is not None and record.get("status") == "done"
-                and record.get("config_hash") == digest and self._outputs_present(record))
+                and record.get("config_hash") == digest)
+        if done:
+            problem = self._outputs_problem(record)
+            if problem is not None:
+                self.warn(f"{name}: {problem}; recomputing it")
+                done = False
         st = Stage(self, name, config, input_hashes, outputs, backend if not done else record.get("backend"), digest, done)
         if done:
             yield st
@@ -338,14 +458,19 @@ class RunDir:
             artifacts[rel] = {"sha256": file_sha256(staged), "bytes": staged.stat().st_size, "stage": st.name}
         if self.manifest["stages"].pop(st.name, None) is not None:
             self.write_manifest()  # killed while moving -> no stale "done" record over mixed outputs
+        for rel in st.outputs:
+            if (self.path / rel).is_dir():
+                raise OutputError(f"cannot write {self.path / rel}: a folder is in the way")
+        moved: list[Path] = []
         try:
             for rel in st.outputs:
                 final = self.path / rel
-                if final.is_dir():
-                    raise OutputError(f"cannot write {final}: a folder is in the way")
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(st.staging / rel, final)
+                moved.append(final)
         except OSError as exc:
+            for final in moved:  # no artifact without its manifest record
+                final.unlink(missing_ok=True)
             raise OutputError(f"moving the outputs of stage {st.name!r} into {self.path} failed: {exc}") from exc
         # outputs of an earlier version of this stage that it no longer writes: stale, removed
         for rel, art in list(self.manifest["artifacts"].items()):
@@ -356,7 +481,7 @@ class RunDir:
         self.manifest["stages"][st.name] = {
             "status": "done", "config_hash": st.config_hash, "config": st.config, "inputs": st.inputs,
             "backend": st.backend, "started": started, "seconds": round(seconds, 4),
-            "outputs": list(st.outputs), "info": _jsonable(st.info)}
+            "outputs": list(st.outputs), "info": jsonable(st.info)}
         self.manifest["config"][st.name] = st.config
         self.manifest["backends"][st.name] = st.backend
         self.manifest["timings"][st.name] = round(seconds, 4)
@@ -368,7 +493,51 @@ class RunDir:
         record = self.manifest["stages"].get(name)
         return bool(record and record.get("status") == "done" and self._outputs_present(record))
 
+    def clear(self) -> list[str]:
+        """Remove every recorded artifact, the segments and the records (``--overwrite``).
+
+        Files the manifest does not list are left alone. Returns what was removed.
+        """
+        removed = []
+        for rel in list(self.manifest["artifacts"]):
+            if (self.path / rel).is_file():
+                (self.path / rel).unlink()
+                removed.append(rel)
+        removed += self.drop_segments()
+        seed = self.manifest.get("seed")
+        self.manifest = {**self._empty_manifest(), "seed": seed}
+        return removed
+
     # ----------------------------------------------------------------- segments
+
+    def drop_segments(self) -> list[str]:
+        """Remove the explored segments and the merged world built on them (their base changed).
+
+        Deletes ``segments/``, ``world_base.ply``, ``world_segments.npz`` and the ``merge``
+        stage with its outputs (``world.ply`` then holds the merge, so it goes too and the
+        reconstruction stage writes the base world again). Returns what was removed.
+        """
+        removed = []
+        merge = self.manifest["stages"].pop("merge", None)
+        merged = set((merge or {}).get("outputs", []))
+        for name, record in list(self.manifest["stages"].items()):
+            if merged & set(record.get("outputs", [])):  # the stage whose outputs the merge replaced
+                self.manifest["stages"].pop(name)  # (reconstruction) runs again
+        for rel in sorted(merged) + ["world_base.ply", "world_segments.npz"]:
+            self.manifest["artifacts"].pop(rel, None)
+            if (self.path / rel).is_file():
+                (self.path / rel).unlink()
+                removed.append(rel)
+        if (self.path / "segments").is_dir():
+            shutil.rmtree(self.path / "segments")
+            removed.append("segments/")
+        for key in ("merge",):
+            self.manifest["config"].pop(key, None)
+            self.manifest["backends"].pop(key, None)
+            self.manifest["timings"].pop(key, None)
+        self.manifest["segments"] = {}
+        self.manifest.pop("world", None)
+        return removed
 
     def segment(self, name: str, *, seed: int | None = None) -> RunDir:
         """A sub-run in ``segments/<name>/`` with its own manifest (chained exploration)."""

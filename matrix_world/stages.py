@@ -67,7 +67,7 @@ def panorama_stage(ctx: StageContext, config, *, prompt: str, image: str | None)
 
     t0 = time.perf_counter()
     files = {"image": image} if image else {}
-    with ctx.run.stage("panorama", {"prompt": prompt, **config.to_dict()}, files=files,
+    with ctx.run.stage("panorama", {"prompt": prompt, **config.to_dict(), "generator_seed": ctx.seed}, files=files,
                        outputs=["panorama.png"], backend=config.backend) as st:
         if not st.done:
             if "panorama" in ctx.models and config.backend == "flux":
@@ -144,7 +144,7 @@ def trajectory_stage(ctx: StageContext, spec: str, frames: int, distance: np.nda
 
 def scaffold_stage(ctx: StageContext, height: int, rgb: np.ndarray, depth: dict, traj: Trajectory, *,
                    backend: str = "auto", occlusion_threshold: float = 0.05,
-                   cache_meshes: list | None = None) -> dict[str, np.ndarray]:
+                   cache_meshes: list | None = None, cache_files: dict | None = None) -> dict[str, np.ndarray]:
     """Panorama + distance (+ the world's cached meshes) -> ``scaffold.npz`` along the trajectory.
 
     scaffold.npz: rgb [F, H, 2H, 3] uint8, mask [F, H, 2H] bool, distance [F, H, 2H] float16
@@ -152,6 +152,8 @@ def scaffold_stage(ctx: StageContext, height: int, rgb: np.ndarray, depth: dict,
     when present (a chained segment's start view may have holes), else all true.
     cache_meshes: ScaffoldMesh objects already in the world frame (earlier segments),
     rendered together with this panorama's mesh (the "3D cache").
+    cache_files: {key: path} of the files the cache meshes were built from (their contents
+    join the stage hash).
     """
 
     t0 = time.perf_counter()
@@ -160,9 +162,10 @@ def scaffold_stage(ctx: StageContext, height: int, rgb: np.ndarray, depth: dict,
     outputs = ["scaffold.npz", "scaffold_rgb.mp4", "scaffold_mask.mp4"]
     from matrix_world.scaffold.render import resolve_backend
 
-    render_backend = resolve_backend(backend, ctx.device)
+    render_backend = resolve_backend(backend, ctx.device, log=ctx.log)
+    config["rasteriser"] = render_backend  # CPU and CUDA rasterisers agree only within tolerance
     with ctx.run.stage("scaffold", config, inputs=["panorama.png", "depth.npz", "trajectory.json"],
-                       outputs=outputs, backend=render_backend) as st:
+                       files=cache_files, outputs=outputs, backend=render_backend) as st:
         if not st.done:
             device = ctx.device if render_backend == "cuda" else torch.device("cpu")
             c2w = traj.c2w.to(device)
@@ -263,7 +266,8 @@ def video_stage(ctx: StageContext, config, scaffold: dict, traj: Trajectory, pro
     from matrix_world.generation.video import generate_video
 
     t0 = time.perf_counter()
-    with ctx.run.stage("video", {"prompt": prompt, **config.to_dict()}, inputs=["scaffold.npz", "trajectory.json"],
+    with ctx.run.stage("video", {"prompt": prompt, **config.to_dict(), "generator_seed": ctx.seed},
+                       inputs=["scaffold.npz", "trajectory.json"],
                        outputs=["video.npz", "video.mp4"], backend=config.backend) as st:
         if not st.done:
             result = generate_video(config, scaffold_rgb=scaffold["rgb"].astype(np.float32) / 255.0,
@@ -282,14 +286,20 @@ def video_stage(ctx: StageContext, config, scaffold: dict, traj: Trajectory, pro
 
 
 def reconstruction_stage(ctx: StageContext, config, frames: np.ndarray, depth: dict,
-                         traj: Trajectory, depth_fn, *, exports: tuple[str, ...] = ("spz",)):
-    """Frames + poses + distances -> ``world.ply`` (+ ``world.<ext>`` for each export)."""
+                         traj: Trajectory, depth_fn, *, exports: tuple[str, ...] = ("spz",),
+                         depth_config: dict | None = None):
+    """Frames + poses + distances -> ``world.ply`` (+ ``world.<ext>`` for each export).
+
+    depth_config: the configuration of the depth backend behind ``depth_fn`` (keyframe
+    distances); it joins the stage hash with the seed, as both change the Gaussians.
+    """
     from matrix_world.reconstruction.stage import reconstruct
     from matrix_world.splat_io import load_splats, save_splats
 
     t0 = time.perf_counter()
     outputs = ["world.ply"] + [f"world.{ext}" for ext in exports]
-    with ctx.run.stage("reconstruction", _jsonable_config(config), inputs=["video.npz", "scaffold.npz", "depth.npz",
+    hashed = {**_jsonable_config(config), "seed": ctx.seed, "keyframe_depth": depth_config}
+    with ctx.run.stage("reconstruction", hashed, inputs=["video.npz", "scaffold.npz", "depth.npz",
                        "trajectory.json"], outputs=outputs, backend=config.backend) as st:
         if not st.done:
             height = frames.shape[1]

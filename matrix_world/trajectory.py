@@ -397,6 +397,26 @@ def fit_to_panorama(traj: Trajectory, distance, reach: float = 0.5) -> Trajector
     return replace(traj, c2w=c2w, meta=meta)
 
 
+def check_trajectory_spec(spec: str) -> int | None:
+    """Validate a trajectory option before anything runs: a preset (returns None) or a JSON
+    file of poses that parses and validates (returns its pose count); else InputError
+    listing the presets."""
+    spec = str(spec)
+    if spec in PRESETS:
+        return None
+    if not Path(spec).is_file():
+        raise InputError(f"unknown trajectory {spec!r}: expected a preset ({', '.join(PRESETS)}) or an existing "
+                         ".json file of poses")
+    try:
+        data = _read_json(spec)
+        traj = load_matrix3d_trajectory(spec) if isinstance(data, list) else Trajectory.from_dict(data, source=spec)
+    except InputError as exc:
+        raise InputError(str(exc) if spec in str(exc) else f"--trajectory {spec}: {exc}") from None
+    if len(traj) < 2:
+        raise InputError(f"--trajectory {spec}: a camera path needs at least 2 poses, got {len(traj)}")
+    return len(traj)
+
+
 def load_trajectory(spec: str, distance=None, frames: int | None = None, *, rescale: bool | None = None,
                     yaw: float = 0.0, scale: float = 0.6, fps: float | None = None) -> Trajectory:
     """A preset name or a JSON file -> Trajectory with c2w[0] = I.

@@ -48,8 +48,6 @@ def explore_main(argv: Sequence[str] | None = None) -> int:
     config = _parse(ExploreConfig, argv, "run_dir", "explore.py",
                     "Add a segment to an existing world and rewrite RUN_DIR/world.ply as the merged world.  "
                     "Usage: explore.py RUN_DIR --trajectory PRESET_OR_JSON")
-    if not config.run_dir:
-        raise InputError("explore needs the run directory of an existing world: explore.py RUN_DIR --trajectory straight")
     explore(config)
     return 0
 

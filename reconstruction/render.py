@@ -34,6 +34,8 @@ standard deviations, which is exactly where alpha >= 1/255 can hold).
 
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass, field
 
@@ -123,12 +125,43 @@ class PanoramaRender:
     distance: Tensor  # [1, H, 2H] expected distance along the ray, 0 where alpha = 0
 
 
+@functools.cache
+def gsplat_problem(device_index: int = 0) -> str | None:
+    """None when gsplat's CUDA rasteriser works on GPU ``device_index``, else why not (one line).
+
+    gsplat compiles its CUDA kernels on first use (or ships them prebuilt); an import that
+    succeeds says nothing about that. So this renders one Gaussian into an 8 x 8 image once
+    per process and checks it lands on the centre pixel.
+    """
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    try:
+        gsplat = require("gsplat", GSPLAT_INSTALL)
+    except ImportError as exc:
+        return f"gsplat does not import ({' '.join(str(exc).split())[:200]})"
+    try:
+        device = torch.device("cuda", device_index)
+        one = dict(device=device, dtype=torch.float32)
+        colors, alphas, _ = gsplat.rasterization(
+            torch.tensor([[0.0, 0.0, 2.0]], **one), torch.tensor([[1.0, 0.0, 0.0, 0.0]], **one),
+            torch.full((1, 3), 0.2, **one), torch.ones(1, **one), torch.ones(1, 3, **one),
+            torch.eye(4, **one)[None], torch.tensor([[[8.0, 0.0, 4.0], [0.0, 8.0, 4.0], [0.0, 0.0, 1.0]]], **one), 8, 8)
+        if not float(alphas[0, 3, 3, 0]) > 0.5 or not float(alphas[0, 0, 0, 0]) < float(alphas[0, 3, 3, 0]):
+            return "gsplat's test render of one Gaussian came out wrong"
+    except Exception as exc:  # noqa: BLE001 - any failure of the kernels means: do not use them
+        return f"gsplat's CUDA rasteriser failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+    return None
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """``auto`` -> ``cuda`` for CUDA tensors, else ``cpu``; checks that ``cuda`` can run."""
+    """``auto`` -> ``cuda`` for CUDA tensors where gsplat's kernels work (a test render, once
+    per process), else ``cpu``; checks that ``cuda`` can run."""
     if backend not in ("auto", "cpu", "cuda"):
         raise InputError(f"render backend must be 'auto', 'cpu' or 'cuda', got {backend!r}")
     if backend == "auto":
-        return "cuda" if device.type == "cuda" else "cpu"
+        if device.type != "cuda":
+            return "cpu"
+        return "cuda" if gsplat_problem(device.index if device.index is not None else 0) is None else "cpu"
     if backend == "cuda" and device.type != "cuda":
         raise InputError(f"backend='cuda' needs the Gaussians and cameras on a CUDA device, got {device}")
     return backend

@@ -1,8 +1,18 @@
 """Shared test setup: offline hub, one CPU thread, a CUDA skip marker."""
 
 import os
+import tempfile
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Never reach real weights or the network: an empty model cache for the whole session (a
+# machine with FLUX or MoGe in its own cache would otherwise load them in the `auto` tests),
+# and offline hubs. Set before anything imports huggingface_hub, which reads them once.
+_EMPTY_HF_HOME = tempfile.mkdtemp(prefix="matrix_world-tests-hf-")
+os.environ["HF_HOME"] = _EMPTY_HF_HOME
+os.environ["HF_HUB_CACHE"] = os.path.join(_EMPTY_HF_HOME, "hub")
+os.environ.pop("HUGGINGFACE_HUB_CACHE", None)
+os.environ.pop("TRANSFORMERS_CACHE", None)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # pipelines run in-process and in subprocesses keep one thread
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 

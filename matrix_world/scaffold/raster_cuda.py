@@ -42,14 +42,36 @@ def load_nvdiffrast():
 
 
 def nvdiffrast_available() -> bool:
-    """True when CUDA is available and ``nvdiffrast.torch`` imports."""
+    """True when CUDA is available and nvdiffrast renders (see :func:`nvdiffrast_problem`)."""
+    return nvdiffrast_problem() is None
+
+
+@functools.cache
+def nvdiffrast_problem(device_index: int = 0) -> str | None:
+    """None when nvdiffrast works on GPU ``device_index``, else why not (one line).
+
+    Importing the package is not enough: its CUDA plugin compiles on first use and fails
+    where nvcc, ninja or the headers are missing. So this compiles it and rasterises one
+    triangle into a 4 x 4 image, once per process (the compiled plugin is cached on disk by
+    torch's extension builder), and checks the triangle covers the pixel it should.
+    """
     if not torch.cuda.is_available():
-        return False
+        return "no CUDA device"
     try:
         load_nvdiffrast()
-    except ImportError:
-        return False
-    return True
+    except ImportError as exc:
+        return f"nvdiffrast does not import ({' '.join(str(exc).split())[:200]})"
+    try:
+        device = torch.device("cuda", device_index)
+        clip = torch.tensor([[[-1.0, -1.0, 0.5, 1.0], [1.0, -1.0, 0.5, 1.0], [-1.0, 1.0, 0.5, 1.0]]], device=device)
+        tri = torch.tensor([[0, 1, 2]], dtype=torch.int32, device=device)
+        rast, _ = load_nvdiffrast().rasterize(_context(device_index), clip, tri, resolution=[4, 4])
+        covered = rast[0, :, :, 3] > 0
+        if not (bool(covered[0, 0]) and not bool(covered[3, 3])):
+            return "nvdiffrast's test render of one triangle came out wrong"
+    except Exception as exc:  # noqa: BLE001 - any failure of the plugin build or the render means: do not use it
+        return f"nvdiffrast's CUDA plugin failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+    return None
 
 
 @functools.cache

@@ -119,16 +119,21 @@ def _resample(
     return attrs.reshape(f, height, w, c), distance.reshape(f, height, w), covered.reshape(f, height, w)
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """``auto`` -> ``cuda`` for tensors on a CUDA device when nvdiffrast imports, else ``cpu``."""
+def resolve_backend(backend: str, device: torch.device, log=None) -> str:
+    """``auto`` -> ``cuda`` for tensors on a CUDA device when nvdiffrast works there (a test
+    render, once per process), else ``cpu``; ``log`` (e.g. ``print``) gets the reason of a
+    fallback."""
     if backend not in ("auto", "cpu", "cuda"):
         raise InputError(f"backend must be 'auto', 'cpu' or 'cuda', got {backend!r}")
     if backend == "auto":
         if device.type != "cuda":
             return "cpu"
-        from matrix_world.scaffold.raster_cuda import nvdiffrast_available
+        from matrix_world.scaffold.raster_cuda import nvdiffrast_problem
 
-        return "cuda" if nvdiffrast_available() else "cpu"
+        problem = nvdiffrast_problem(device.index if device.index is not None else torch.cuda.current_device())
+        if problem is not None and log is not None:
+            log(f"  scaffold: the CUDA rasteriser cannot run here ({problem}); using the CPU rasteriser")
+        return "cuda" if problem is None else "cpu"
     if backend == "cuda" and device.type != "cuda":
         raise InputError("backend 'cuda' needs the mesh on a CUDA device (move the tensors with .to('cuda'))")
     return backend
