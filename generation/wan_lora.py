@@ -169,11 +169,28 @@ def check_against_transformer(lora: dict[str, Tensor], transformer) -> None:
 # --------------------------------------------------------------------------- pipeline helpers
 
 
+OFFICIAL_ALIASES = ("matrix3d", "matrix3d-480p", "matrix3d-720p")  # "matrix3d": the one for the video resolution
+
+
+def validate_lora_spec(source: str, *, filename: str | None = None, what: str = "Wan LoRA") -> str:
+    """Check a video LoRA spec without the hub or a download -> its kind ('none', 'alias', 'file',
+    'folder', 'hub'); InputError (one line) when :func:`resolve_lora` could never resolve it: an
+    unknown word, a path that does not exist, a folder without ``filename``."""
+    from matrix_world.generation.weights import check_weights_spec
+
+    kind = check_weights_spec(source, what=what, aliases=OFFICIAL_ALIASES)
+    if kind == "folder" and filename is None:
+        raise InputError(f"{what} {source} is a folder; expected a LoRA file (.safetensors/.ckpt/.bin), "
+                         "or name the file inside it")
+    return kind
+
+
 def resolve_lora(source: str, *, filename: str | None = None, allow_download: bool = False) -> str:
     """A LoRA file from a path, a folder + filename, an official alias ('matrix3d-480p'/'matrix3d-720p')
     or a hub id + filename. Missing weights raise WeightsNotFoundError with the download command."""
     from matrix_world.generation.weights import resolve_file
 
+    validate_lora_spec(source, filename=filename)
     alias = {"matrix3d-480p": "480p", "matrix3d-720p": "720p"}.get(source)
     if alias is not None:
         source, filename = OFFICIAL_REPO, OFFICIAL_FILES[alias]
