@@ -173,7 +173,9 @@ def check_input_files(config: WorldConfig) -> None:
     """The inputs' contents, read before anything is written: a complete (not truncated) image, a
     distance map by :func:`~matrix_world.io.read_distance`'s rule and of the panorama's size, a
     trajectory file's poses, and --flux-lora / --wan-lora specs (pure checks: no hub, no download)."""
-    from matrix_world.generation.flux_lora import validate_lora_spec as validate_flux_lora
+    from matrix_world.generation.flux_lora import (
+        validate_lora_spec as validate_flux_lora,
+    )
     from matrix_world.generation.wan_lora import validate_lora_spec as validate_wan_lora
     from matrix_world.io import check_image_file, read_distance
     from matrix_world.trajectory import PRESETS, load_trajectory

@@ -31,6 +31,7 @@ def convert(argv: list[str] | None = None) -> int:
         detect_layout,
         read_lora_file,
     )
+
     from matrix_world.io import atomic_write
 
     if not args.output.endswith(".safetensors"):

@@ -83,15 +83,15 @@ def files(tmp_path_factory):
     step[2, 3] = 0.5
     traj([np.eye(4), step], "ok.json")
     eye = json.dumps(np.eye(4).ravel().tolist())
-    (f / "nan.json").write_text('{"convention": "opencv_c2w", "poses": [%s, %s]}'
-                                % (eye, eye.replace("1.0]", "NaN]")))  # JSON's NaN literal in pose 1
+    nan_pose = eye.replace("1.0]", "NaN]")  # JSON's NaN literal in pose 1
+    (f / "nan.json").write_text(f'{{"convention": "opencv_c2w", "poses": [{eye}, {nan_pose}]}}')
     (f / "far_matrix3d.json").write_text(json.dumps([np.eye(4).tolist(), np.linalg.inv(far).tolist()]))
     return f
 
 
 def world(f: Path, out: Path, **kw) -> WorldConfig:
-    base = dict(image=str(f / "pano.png"), panorama=True, out=str(out), preset="preview", resolution=64, frames=9,
-                device="cpu")
+    base = {"image": str(f / "pano.png"), "panorama": True, "out": str(out), "preset": "preview", "resolution": 64,
+            "frames": 9, "device": "cpu"}
     return WorldConfig(**{**base, **kw})
 
 
