@@ -136,6 +136,7 @@ class Trajectory:
             raise InputError(f"{source}: convention {convention!r} is not supported; expected \"{CONVENTION}\" "
                              "(or a Matrix-3D list of 4x4 world-to-camera matrices)")
         c2w = _poses_array(data.get("poses"), source)
+        validate_poses(torch.from_numpy(c2w), what=source)  # errors name the file
         fps = data.get("fps", 16.0)
         yaw = data.get("yaw", 0.0)
         for key, value in (("fps", fps), ("yaw", yaw)):

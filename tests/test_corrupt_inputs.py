@@ -229,7 +229,7 @@ def test_bad_trajectory_refused_before_writing(files, tmp_path, capsys, name, wo
     assert run_main(text2world_main, ["a room", "--trajectory", str(files / name), "--out", str(out),
                                       "--device", "cpu", "--preset", "preview"]) == 2
     err = one_line_error(capsys)
-    assert words[0] in err and not out.exists()
+    assert f"{name}: {words[0]}" in err and not out.exists()  # the file and the pose are named
 
 
 def test_translation_bound_applies_to_trajectories_in_memory():
