@@ -15,7 +15,8 @@ Backends (``DepthConfig.backend``):
 * ``prior``       a heuristic for any panorama without weights: a ground plane ``camera_height``
                   metres below the camera (below the horizon) and a dome of radius
                   ``dome_radius`` above, joined by a smooth minimum. Not a measurement.
-* ``file``        a distance map from ``.npz`` (``distance`` [+ ``sky``, ``valid``]) or ``.npy``.
+* ``file``        a distance map from ``.npz`` (``distance`` [+ ``sky``, ``valid``]) or ``.npy``,
+                  read by :func:`matrix_world.io.read_distance` (one rule for every reader).
 * ``procedural``  the exact distance of the synthetic scene behind a ``procedural`` panorama
                   (same prompt, seed and size; checked against the given RGB).
 * ``auto``        ``moge`` when its weights are on this machine, else ``prior``.
@@ -192,34 +193,25 @@ def _prior_backend(rgb: np.ndarray, config: DepthConfig, *, device) -> DepthResu
 
 @register_depth_backend("file")
 def _file_backend(rgb: np.ndarray, config: DepthConfig, *, device) -> DepthResult:
+    """A distance file read by :func:`matrix_world.io.read_distance` (the one rule: float, > 0, no NaN,
+    +inf = sky, .npy or .npz with 'distance' [+ 'sky', 'valid']); a 2:1 map of another height than
+    the panorama is resampled (nearest). The command-line tools require the panorama's size."""
+    from matrix_world.io import read_distance
+
     if not config.path:
         raise InputError("depth backend 'file' needs config.path: a .npz with 'distance' (optional 'sky', 'valid') or a .npy")
     path = Path(config.path)
-    if path.suffix == ".npy":
-        try:
-            arrays = {"distance": np.load(path)}
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read {path} as .npy: {exc}") from None
-    elif path.suffix == ".npz":
-        from matrix_world.io import load_npz
-
-        arrays = load_npz(path, keys=("distance",))
-    else:
-        raise InputError(f"depth file {path} must be .npz (with 'distance') or .npy")
-    distance = np.asarray(arrays["distance"], dtype=np.float32)
-    h = rgb.shape[0]
-    if distance.ndim != 2 or distance.shape[1] != 2 * distance.shape[0]:
+    distance, sky = read_distance(path)
+    if distance.shape[1] != 2 * distance.shape[0]:
         raise InputError(f"depth file {path}: distance must be a 2:1 array [H, 2H], got shape {distance.shape}")
-    valid = np.isfinite(distance) & (distance > 0)
-    if "valid" in arrays:
-        valid &= np.asarray(arrays["valid"], bool)
-    sky = np.asarray(arrays["sky"], bool) if "sky" in arrays else ~valid
-    valid &= ~sky
+    valid = ~sky
+    h = rgb.shape[0]
     if distance.shape[0] != h:
         def resize(a, mode):
             return resize_equirect(torch.from_numpy(a.astype(np.float32))[None, None], h, mode=mode)[0, 0].numpy()
         distance = resize(np.where(valid, distance, 0), "nearest")
-        valid, sky = resize(valid, "nearest") > 0.5, resize(sky, "nearest") > 0.5
+        valid = resize(valid, "nearest") > 0.5
+        sky = ~valid
     out = fill_invalid(np.where(valid, distance, 0.0), valid, config.sky_factor)
     return DepthResult(out, valid, sky, {"backend": "file", "path": str(path), "units": "as in the file"})
 

@@ -24,18 +24,37 @@ MATRIX3D_PANO_LORA = "checkpoints/text2panoimage_lora.safetensors"
 LORA_ADAPTER = "panorama"
 
 
+def validate_lora_spec(lora: str, weight_name: str | None = None, *, what: str = "panorama LoRA") -> str:
+    """Check a panorama LoRA spec without the hub or a download -> its kind ('none', 'alias', 'file',
+    'folder', 'hub'); InputError (one line) when :func:`resolve_lora` could never resolve it: an
+    unknown word, a path that does not exist, a folder without exactly one .safetensors (and no
+    ``weight_name``)."""
+    from matrix_world.generation.weights import check_weights_spec
+
+    kind = check_weights_spec(lora, what=what, aliases=("matrix3d",))
+    if kind == "folder" and weight_name is None:
+        _only_safetensors(Path(lora).expanduser(), what)
+    return kind
+
+
+def _only_safetensors(folder: Path, what: str) -> Path:
+    candidates = sorted(folder.glob("*.safetensors"))
+    if len(candidates) != 1:
+        raise InputError(f"{what}: the folder {folder} holds {len(candidates)} .safetensors files; "
+                         "expected exactly one (or name one with lora_weight_name)")
+    return candidates[0]
+
+
 def resolve_lora(lora: str, weight_name: str | None = None, *, allow_download: bool = False) -> str:
     """A LoRA given as a file, a folder (+ weight name, or its only .safetensors), a hub id (+ weight
     name) or the alias ``matrix3d`` -> a local file path (WeightsNotFoundError if missing)."""
     what = "panorama LoRA"
+    validate_lora_spec(lora, weight_name, what=what)
     if lora == "matrix3d":
         lora, weight_name = MATRIX3D_REPO, weight_name or MATRIX3D_PANO_LORA
     path = Path(lora).expanduser()
     if path.is_dir() and weight_name is None:
-        candidates = sorted(path.glob("*.safetensors"))
-        if len(candidates) != 1:
-            raise InputError(f"{what}: the folder {path} holds {len(candidates)} .safetensors files; name one with lora_weight_name")
-        return str(candidates[0])
+        return str(_only_safetensors(path, what))
     if not path.exists() and weight_name is None and lora == MATRIX3D_REPO:
         weight_name = MATRIX3D_PANO_LORA
     if not path.exists() and weight_name is None and lora.count("/") == 1:

@@ -68,9 +68,13 @@ def read_lora_file(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise InputError(f"LoRA file {path} does not exist")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise InputError(f"cannot read LoRA file {path} as .safetensors ({' '.join(str(exc).split())})") from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as exc:
@@ -141,6 +145,57 @@ def convert_original_wan_lora(state_dict: dict[str, Tensor]) -> dict[str, Tensor
     return converted
 
 
+def check_lora_tensors(state_dict: dict[str, Tensor], *, uniform_rank: bool = True) -> int:
+    """Shape checks of a LoRA state dict (either layout) -> its rank; InputError listing the bad tensors.
+
+    Every ``lora_A`` must be a finite float 2-D [rank, in] matrix and every ``lora_B`` [out, rank]
+    with the same rank >= 1 as its module's ``lora_A``; with ``uniform_rank`` all modules share one
+    rank (Matrix-3D's official LoRAs do); the same module of different blocks
+    (``blocks.N.self_attn.q``) has the same in/out sizes. Keys that are not LoRA matrices are
+    left to the name checks (:func:`convert_original_wan_lora`).
+    """
+    bad: list[str] = []
+    halves: dict[str, dict[str, Tensor]] = {}
+    for key, value in state_dict.items():
+        m = _LORA_KEY.match(key.removeprefix("diffusion_model.").removeprefix("transformer."))
+        if m is None:
+            continue
+        half = _AB[m.group("kind")]
+        want = "[rank, in]" if half == "lora_A" else "[out, rank]"
+        if not isinstance(value, Tensor) or value.dim() != 2 or not value.dtype.is_floating_point or 0 in value.shape:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            bad.append(f"{key} {shape} {getattr(value, 'dtype', '')} (expected a 2-D float {half} {want})".replace("torch.", ""))
+        elif not bool(torch.isfinite(value).all()):
+            bad.append(f"{key} (NaN/Inf values)")
+        else:
+            halves.setdefault(m.group("module"), {})[half] = value
+    ranks: dict[int, list[str]] = {}
+    sizes: dict[str, dict[tuple[int, int], str]] = {}
+    for module, pair in sorted(halves.items()):
+        if set(pair) != {"lora_A", "lora_B"}:
+            continue  # a missing half: reported by the name checks, or its other half is already listed
+        a, b = pair["lora_A"], pair["lora_B"]
+        if a.shape[0] != b.shape[1]:
+            bad.append(f"{module}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} have ranks {a.shape[0]} and {b.shape[1]}")
+            continue
+        ranks.setdefault(int(a.shape[0]), []).append(module)
+        sizes.setdefault(re.sub(r"^blocks\.\d+\.", "blocks.N.", module), {}).setdefault(
+            (int(a.shape[1]), int(b.shape[0])), module)
+    for kind, seen in sizes.items():
+        if len(seen) > 1:
+            bad.append(f"{kind}: in/out sizes differ between blocks ("
+                       + ", ".join(f"{m} {i}->{o}" for (i, o), m in sorted(seen.items())[:3]) + ")")
+    if uniform_rank and len(ranks) > 1:
+        bad.append("ranks differ between modules (" + ", ".join(f"rank {r}: {len(m)} e.g. {m[0]}"
+                                                               for r, m in sorted(ranks.items())) + ")")
+    if bad:
+        raise InputError(f"{len(bad)} bad LoRA tensor(s): {'; '.join(bad[:6])}" + (f"; and {len(bad) - 6} more" if len(bad) > 6 else "")
+                         + "; expected 2-D lora_A [rank, in] and lora_B [out, rank] with one rank")
+    if not ranks:
+        raise InputError("the state dict holds no complete lora_A / lora_B pair")
+    return max(ranks)
+
+
 def to_diffusers_lora(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Either layout -> diffusers/peft keys prefixed ``transformer.`` (strict for the original layout)."""
     if detect_layout(state_dict) == "original":
@@ -169,11 +224,28 @@ def check_against_transformer(lora: dict[str, Tensor], transformer) -> None:
 # --------------------------------------------------------------------------- pipeline helpers
 
 
+OFFICIAL_ALIASES = ("matrix3d", "matrix3d-480p", "matrix3d-720p")  # "matrix3d": the one for the video resolution
+
+
+def validate_lora_spec(source: str, *, filename: str | None = None, what: str = "Wan LoRA") -> str:
+    """Check a video LoRA spec without the hub or a download -> its kind ('none', 'alias', 'file',
+    'folder', 'hub'); InputError (one line) when :func:`resolve_lora` could never resolve it: an
+    unknown word, a path that does not exist, a folder without ``filename``."""
+    from matrix_world.generation.weights import check_weights_spec
+
+    kind = check_weights_spec(source, what=what, aliases=OFFICIAL_ALIASES)
+    if kind == "folder" and filename is None:
+        raise InputError(f"{what} {source} is a folder; expected a LoRA file (.safetensors/.ckpt/.bin), "
+                         "or name the file inside it")
+    return kind
+
+
 def resolve_lora(source: str, *, filename: str | None = None, allow_download: bool = False) -> str:
     """A LoRA file from a path, a folder + filename, an official alias ('matrix3d-480p'/'matrix3d-720p')
     or a hub id + filename. Missing weights raise WeightsNotFoundError with the download command."""
     from matrix_world.generation.weights import resolve_file
 
+    validate_lora_spec(source, filename=filename)
     alias = {"matrix3d-480p": "480p", "matrix3d-720p": "720p"}.get(source)
     if alias is not None:
         source, filename = OFFICIAL_REPO, OFFICIAL_FILES[alias]
@@ -203,6 +275,7 @@ def load_lora(
         raw = read_lora_file(path)
     layout = detect_layout(raw)
     lora = to_diffusers_lora(raw)
+    check_lora_tensors(raw, uniform_rank=False)
     check_against_transformer(lora, pipe.transformer)
     pipe.load_lora_weights(lora, adapter_name=adapter_name)
     if fuse:

@@ -7,6 +7,7 @@ same one-line message: what was looked for, where, and the command that download
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from matrix_world.errors import InputError
@@ -26,8 +27,45 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def _looks_like_hub_id(name: str) -> bool:
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+    """``owner/name`` (Hugging Face's characters), not a weights file name, not a local path."""
+    return (bool(_HUB_ID.fullmatch(name)) and not name.lower().endswith(WEIGHT_SUFFIXES)
+            and not Path(name).expanduser().exists())
+
+
+def check_weights_spec(spec: str, *, what: str, aliases: tuple[str, ...] = ()) -> str:
+    """What a weights spec is, without looking at the hub or downloading: 'none', 'alias', 'file',
+    'folder' or 'hub' (a plausible ``owner/name`` id; whether it is cached is resolved later).
+
+    WeightsNotFoundError (an InputError; one line, naming ``what``) for anything else: a
+    path-looking value (a path separator other than the one of ``owner/name``, a leading
+    ``.``/``~``, or a weights suffix such as .safetensors) that does not exist, or a bare word
+    that is no alias.
+    The resolvers (:func:`resolve_file`, the LoRA ``resolve_lora`` functions) accept exactly
+    the specs this accepts.
+    """
+    spec = str(spec)
+    if spec.strip().lower() == "none":
+        return "none"
+    if spec in aliases:
+        return "alias"
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return "file"
+    if path.is_dir():
+        return "folder"
+    if _looks_like_hub_id(spec):
+        return "hub"
+    choices = ", ".join(["none", *aliases])
+    if "/" in spec or os.sep in spec or "\\" in spec or spec.startswith((".", "~")) or spec.lower().endswith(WEIGHT_SUFFIXES):
+        raise WeightsNotFoundError(f"{what} {spec} does not exist; expected {choices}, an existing file or folder, "
+                                   "or a Hugging Face hub id owner/name")
+    raise WeightsNotFoundError(f"{what} {spec!r} is neither {choices}, an existing file or folder, nor a Hugging Face "
+                               "hub id owner/name")
 
 
 def resolve_pretrained(name_or_path: str, *, what: str, allow_download: bool = False) -> str:

@@ -106,6 +106,59 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def check_image_file(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file; InputError when it is missing, truncated or corrupt.
+
+    JPEG and PNG files (recognised by their first bytes, whatever the suffix) are decoded
+    completely with Pillow, truncated data being an error (``ImageFile.LOAD_TRUNCATED_IMAGES``
+    is forced off for the call): libjpeg, which OpenCV uses, fills the missing part of a
+    truncated JPEG with grey and only prints a warning. This catches truncation and broken
+    PNG data streams / CRCs; damage inside a complete JPEG that libjpeg can still decode is
+    not detectable. Other formats are decoded with OpenCV.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image {path} does not exist (expected a PNG/JPEG/... file)")
+    size = _check_jpeg_png(path)
+    if size is None:
+        import cv2
+
+        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            raise InputError(f"cannot decode {path} as an image (expected a PNG/JPEG/TIFF/WebP file)")
+        size = int(raw.shape[0]), int(raw.shape[1])
+    return size
+
+
+def _check_jpeg_png(path: Path) -> tuple[int, int] | None:
+    """(height, width) of a complete JPEG / PNG file, None for other formats; InputError when
+    the file is truncated or corrupt (see :func:`check_image_file`)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    kind = "JPEG" if head.startswith(_JPEG_MAGIC) else "PNG" if head == _PNG_MAGIC else None
+    if kind is None:
+        return None
+    from PIL import Image, ImageFile
+
+    keep = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(path) as img:
+            img.load()
+            width, height = img.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"image {path} is a truncated or corrupt {kind} file ({reason}); "
+                         f"expected a complete {kind} file (re-export or re-download it)") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = keep
+    return height, width
+
+
 def read_image(path: str | os.PathLike, *, strict: bool = False) -> np.ndarray:
     """Read an image file as float32 RGB [H, W, 3] in [0, 1].
 
@@ -118,6 +171,7 @@ def read_image(path: str | os.PathLike, *, strict: bool = False) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image {path} does not exist (expected a PNG/JPEG/... file)")
+    _check_jpeg_png(path)  # truncated / corrupt JPEG and PNG files: OpenCV would fill them with grey
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise InputError(f"cannot decode {path} as an image (expected a PNG/JPEG/TIFF/WebP file)")
@@ -211,3 +265,87 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
     except (OSError, RuntimeError, ValueError) as exc:
         raise InputError(f"cannot read {path} as a video: {exc}") from None
     return np.stack(frames)
+
+
+# --------------------------------------------------------------------------- distance maps
+
+DISTANCE_RULE = ("expected a float16/32/64 [H, W] array of distances > 0 along each pixel's ray "
+                 "(+inf marks sky), as .npy or as .npz with a 'distance' array")
+
+
+def read_distance(path: str | os.PathLike, expected_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read a panorama distance map -> (distance [H, W] float32, sky [H, W] bool). The one reader.
+
+    The rule (every reader of a user's distance map goes through here):
+
+    * the file is a ``.npy`` array, or an ``.npz`` archive (recognised by content) with a
+      ``distance`` array and optionally ``sky`` (bool [H, W]: True = sky, whatever the
+      distance says there) and ``valid`` (bool [H, W]: False = no geometry, treated as sky)
+      -- a run's own ``depth.npz`` reads back as it was written;
+    * the dtype is float16, float32 or float64; integer, bool, complex, structured and
+      Python-object arrays are refused (an integer map is usually a quantised depth image of
+      unknown scale: convert it to float distances first); float64 values beyond float32's
+      range are refused;
+    * the array is 2-D [H, W] and, when ``expected_shape`` is given (the panorama's
+      (H, W)), exactly that shape;
+    * NaN is refused (its count is named), values <= 0 and -inf are refused, +inf is sky;
+      at least one pixel must be finite.
+
+    ``distance`` holds +inf exactly where ``sky`` is True.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"distance file {path} does not exist ({DISTANCE_RULE})")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        masks: dict[str, np.ndarray] = {}
+        if isinstance(loaded, np.lib.npyio.NpzFile):  # e.g. a run's depth.npz
+            with loaded:
+                if "distance" not in loaded.files:
+                    raise InputError(f"{path} has no 'distance' array (it has {loaded.files}); {DISTANCE_RULE}")
+                masks = {k: np.asarray(loaded[k]) for k in ("sky", "valid") if k in loaded.files}
+                loaded = loaded["distance"]
+        d = np.asarray(loaded)
+    except InputError:
+        raise
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise InputError(f"distance {path} holds a Python-object array; {DISTANCE_RULE}") from None
+        raise InputError(f"cannot read {path} as .npy/.npz ({' '.join(str(exc).split())}); {DISTANCE_RULE}") from None
+    except (OSError, EOFError) as exc:
+        raise InputError(f"cannot read {path} as .npy/.npz ({' '.join(str(exc).split())}); {DISTANCE_RULE}") from None
+    if d.dtype.kind != "f" or d.dtype.itemsize > 8:
+        why = " (integers are usually a quantised depth image of unknown scale; convert to float distances)" \
+            if d.dtype.kind in "iu" else ""
+        raise InputError(f"distance {path} has dtype {d.dtype}{why}; expected float32 (or float16/float64) "
+                         "[H, W] distances > 0, +inf = sky")
+    if d.ndim != 2:
+        raise InputError(f"distance {path} has shape {d.shape}; expected a 2-D [H, W] array")
+    if expected_shape is not None and d.shape != tuple(expected_shape):
+        raise InputError(f"distance {path} is {d.shape[0]}x{d.shape[1]} (H x W) but the panorama is "
+                         f"{expected_shape[0]}x{expected_shape[1]}; expected the same size")
+    sky = np.zeros(d.shape, bool)
+    for name, value in masks.items():
+        if value.shape != d.shape or value.dtype.kind not in "biu":
+            raise InputError(f"{path}: '{name}' is {value.dtype} {value.shape} but 'distance' is {d.shape}; "
+                             "expected a bool mask of the same shape")
+        sky |= value.astype(bool) if name == "sky" else ~value.astype(bool)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = d.astype(np.float32)
+    overflow = int((np.isfinite(d) & ~np.isfinite(out)).sum())
+    if overflow:
+        raise InputError(f"distance {path} has {overflow} value(s) beyond float32's range (max {float(np.nanmax(d)):.4g}); "
+                         "expected distances > 0 in metres or scene units, +inf = sky")
+    out[sky] = np.inf
+    nan = int(np.isnan(out).sum())
+    if nan:
+        raise InputError(f"distance {path} has {nan} NaN value(s); expected distances > 0 (+inf marks sky; "
+                         "NaN is not sky: mark sky pixels +inf)")
+    bad = int((out <= 0).sum())  # includes -inf
+    if bad:
+        raise InputError(f"distance {path} has {bad} value(s) <= 0 (min {float(out.min()):.4g}); "
+                         "expected distances > 0 (+inf marks sky)")
+    sky |= np.isposinf(out)
+    if sky.all():
+        raise InputError(f"distance {path} is all +inf (sky); expected finite distances > 0")
+    return out, sky

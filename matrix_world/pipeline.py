@@ -211,6 +211,24 @@ def check_inputs(config: WorldConfig) -> None:
             raise InputError(f"--exports takes spz and/or splat, got {ext!r}")
     if len(set(config.exports)) != len(config.exports):
         raise InputError(f"--exports names a format twice ({' '.join(config.exports)}); give each once")
+    check_input_files(config)  # the files' contents and the LoRA specs (see below)
+
+
+def check_input_files(config: WorldConfig) -> None:
+    """The inputs' contents, read before anything is written: a complete (not truncated) image, a
+    distance map by :func:`~matrix_world.io.read_distance`'s rule and of the panorama's size, and
+    --flux-lora / --wan-lora specs (pure checks: no hub, no download)."""
+    from matrix_world.generation.flux_lora import validate_lora_spec as validate_flux_lora
+    from matrix_world.generation.wan_lora import validate_lora_spec as validate_wan_lora
+    from matrix_world.io import check_image_file, read_distance
+
+    size = check_image_file(config.image) if config.image is not None else None
+    if config.distance is not None:
+        read_distance(config.distance, expected_shape=size)
+    if config.flux_lora is not None:
+        validate_flux_lora(config.flux_lora, what="--flux-lora")
+    if config.wan_lora is not None:
+        validate_wan_lora(config.wan_lora, what="--wan-lora")
 
 
 def check_plan(config: WorldConfig, plan: Plan) -> None:

@@ -3,9 +3,10 @@
 Steps (each a resumable stage of :class:`~matrix_world.rundir.RunDir`):
 
 1. Read and check the inputs (before anything is written): an 8-bit RGB equirect panorama
-   (W = 2H) and a float distance map [H, W] of the same size (.npy, or an .npz holding
-   ``distance``). Distances must be > 0 and not NaN; ``+inf`` marks sky (no return) and is
-   replaced by 2 x the largest finite distance when the mesh is built (Matrix-3D's rule).
+   (W = 2H) and a float distance map [H, W] of the same size, read by
+   :func:`matrix_world.io.read_distance` (the one rule: .npy, or an .npz holding
+   ``distance``; float16/32/64, > 0, no NaN; ``+inf`` marks sky (no return) and is
+   replaced by 2 x the largest finite distance when the mesh is built, Matrix-3D's rule).
    Gray, RGBA and 16-bit images are rejected unless ``allow_convert`` (then gray is
    replicated, alpha dropped, 16-bit scaled to [0, 1], and a note says so).
 2. Stage ``trajectory`` -> ``trajectory.json``: a preset or a JSON file
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from matrix_world.errors import InputError
-from matrix_world.io import read_image, save_npz, to_uint8, write_video
+from matrix_world.io import read_distance, read_image, save_npz, to_uint8, write_video
 from matrix_world.rundir import RunDir
 from matrix_world.trajectory import (
     PRESETS,
@@ -94,50 +95,10 @@ def load_panorama(path: str | Path, *, allow_convert: bool = False,
 
 
 def load_distance(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
-    """Read a distance map [H, W] (float .npy, or .npz with ``distance`` and optional bool
-    ``sky``, which becomes +inf) matching ``shape``.
-
-    Returns float32 with +inf kept (sky). Raises InputError on NaN, -inf, values <= 0, a
-    non-float dtype, a wrong rank or a size different from the panorama's.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"distance file {path} does not exist (expected a float32 [H, W] .npy)")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise InputError(f"cannot read {path} as .npy ({exc}); expected a float32 [H, W] distance array") from None
-    sky = None
-    if isinstance(loaded, np.lib.npyio.NpzFile):  # a run's depth.npz: distance (+ optional sky mask)
-        with loaded:
-            if "distance" not in loaded.files:
-                raise InputError(f"{path} has no 'distance' array (it has {loaded.files}); expected a float32 [H, W] .npy")
-            if "sky" in loaded.files:
-                sky = np.asarray(loaded["sky"], dtype=bool)
-            loaded = loaded["distance"]
-    d = np.asarray(loaded)
-    if d.dtype.kind != "f":
-        raise InputError(f"distance {path} has dtype {d.dtype}; expected float32 [H, W] distances")
-    if d.ndim != 2:
-        raise InputError(f"distance {path} has shape {d.shape}; expected a 2-D [H, W] array")
-    if d.shape != tuple(shape):
-        raise InputError(f"distance {path} is {d.shape[0]}x{d.shape[1]} (H x W) but the panorama is "
-                         f"{shape[0]}x{shape[1]}; expected the same size")
-    d = d.astype(np.float32)
-    if sky is not None:
-        if sky.shape != d.shape:
-            raise InputError(f"{path}: 'sky' has shape {sky.shape} but 'distance' has {d.shape}; expected the same")
-        d[sky] = np.inf
-    nan = int(np.isnan(d).sum())
-    if nan:
-        raise InputError(f"distance {path} has {nan} NaN value(s); expected distances > 0 (+inf marks sky)")
-    bad = int((d <= 0).sum())  # includes -inf
-    if bad:
-        raise InputError(f"distance {path} has {bad} value(s) <= 0 (min {float(d.min()):.4g}); "
-                         "expected distances > 0 (+inf marks sky)")
-    if not np.isfinite(d).any():
-        raise InputError(f"distance {path} is all +inf (sky); expected finite distances > 0")
-    return d
+    """Distance map [H, W] float32 matching ``shape``, +inf = sky: :func:`matrix_world.io.read_distance`
+    (the one rule for distance files; ``--allow-convert`` is for images only, distances are never
+    converted)."""
+    return read_distance(path, shape)[0]
 
 
 def resolve_backend(backend: str, device: str | None = None) -> tuple[str, str]:

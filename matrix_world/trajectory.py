@@ -65,6 +65,10 @@ from matrix_world.io import write_text
 PRESETS = ("straight", "s_curve", "l_curve", "r_curve", "orbit")
 CONVENTION = "opencv_c2w"
 RIGID_TOLERANCE = 1e-3  # max |R^T R - I|, |det R - 1|, |last row - (0,0,0,1)| accepted from files
+# Largest camera translation |t| accepted, in the distance map's units (metres for metric depth):
+# 10 km. A scaffold is built from one panorama; a camera farther away sees nothing of it, and
+# values like 1e30 are a broken export (or millimetres), not a path.
+MAX_TRANSLATION = 1e4
 
 # Matrix-3D samples the distance at row int(H/2 * 1.05): about 4.5 degrees below the horizon.
 FORWARD_LATITUDE_DEG = -4.5
@@ -132,6 +136,7 @@ class Trajectory:
             raise InputError(f"{source}: convention {convention!r} is not supported; expected \"{CONVENTION}\" "
                              "(or a Matrix-3D list of 4x4 world-to-camera matrices)")
         c2w = _poses_array(data.get("poses"), source)
+        validate_poses(torch.from_numpy(c2w), what=source)  # errors name the file
         fps = data.get("fps", 16.0)
         yaw = data.get("yaw", 0.0)
         for key, value in (("fps", fps), ("yaw", yaw)):
@@ -153,7 +158,9 @@ class Trajectory:
 
 
 def validate_poses(c2w, *, what: str = "trajectory") -> None:
-    """Raise InputError unless ``c2w`` is [F, 4, 4], F >= 2, finite and rigid (tolerance 1e-3)."""
+    """Raise InputError unless ``c2w`` is [F, 4, 4], F >= 2, finite, rigid (tolerance 1e-3) and
+    every translation has |t| <= MAX_TRANSLATION (1e4, the distance map's units); the message names
+    the first bad pose."""
     c2w = torch.as_tensor(c2w)
     if c2w.dim() != 3 or tuple(c2w.shape[1:]) != (4, 4):
         raise InputError(f"{what}: poses have shape {tuple(c2w.shape)}; expected [F, 4, 4]")
@@ -162,6 +169,12 @@ def validate_poses(c2w, *, what: str = "trajectory") -> None:
     bad = ~torch.isfinite(c2w).all(dim=(1, 2))
     if bad.any():
         raise InputError(f"{what}: pose {int(bad.nonzero()[0])} contains NaN or Inf; expected finite numbers")
+    reach = c2w[:, :3, 3].to(torch.float64).norm(dim=-1)
+    far = reach > MAX_TRANSLATION
+    if far.any():
+        i = int(far.nonzero()[0])
+        raise InputError(f"{what}: pose {i} has translation |t| = {float(reach[i]):.3g}, beyond {MAX_TRANSLATION:g}; "
+                         "expected camera positions within 1e4 units (metres for metric depth) of the panorama")
     err = rigidity_error(c2w)
     if (err > RIGID_TOLERANCE).any():
         i = int((err > RIGID_TOLERANCE).nonzero()[0])
