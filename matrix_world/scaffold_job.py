@@ -30,7 +30,7 @@ import numpy as np
 
 from matrix_world.errors import InputError
 from matrix_world.io import read_distance, read_image, save_npz, to_uint8, write_video
-from matrix_world.rundir import RunDir
+from matrix_world.rundir import RunDir, run_lock
 from matrix_world.trajectory import (
     PRESETS,
     Trajectory,
@@ -171,6 +171,11 @@ def run_scaffold_job(job: ScaffoldJob, log: Callable[[str], None] = print,
     traj, columns = snap_yaw(traj, w)
     backend, device = resolve_backend(job.backend, job.device)
 
+    with run_lock(job.out):  # one writer per run directory
+        return _run_scaffold_job(job, log, pano, distance, traj, columns, backend, device)
+
+
+def _run_scaffold_job(job: ScaffoldJob, log, pano, distance, traj, columns, backend, device) -> RunDir:
     run = RunDir(job.out, force=job.force)
     run.set_inputs(panorama=job.panorama, distance=job.distance,
                    trajectory=None if job.trajectory in PRESETS else job.trajectory)
