@@ -179,7 +179,7 @@ class RunDir:
         self.manifest = self._load_manifest()
         if seed is not None:
             self.manifest["seed"] = int(seed)
-        self._run_record = {"id": time.time_ns(), "started": _now(), "argv": list(sys.argv), "ran": [], "skipped": []}
+        self._run_record: dict[str, Any] = {"id": time.time_ns(), "started": _now(), "argv": list(sys.argv), "ran": [], "skipped": []}
         self._hash_cache: dict[tuple, str] = {}
 
     def _sha256(self, path: str | os.PathLike) -> str:
@@ -193,7 +193,7 @@ class RunDir:
     # ----------------------------------------------------------------- manifest
 
     def _load_manifest(self) -> dict:
-        empty = {"format": FORMAT, "created": _now(), "seed": None, "inputs": {}, "config": {}, "backends": {},
+        empty: dict[str, Any] = {"format": FORMAT, "created": _now(), "seed": None, "inputs": {}, "config": {}, "backends": {},
                  "versions": {}, "timings": {}, "artifacts": {}, "stages": {}, "segments": {}, "runs": []}
         file = self.path / MANIFEST
         if not file.is_file():
