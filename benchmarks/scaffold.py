@@ -24,7 +24,6 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -70,7 +69,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], Any], device, repeats: int) -> tuple[float, float, Any]:
+def timed(fn, device, repeats: int) -> tuple[float, float, Any]:
     """(median wall seconds, median process CPU seconds, last output)."""
     times: list[float] = []
     cpu: list[float] = []

@@ -77,8 +77,8 @@ class Clip:
 
 
 def _relative(c2w: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    c2w = torch.as_tensor(np.asarray(c2w, dtype=np.float64))
-    return (invert_pose(torch.as_tensor(ref, dtype=torch.float64)) @ c2w).numpy()
+    c2w_t = torch.as_tensor(np.asarray(c2w, dtype=np.float64))
+    return (invert_pose(torch.as_tensor(ref, dtype=torch.float64)) @ c2w_t).numpy()
 
 
 def write_clip(folder: str | os.PathLike, rgb: np.ndarray, distance: np.ndarray | None, c2w: np.ndarray, prompt: str,
@@ -219,7 +219,7 @@ def _read_video(path: Path, indices: list[int] | None) -> np.ndarray:
     try:
         reader = imageio.get_reader(str(path), format="FFMPEG")
         try:
-            for i, frame in enumerate(reader):  # type: ignore[arg-type,var-annotated]  # imageio stubs: __iter__ -> Array
+            for i, frame in enumerate(reader):  # type: ignore[var-annotated]  # imageio stubs: __iter__ -> Array
                 if wanted is None or i in wanted:
                     frames[i] = np.asarray(frame)[..., :3]
                 if wanted is not None and i >= max(wanted):
