@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
         return 2
     device = torch.device("cuda" if cuda else "cpu")
     height, view_size = (1024, 768) if cuda else (64, 56)
-    results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "rows": []}
+    results: dict[str, Any] = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "rows": []}
     for version in (2, 1):
         row = run_depth(version, height, view_size, args.smoke, device)
         results["rows"].append(row)

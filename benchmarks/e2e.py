@@ -151,7 +151,8 @@ class PassTimer:
     """Synchronised seconds of every forward pass of a module (pre/post forward hooks)."""
 
     def __init__(self, module: torch.nn.Module, device: torch.device):
-        self.device, self.passes, self._t0 = device, [], 0.0
+        self.device, self._t0 = device, 0.0
+        self.passes: list[float] = []
         self.handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
 
     def _pre(self, module, args):

@@ -30,6 +30,7 @@ import json
 import math
 import sys
 import time
+from typing import Any
 
 import torch
 
@@ -142,7 +143,7 @@ def seam_study(vae, latent_h: int, device) -> dict:
     def decode(t):
         return vae.decode(t, return_dict=False)[0].float()
 
-    out = {}
+    out: dict[str, Any] = {}
     with torch.no_grad():
         sync(device)
         t0 = time.perf_counter()
@@ -182,7 +183,7 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16 if cuda else torch.float32
     steps = args.steps or (6 if cuda else 3)
     heights = (512, 1024) if cuda else (32, 64)
-    results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "rows": [], "seam": {}}
+    results: dict[str, Any] = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "rows": [], "seam": {}}
     import diffusers
 
     results["diffusers"] = diffusers.__version__

@@ -24,6 +24,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Any
 
 import torch
 
@@ -68,9 +69,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device, repeats: int) -> tuple[float, float, object]:
+def timed(fn, device, repeats: int) -> tuple[float, float, Any]:
     """(median wall seconds, median process CPU seconds, last output)."""
-    times, cpu, out = [], [], None
+    times: list[float] = []
+    cpu: list[float] = []
+    out = None
     for _ in range(repeats):
         _sync(device)
         t0, c0 = time.perf_counter(), time.process_time()

@@ -57,6 +57,7 @@ def timed(fn, device, iters: int) -> float:
 
 def parity(n: int, size: int, cams: int, device) -> dict:
     g = room_scene(n, 3, device, seed=n)
+    assert g.sh_rest is not None  # SH degree 3
     params = [g.means, g.log_scales, g.opacity_logits, g.sh_dc, g.sh_rest]
     for p in params:
         p.requires_grad_(True)
@@ -86,6 +87,7 @@ def parity(n: int, size: int, cams: int, device) -> dict:
 
 def speed(n: int, size: int, cams: int, device, backend: str, iters: int) -> dict:
     g = room_scene(n, 3, device, seed=1)
+    assert g.sh_rest is not None  # SH degree 3
     leaf = [g.means, g.log_scales, g.opacity_logits, g.sh_dc, g.sh_rest]
     cameras = Cameras.from_views(crops_12(size)[:cams]).to(device)
     if device.type == "cuda":

@@ -27,6 +27,7 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
 import torch
 
@@ -93,7 +94,7 @@ def build_encoders(full_size: bool, device, smoke: bool):
     finally:
         torch.set_default_dtype(previous)
     size = clip.image_size
-    return text_encoder, image_encoder, CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return text_encoder, image_encoder, CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})  # type: ignore[dict-item]  # transformers types image_size loosely; an int here
 
 
 def sync(device):
@@ -197,7 +198,8 @@ def main(argv=None) -> int:
     images = {res: Image.new("RGB", (sizes[res][1], sizes[res][0]), (120, 90, 60)) for res in args.resolutions}
 
     # 3. Rows.
-    rows, step_guess = [], {}
+    rows: list[dict[str, Any]] = []
+    step_guess: dict[str, float] = {}
     total_steps = args.warmup + args.steps
 
     def run_row(which: str, mode: str, res: str, cfg_batch: bool = False, note: str = ""):

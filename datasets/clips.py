@@ -77,8 +77,8 @@ class Clip:
 
 
 def _relative(c2w: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    c2w = torch.as_tensor(np.asarray(c2w, dtype=np.float64))
-    return (invert_pose(torch.as_tensor(ref, dtype=torch.float64)) @ c2w).numpy()
+    c2w_t = torch.as_tensor(np.asarray(c2w, dtype=np.float64))
+    return (invert_pose(torch.as_tensor(ref, dtype=torch.float64)) @ c2w_t).numpy()
 
 
 def write_clip(folder: str | os.PathLike, rgb: np.ndarray, distance: np.ndarray | None, c2w: np.ndarray, prompt: str,
@@ -219,7 +219,7 @@ def _read_video(path: Path, indices: list[int] | None) -> np.ndarray:
     try:
         reader = imageio.get_reader(str(path), format="FFMPEG")
         try:
-            for i, frame in enumerate(reader):
+            for i, frame in enumerate(reader):  # type: ignore[var-annotated]  # imageio stubs: __iter__ -> Array
                 if wanted is None or i in wanted:
                     frames[i] = np.asarray(frame)[..., :3]
                 if wanted is not None and i >= max(wanted):
@@ -242,7 +242,7 @@ def video_length(path: Path) -> int:
     try:
         reader = imageio.get_reader(str(path), format="FFMPEG")
         try:
-            return sum(1 for _ in reader)
+            return sum(1 for _ in reader)  # type: ignore[attr-defined,misc]  # imageio stubs: __iter__ -> Array
         finally:
             reader.close()
     except (OSError, RuntimeError, ValueError) as exc:
@@ -330,6 +330,7 @@ def read_clip(path: str | os.PathLike, indices: list[int] | None = None) -> Clip
     n = sequence_length(path, layout) if indices is None and layout in ("matrix_world", "frames") else None
     idx = list(range(n)) if n is not None else indices
     if layout == "matrix_world":
+        assert idx is not None  # n is set for this layout
         meta = json.loads((path / "meta.json").read_text())
         rgb = np.stack([read_image(path / "rgb" / f"{i:05d}.png") for i in idx])
         distance = sky = None
@@ -343,6 +344,7 @@ def read_clip(path: str | os.PathLike, indices: list[int] | None = None) -> Clip
         prompt = (path / "prompt.txt").read_text().strip() if (path / "prompt.txt").is_file() else ""
         return Clip(rgb, distance, sky, traj.c2w.numpy()[idx], prompt, meta, traj.fps, layout)
     if layout == "frames":
+        assert idx is not None  # n is set for this layout
         files = _files(path, IMAGE_SUFFIXES)
         return Clip(np.stack([read_image(files[i]) for i in idx]), layout=layout, meta={"source": str(path)})
     if layout == "video":

@@ -64,8 +64,7 @@ def make_training_pair(rgb, distance0, c2w, *, sky0=None, prompt: str = "", heig
     mesh = build_scaffold_mesh(torch.from_numpy(rgb[0]).to(device), dist, config,
                                sky_mask=None if sky0 is None else torch.as_tensor(np.asarray(sky0), device=device))
     frames = render_scaffold(mesh, rel.to(device), height, backend=backend, pano_rgb=rgb[0])
-    video = torch.from_numpy(rgb).permute(0, 3, 1, 2)
-    video = resize_equirect(video, height, mode="area").permute(0, 2, 3, 1).numpy()
+    video = resize_equirect(torch.from_numpy(rgb).permute(0, 3, 1, 2), height, mode="area").permute(0, 2, 3, 1).numpy()
     return TrainingPair(video.astype(np.float32), frames.rgb.cpu().numpy(), frames.mask.cpu().numpy(), rel.numpy(), prompt)
 
 

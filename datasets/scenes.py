@@ -63,8 +63,8 @@ class SceneStyle:
     floor_b: tuple = (0.45, 0.30, 0.18)
     wall: tuple = (0.85, 0.82, 0.75)
     ceiling: tuple = (0.92, 0.92, 0.90)
-    room_size: tuple = (7.0, 12.0)  # min/max side in metres
-    room_height: tuple = (2.7, 3.3)
+    room_size: tuple[float, float] = (7.0, 12.0)  # min/max side in metres
+    room_height: tuple[float, float] = (2.7, 3.3)
 
 
 STYLES: dict[str, SceneStyle] = {
@@ -492,6 +492,7 @@ def _indoor(style: SceneStyle, seed: int, furniture: int | None = None) -> Scene
     x0, x1, z0, z1 = -w / 2, w / 2, -d / 2, d / 2
     windows_side = ("xmin", "xmax", "zmin", "zmax")[rng.integers(4)]
     for side, part in mg.box_sides((x0, -hc, z0), (x1, 0.0, z1), cell=0.25, inward=True):
+        assert part.cells is not None  # quad_grid records its cells
         i, j = part.cells[:, 0], part.cells[:, 1]
         if side == "ymax":  # floor
             if style.floor == "planks":
@@ -534,9 +535,9 @@ def _indoor(style: SceneStyle, seed: int, furniture: int | None = None) -> Scene
             fw, fd = fd, fw
         for _attempt in range(40):
             if rng.random() < 0.6:  # against a wall
-                side = rng.integers(4)
-                fx = rng.uniform(x0 + 0.05, x1 - fw - 0.05) if side < 2 else (x0 + 0.05 if side == 2 else x1 - fw - 0.05)
-                fz = (z0 + 0.05 if side == 0 else z1 - fd - 0.05) if side < 2 else rng.uniform(z0 + 0.05, z1 - fd - 0.05)
+                wall = rng.integers(4)
+                fx = rng.uniform(x0 + 0.05, x1 - fw - 0.05) if wall < 2 else (x0 + 0.05 if wall == 2 else x1 - fw - 0.05)
+                fz = (z0 + 0.05 if wall == 0 else z1 - fd - 0.05) if wall < 2 else rng.uniform(z0 + 0.05, z1 - fd - 0.05)
             else:
                 fx, fz = rng.uniform(x0 + 1.0, x1 - fw - 1.0), rng.uniform(z0 + 1.0, z1 - fd - 1.0)
             centre_clear = math.hypot(fx + fw / 2, fz + fd / 2) > 1.5 + 0.5 * math.hypot(fw, fd)

@@ -232,6 +232,7 @@ def merge_log_distances(
             # 4. the free constant: weighted mean residual to the views is zero
             resid = (weights * (values - x[None])).sum() / weights.sum().clamp_min(1e-12)
             x = x + resid
+    assert x is not None  # the loop always ends with level 0
     info = {"levels": heights[::-1], "cg_iterations": iterations, "views": len(views)}
     return x.float(), seen, info
 

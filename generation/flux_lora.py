@@ -168,14 +168,17 @@ def _lora_shape_mismatches(pipe, adapter_name: str, shapes: dict[str, tuple]) ->
         for name, layer in module.named_modules():
             lora_a, lora_b = getattr(layer, "lora_A", None), getattr(layer, "lora_B", None)
             base = getattr(layer, "base_layer", None)
-            if not isinstance(lora_a, torch.nn.ModuleDict) or adapter_name not in lora_a or not hasattr(base, "weight"):
+            if not isinstance(lora_a, torch.nn.ModuleDict) or adapter_name not in lora_a or base is None \
+                    or not hasattr(base, "weight"):
                 continue
             before = shapes.get(f"{component}.{name}.weight")
             if before is not None and tuple(base.weight.shape) != before:
                 bad.append(f"{component}.{name}: would widen {before} to {tuple(base.weight.shape)}")
                 continue
             out_f, in_f = base.weight.shape[:2]
+            assert isinstance(lora_b, torch.nn.ModuleDict)  # peft adds lora_A and lora_B together
             a, b = lora_a[adapter_name].weight, lora_b[adapter_name].weight
+            assert isinstance(a, Tensor) and isinstance(b, Tensor)  # peft's LoRA layers are nn.Linear
             if a.shape[1] != in_f or b.shape[0] != out_f or a.shape[0] != b.shape[1]:
                 bad.append(f"{component}.{name}: base {tuple(base.weight.shape)}, A {tuple(a.shape)}, B {tuple(b.shape)}")
     return bad

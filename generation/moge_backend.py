@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ MOGE2_DEFAULT = "Ruicheng/moge-2-vitl-normal"
 
 @dataclass
 class LoadedMoGe:
-    model: torch.nn.Module  # moge.model.v1/v2.MoGeModel, eval mode, on its device
+    model: Any  # moge.model.v1/v2.MoGeModel (moge is untyped): .infer(), .device; eval mode, on its device
     version: int  # 1 or 2
     metric: bool  # True when the model predicts metric scale (MoGe-2 scale head)
     checkpoint: str  # local file it came from

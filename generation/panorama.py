@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -223,7 +223,7 @@ def _diffusers():
     return require("diffusers", "pip install diffusers")
 
 
-def make_panorama_pipeline_class(base: type) -> type:
+def make_panorama_pipeline_class(base: Any) -> Any:
     """A subclass of a diffusers FLUX pipeline whose ``panorama`` method adds rolls + seam-aware decoding."""
 
     class _Panorama(base):
@@ -292,7 +292,7 @@ def load_flux_pipeline(config: PanoramaConfig, device, *, fill: bool | None = No
     except (OSError, ValueError) as exc:
         raise InputError(f"{what}: cannot load a diffusers pipeline from {folder} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
     pipe.set_progress_bar_config(disable=True)
-    info = {"model": model, "model_folder": folder, "dtype": str(dtype).replace("torch.", ""), "lora": None}
+    info: dict[str, Any] = {"model": model, "model_folder": folder, "dtype": str(dtype).replace("torch.", ""), "lora": None}
     if config.lora:
         info["lora"] = load_lora(pipe, config.lora, weight_name=config.lora_weight_name, scale=config.lora_scale,
                                  allow_download=config.allow_download)

@@ -128,6 +128,7 @@ def convert_original_wan_lora(state_dict: dict[str, Tensor]) -> dict[str, Tensor
         if target is None:
             unmapped.append(key)
             continue
+        assert m is not None  # target is only set for a match
         new_key = f"transformer.{target}.{_AB[m.group('kind')]}.weight"
         if new_key in converted:
             raise InputError(f"LoRA key {key} maps to {new_key}, which another key already produced")

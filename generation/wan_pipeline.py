@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+from diffusers.pipelines.wan.pipeline_wan_i2v import WanImageToVideoPipeline
+from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
@@ -123,6 +124,7 @@ def widen_patch_embedding(transformer, extra_channels: int):
     with torch.no_grad():
         new.weight.zero_()
         new.weight[:, : old.in_channels].copy_(old.weight)
+        assert new.bias is not None  # Conv3d(bias=True)
         new.bias.copy_(old.bias)
     transformer.patch_embedding = new
     transformer.register_to_config(in_channels=old.in_channels + extra_channels)
@@ -331,6 +333,7 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
 
         # 3. CLIP image tokens of frame 0.
         if image_embeds is None:
+            assert scaffold is not None  # _check_call_inputs: scaffold or image_embeds
             image_embeds = self.encode_frame0(scaffold[:, :, 0], device=device)
         image_embeds = image_embeds.to(device=device, dtype=dtype)
         if image_embeds.shape[0] != batch:
@@ -338,6 +341,7 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
 
         # 4. Scaffold condition [mask 4, latent 16] (+ extra channels of a widened model).
         if condition is None:
+            assert scaffold is not None and mask is not None  # _check_call_inputs: scaffold + mask or condition
             condition = self.encode_scaffold(scaffold, mask, device=device, dtype=torch.float32)
         condition = condition.to(device=device, dtype=torch.float32)
         if condition.shape[0] != batch:
@@ -366,7 +370,11 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
         latents = latents.to(device=device, dtype=torch.float32)
 
         # 7. Denoising loop (optionally with circular rolls in the late steps).
-        text = torch.cat([prompt_embeds, negative_prompt_embeds]) if do_cfg and cfg_batch else prompt_embeds
+        if do_cfg and cfg_batch:
+            assert negative_prompt_embeds is not None  # encode_prompt makes it under CFG
+            text = torch.cat([prompt_embeds, negative_prompt_embeds])
+        else:
+            text = prompt_embeds
         seed = 0 if generator is None else generator.initial_seed() + 1
         roll_gen = torch.Generator().manual_seed(seed)  # CPU generator for the roll shifts
         rolls = late_step_rolls(

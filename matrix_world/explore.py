@@ -367,7 +367,8 @@ def _merge_into_world(run: RunDir, exports, log) -> int:
     files = {n: p for n, p in parts}
     with run.stage("merge", {"segments": [n for n, _ in parts]}, files=files, outputs=outputs, backend="kdtree") as st:
         if not st.done:
-            kept, ids, counts = [], [], {}
+            kept: list[Gaussians] = []
+            ids, counts = [], {}
             for seg_id, (seg_name, path) in enumerate(parts):
                 g = load_splats(path)
                 if kept:

@@ -242,7 +242,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16.0, 
 def _write_video_cv2(path: Path, data: np.ndarray, fps: float) -> None:
     import cv2
 
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (data.shape[2], data.shape[1]))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), float(fps), (data.shape[2], data.shape[1]))
     if not writer.isOpened():
         raise OutputError(f"OpenCV could not open a video writer for {path} (install imageio-ffmpeg)")
     try:
@@ -259,7 +259,7 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
     try:
         reader = imageio.get_reader(str(path), format="FFMPEG")
         try:
-            frames = [np.asarray(f)[..., :3] for f in reader]
+            frames = [np.asarray(f)[..., :3] for f in reader]  # type: ignore[attr-defined]  # imageio stubs: __iter__ -> Array
         finally:
             reader.close()
     except (OSError, RuntimeError, ValueError) as exc:

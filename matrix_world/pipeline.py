@@ -28,7 +28,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -44,6 +44,12 @@ from matrix_world.stages import (
     trajectory_stage,
     video_stage,
 )
+
+if TYPE_CHECKING:
+    from matrix_world.generation.depth import DepthConfig
+    from matrix_world.generation.panorama import PanoramaConfig
+    from matrix_world.generation.video import VideoConfig
+    from matrix_world.reconstruction.stage import ReconConfig
 
 PRESET_NAMES = ("preview", "fast", "quality")
 PREVIEW_HEIGHT = 256
@@ -119,10 +125,10 @@ class Plan:
     backends: dict[str, str]
     reasons: dict[str, str]
     height: int
-    panorama: object = None
-    depth: object = None
-    video: object = None
-    recon: object = None
+    panorama: PanoramaConfig  # every plan carries all four stage configurations
+    depth: DepthConfig
+    video: VideoConfig
+    recon: ReconConfig
     notes: list[str] = field(default_factory=list)
 
     @property

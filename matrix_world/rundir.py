@@ -275,7 +275,7 @@ class RunDir:
         self.manifest = self._load_manifest()
         if seed is not None:
             self.manifest["seed"] = int(seed)
-        self._run_record = {"id": time.time_ns(), "started": _now(), "argv": list(sys.argv), "ran": [], "skipped": []}
+        self._run_record: dict[str, Any] = {"id": time.time_ns(), "started": _now(), "argv": list(sys.argv), "ran": [], "skipped": []}
         self._hash_cache: dict[tuple, str] = {}
 
     def _sha256(self, path: str | os.PathLike) -> str:
@@ -289,7 +289,7 @@ class RunDir:
     # ----------------------------------------------------------------- manifest
 
     @staticmethod
-    def _empty_manifest() -> dict:
+    def _empty_manifest() -> dict[str, Any]:
         return {"format": FORMAT, "created": _now(), "seed": None, "inputs": {}, "config": {}, "backends": {},
                 "versions": {}, "timings": {}, "artifacts": {}, "stages": {}, "segments": {}, "runs": []}
 

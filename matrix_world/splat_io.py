@@ -123,7 +123,7 @@ def write_ply(path: str | os.PathLike, gaussians: Gaussians, *, axes: str = "ope
         _f32(g.means),
         np.zeros((n, 3), np.float32),
         _f32(g.sh_dc[:, 0, :]),
-        _f32(g.sh_rest.transpose(1, 2).reshape(n, 3 * k)) if k else np.zeros((n, 0), np.float32),
+        _f32(g.sh_rest.transpose(1, 2).reshape(n, 3 * k)) if k and g.sh_rest is not None else np.zeros((n, 0), np.float32),
         _f32(g.opacity_logits[:, None]),
         _f32(g.log_scales),
         _f32(g.quats),
@@ -264,6 +264,7 @@ def encode_spz(gaussians: Gaussians, *, antialiased: bool = False) -> bytes:
         positions.tobytes(), alphas.tobytes(), colors.tobytes(), scales.tobytes(), rotations.tobytes(),
     ]
     if degree > 0:
+        assert g.sh_rest is not None  # degree > 0
         rest = g.sh_rest.detach().double().cpu().numpy()  # [N, K, 3], colour fastest as in SPZ
         sh = np.concatenate((_quantize_sh(rest[:, :3], 5), _quantize_sh(rest[:, 3:], 4)), axis=1)
         parts.append(sh.tobytes())

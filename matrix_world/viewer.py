@@ -39,6 +39,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -46,6 +47,9 @@ import torch
 from matrix_world.errors import InputError, require
 from matrix_world.gaussians import Gaussians, rotmat_to_quat
 from matrix_world.splat_io import FORMATS, load_splats
+
+if TYPE_CHECKING:
+    import viser
 
 VISER_INSTALL = "pip install viser==1.1.1"
 DEFAULT_MAX_GAUSSIANS = 2_000_000
@@ -229,7 +233,7 @@ def _evenly(count: int, limit: int) -> np.ndarray:
 class WorldViewer:
     """A running viewer: the viser server, its scene handles and what it shows."""
 
-    server: object  # viser.ViserServer
+    server: viser.ViserServer
     splats: SplatArrays
     paths: list[CameraPath]
     splat_handle: object | None

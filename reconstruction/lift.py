@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -188,7 +189,7 @@ def lift_keyframes(keyframes: Keyframes, config: LiftConfig | None = None) -> tu
 
     coverage = _Coverage()
     means, scales, rotations, colours = [], [], [], []
-    info = {"added": [], "covered": [], "sky_radius": sky_radius}
+    info: dict[str, Any] = {"added": [], "covered": [], "sky_radius": sky_radius}
     for k in range(len(kf.indices)):
         rgb = resize_equirect(kf.rgb[k].permute(2, 0, 1)[None], h, mode="area")[0].permute(1, 2, 0)
         dist = resize_equirect(kf.distance[k][None, None].double(), h, mode="nearest")[0, 0]

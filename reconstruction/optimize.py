@@ -34,8 +34,9 @@ CUDA backward sums gradients with atomics, so GPU runs also agree only to roundi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -262,7 +263,7 @@ def train_gaussians(
     tqdm = require("tqdm", "pip install tqdm").tqdm
     bar = tqdm(range(config.iterations), desc="optimize", disable=not config.progress, dynamic_ncols=True, leave=False)
     order = torch.empty(0, dtype=torch.long)
-    log = {"step": [], "loss": [], "psnr": []}
+    log: dict[str, Any] = {"step": [], "loss": [], "psnr": []}
     start = time.perf_counter()
     for step in bar:
         if order.numel() < config.batch_size:

@@ -112,19 +112,21 @@ def _clip_near(q: Tensor, near: float) -> tuple[Tensor, Tensor, Tensor]:
     n = q.shape[0]
     eye = torch.eye(3, dtype=q.dtype, device=q.device).expand(n, 3, 3)
     inside = q[..., 2] >= near  # [n, 3]
-    pts, bas, ok = [], [], []
+    pts_l: list[Tensor] = []
+    bas_l: list[Tensor] = []
+    ok_l: list[Tensor] = []
     for i in range(3):
         j = (i + 1) % 3
-        pts.append(q[:, i])
-        bas.append(eye[:, i])
-        ok.append(inside[:, i])
+        pts_l.append(q[:, i])
+        bas_l.append(eye[:, i])
+        ok_l.append(inside[:, i])
         zi, zj = q[:, i, 2], q[:, j, 2]
         denom = torch.where(zj == zi, torch.ones_like(zi), zj - zi)
         s = ((near - zi) / denom).clamp(0, 1)[:, None]
-        pts.append(q[:, i] + s * (q[:, j] - q[:, i]))
-        bas.append(eye[:, i] * (1 - s) + eye[:, j] * s)
-        ok.append(inside[:, i] != inside[:, j])
-    pts, bas, ok = torch.stack(pts, 1), torch.stack(bas, 1), torch.stack(ok, 1)  # [n, 6, ...]
+        pts_l.append(q[:, i] + s * (q[:, j] - q[:, i]))
+        bas_l.append(eye[:, i] * (1 - s) + eye[:, j] * s)
+        ok_l.append(inside[:, i] != inside[:, j])
+    pts, bas, ok = torch.stack(pts_l, 1), torch.stack(bas_l, 1), torch.stack(ok_l, 1)  # [n, 6, ...]
     order = torch.sort((~ok).to(torch.int8), dim=1, stable=True).indices[:, :4]
     pts = torch.gather(pts, 1, order[..., None].expand(-1, -1, 3))
     bas = torch.gather(bas, 1, order[..., None].expand(-1, -1, 3))
@@ -230,7 +232,8 @@ def _rasterize_group(verts, faces, w2c, intr, h, w, near, chunk):
     del vis, crosses, all_out, any_out
     n_direct = len(pair_t)
 
-    def corners(t, v):  # (screen x, screen y, z) [n, 3] each of the triangles' corners in view v
+    def corners(t: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # (screen x, screen y, z) [n, 3] each of the triangles' corners in view v
         idx = faces[t] + (v * (3 * num_v))[:, None]
         return flat[idx], flat[idx + num_v], flat[idx + 2 * num_v]
 
@@ -266,6 +269,7 @@ def _rasterize_group(verts, faces, w2c, intr, h, w, near, chunk):
             tri[p_d] = t
             bary[p_d] = _screen_bary(*corners(t, v), px[direct], py[direct])
         if sub_q is not None and not bool(direct.all()):
+            assert sub_t is not None and sub_basis is not None  # set together with sub_q
             p_c, r_c = pix[~direct], rid[~direct] - n_direct
             qc = sub_q[r_c]
             sx, sy = _project(qc, fx, fy, cx, cy)
