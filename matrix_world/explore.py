@@ -170,12 +170,6 @@ def world_meshes(run: RunDir, occlusion_threshold: float, device, max_height: in
 
 def explore(config: ExploreConfig, log=print) -> SegmentResult:
     """Add one segment to the world in ``config.run_dir`` (see the module docstring)."""
-    from matrix_world.pipeline import make_depth_fn, make_plan
-    from matrix_world.reconstruction.render import render_panorama
-    from matrix_world.report import contact_sheet_stage, preview_stage
-    from matrix_world.stages import (StageContext, reconstruction_stage, scaffold_stage, trajectory_stage,
-                                     video_stage)
-
     root = Path(config.run_dir)
     check_explore_inputs(config)
     if not (root / "manifest.json").is_file():

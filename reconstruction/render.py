@@ -141,11 +141,11 @@ def gsplat_problem(device_index: int = 0) -> str | None:
         return f"gsplat does not import ({' '.join(str(exc).split())[:200]})"
     try:
         device = torch.device("cuda", device_index)
-        one = dict(device=device, dtype=torch.float32)
-        colors, alphas, _ = gsplat.rasterization(
-            torch.tensor([[0.0, 0.0, 2.0]], **one), torch.tensor([[1.0, 0.0, 0.0, 0.0]], **one),
-            torch.full((1, 3), 0.2, **one), torch.ones(1, **one), torch.ones(1, 3, **one),
-            torch.eye(4, **one)[None], torch.tensor([[[8.0, 0.0, 4.0], [0.0, 8.0, 4.0], [0.0, 0.0, 1.0]]], **one), 8, 8)
+        means, quats = torch.tensor([[0.0, 0.0, 2.0]]), torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+        scales, opacities, colors = torch.full((1, 3), 0.2), torch.ones(1), torch.ones(1, 3)
+        viewmats, Ks = torch.eye(4)[None], torch.tensor([[[8.0, 0.0, 4.0], [0.0, 8.0, 4.0], [0.0, 0.0, 1.0]]])
+        _, alphas, _ = gsplat.rasterization(*(t.to(device) for t in (means, quats, scales, opacities, colors,
+                                                                     viewmats, Ks)), 8, 8)
         if not float(alphas[0, 3, 3, 0]) > 0.5 or not float(alphas[0, 0, 0, 0]) < float(alphas[0, 3, 3, 0]):
             return "gsplat's test render of one Gaussian came out wrong"
     except Exception as exc:  # noqa: BLE001 - any failure of the kernels means: do not use them
