@@ -380,9 +380,15 @@ def viser_scene(port: int, quiet_s: float = 1.5, timeout: float = 60.0) -> tuple
 def test_view_serves_the_page_and_the_splats(explored, env):
     run = explored["run"]
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "view.py"), str(run), "--port", str(port)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # Ctrl-C must reach it: a child inherits an ignored SIGINT (pytest started in the background), a caught one
+    # is reset to the default at exec
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else None
+    try:
+        proc = subprocess.Popen([sys.executable, str(SCRIPTS / "view.py"), str(run), "--port", str(port)], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     lines = []
     try:
         deadline = time.monotonic() + 120
@@ -409,7 +415,7 @@ def test_view_serves_the_page_and_the_splats(explored, env):
         packed = np.frombuffer(buffers[ref["__binary_index"]], dtype=np.dtype(ref["dtype"])).reshape(-1, 8)
         centers = packed[:, :3].copy().view(np.float32)  # antimatter15 layout: x y z as float32 first
         assert len(centers) == len(merged)
-        order = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
+        order = lambda a: a[np.lexsort(a.T[::-1])]
         assert np.array_equal(order(centers), order(merged[:, :3].astype(np.float32)))  # the world's Gaussians
         names = [m.get("name", "") for m in messages]
         paths = sorted({n for n in names if n.startswith("/trajectories/") and n.endswith("/path")})
@@ -589,7 +595,7 @@ def test_synthetic_contact_sheet_default_out(env, tmp_path):
     assert (rows.reshape(7, -1).std(axis=1) > 0).all()
     kinds = [line.split()[0] for line in proc.stdout.splitlines() if " tris " in line]
     assert kinds == ["forest", "city", "beach", "snow", "harbour", "room", "hall"]
-    assert f"wrote docs/synthetic_scenes.png" in proc.stdout
+    assert "wrote docs/synthetic_scenes.png" in proc.stdout
 
 
 # --------------------------------------------------------------------------- video_multigpu
