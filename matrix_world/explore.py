@@ -42,7 +42,7 @@ from matrix_world.errors import InputError
 from matrix_world.io import load_npz, read_image, save_npz, write_image
 from matrix_world.rundir import RunDir, run_lock
 from matrix_world.stages import resize_nearest, resize_rgb
-from matrix_world.trajectory import Trajectory
+from matrix_world.trajectory import Trajectory, read_pose
 
 
 @dataclass
@@ -110,10 +110,7 @@ def start_pose_of(run: RunDir, config: ExploreConfig) -> tuple[torch.Tensor, Run
     names = segment_names(run, finished=True)
     last = run if not names else RunDir(run.path / run.manifest["segments"][names[-1]])
     if config.start_pose is not None:
-        pose = Trajectory.from_json(config.start_pose).c2w
-        if len(pose) != 1:
-            raise InputError(f"{config.start_pose}: expected exactly one pose, got {len(pose)}")
-        return pose[0], last, None
+        return read_pose(config.start_pose), last, None
     traj = Trajectory.from_json(last.path / "trajectory.json")
     index = len(traj) - 1 if config.start_frame is None else int(config.start_frame)
     if not -len(traj) <= index < len(traj):

@@ -157,15 +157,15 @@ class Trajectory:
 # --------------------------------------------------------------------------- validation
 
 
-def validate_poses(c2w, *, what: str = "trajectory") -> None:
-    """Raise InputError unless ``c2w`` is [F, 4, 4], F >= 2, finite, rigid (tolerance 1e-3) and
-    every translation has |t| <= MAX_TRANSLATION (1e4, the distance map's units); the message names
-    the first bad pose."""
+def validate_poses(c2w, *, what: str = "trajectory", min_frames: int = 2) -> None:
+    """Raise InputError unless ``c2w`` is [F, 4, 4], F >= ``min_frames`` (a camera path: 2), finite,
+    rigid (tolerance 1e-3) and every translation has |t| <= MAX_TRANSLATION (1e4, the distance
+    map's units); the message names the first bad pose."""
     c2w = torch.as_tensor(c2w)
     if c2w.dim() != 3 or tuple(c2w.shape[1:]) != (4, 4):
         raise InputError(f"{what}: poses have shape {tuple(c2w.shape)}; expected [F, 4, 4]")
-    if c2w.shape[0] < 2:
-        raise InputError(f"{what} has {c2w.shape[0]} pose(s); expected at least 2 frames")
+    if c2w.shape[0] < min_frames:
+        raise InputError(f"{what} has {c2w.shape[0]} pose(s); expected at least {min_frames} frames")
     bad = ~torch.isfinite(c2w).all(dim=(1, 2))
     if bad.any():
         raise InputError(f"{what}: pose {int(bad.nonzero()[0])} contains NaN or Inf; expected finite numbers")
@@ -180,6 +180,21 @@ def validate_poses(c2w, *, what: str = "trajectory") -> None:
         i = int((err > RIGID_TOLERANCE).nonzero()[0])
         raise InputError(f"{what}: pose {i} is not a rigid transform (rotation error {float(err[i]):.3g}); "
                          "expected an orthonormal rotation with det +1 and last row 0 0 0 1")
+
+
+def read_pose(path: str | os.PathLike) -> Tensor:
+    """One camera pose from a JSON file ``{"convention": "opencv_c2w", "poses": [[16 floats]]}``
+    (a trajectory file holding exactly one pose): c2w [4, 4] float64, checked finite and rigid."""
+    source = str(path)
+    data = _read_json(path)
+    if not isinstance(data, dict) or data.get("convention") != CONVENTION:
+        raise InputError(f"{source}: expected a JSON object {{\"convention\": \"{CONVENTION}\", \"poses\": [[16 floats]]}}")
+    c2w = _poses_array(data.get("poses"), source)
+    if len(c2w) != 1:
+        raise InputError(f"{source}: expected exactly one pose, got {len(c2w)}")
+    c2w = torch.from_numpy(c2w)
+    validate_poses(c2w, what=source, min_frames=1)
+    return c2w[0]
 
 
 def _poses_array(poses, source: str) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Generate the panoramic video of a run on several GPUs of one machine (Ulysses context parallelism).
 
     torchrun --nproc_per_node 4 scripts/video_multigpu.py RUN_DIR --prompt "a sunlit courtyard" [--resolution 720p]
+    python scripts/video_multigpu.py RUN_DIR --prompt "..." --cpu     # one process, gloo: checks files and code path
 
 Reads RUN_DIR/scaffold.npz (rgb [F, H, W, 3] uint8, mask [F, H, W] bool) and
 RUN_DIR/trajectory.json, runs the Wan backend with diffusers' context parallelism (every GPU
@@ -13,8 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
 from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +37,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--height", type=int, default=None,
+                        help="video height in pixels, width = 2 x height (default: the --resolution's, 480 or 720)")
     parser.add_argument("--cpu", action="store_true", help="gloo on CPU, one process (checks the files and the code path)")
     args = parser.parse_args(argv)
+    if args.cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print(f"error: --cpu runs one process (diffusers' context parallelism needs a GPU per process), got "
+              f"WORLD_SIZE={os.environ['WORLD_SIZE']}; use torchrun --nproc_per_node 1, or GPUs without --cpu",
+              file=sys.stderr)
+        return 2
+    if "RANK" not in os.environ:  # started without torchrun: a world of one process
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
 
     import torch.distributed as dist
     from matrix_world.generation.video import VideoConfig, generate_video_distributed
@@ -41,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         scaffold = load_npz(args.run_dir / "scaffold.npz", keys=("rgb", "mask"))
         trajectory = Trajectory.from_json(args.run_dir / "trajectory.json")
-        config = VideoConfig(backend="wan", resolution=args.resolution, model=args.model,
+        config = VideoConfig(backend="wan", resolution=args.resolution, height=args.height, model=args.model,
                              lora=None if args.lora == "none" else args.lora, num_inference_steps=args.steps,
                              guidance_scale=args.guidance, seed=args.seed, dtype=args.dtype)
         result = generate_video_distributed(
