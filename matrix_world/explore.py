@@ -196,6 +196,8 @@ def check_explore_inputs(config: ExploreConfig) -> None:
         raise InputError("give --start-frame or --start-pose, not both")
     if config.start_pose is not None and not Path(config.start_pose).is_file():
         raise InputError(f"--start-pose {config.start_pose} does not exist (expected a JSON file with one pose)")
+    if config.start_pose is not None:
+        read_pose(config.start_pose)  # one finite rigid pose, or a one-line error
 
 
 def _explore(config: ExploreConfig, root: Path, log) -> SegmentResult:
