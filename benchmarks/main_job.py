@@ -67,7 +67,7 @@ def main() -> None:
             for p in busy:
                 p.kill()
                 p.wait()
-    print(f"\n{os.cpu_count()} cores. | busy processes | frames | --threads | chosen | seconds | load before / after |")
+    print(f"\n{os.cpu_count()} cores\n\n| busy processes | frames | --threads | chosen | seconds | load before / after |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['busy_processes']} | {r['frames']} | {r['threads']} | {r['chosen']} | {r['seconds']} | "
