@@ -4,7 +4,7 @@ torch's default is one intra-op thread per core. On a machine that other process
 busy, that oversubscribes the cores: OpenMP threads wait for each other at every parallel
 region. Measured on the 2-core machine (benchmarks/RESULTS.md, "CPU threads"): a 17-frame
 run takes 15.8 s with 2 threads and 22.9 s with 1 when the machine is idle, but with two
-other busy processes 1 thread takes 34.8 s and 2 threads several times longer. A wrong
+other busy processes 1 thread takes 34.8 s and 2 threads 64.9 s (1.9x; 4.1x at a load of 4-5). A wrong
 "1" costs at most ~1.5x, a wrong "all cores" several times that, so
 :func:`default_threads` takes the cores this process may use minus the machine's load
 average (beyond 0.5 of noise, rounded up), at least one.
