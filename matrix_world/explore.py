@@ -41,6 +41,7 @@ import torch
 from matrix_world.errors import InputError
 from matrix_world.io import load_npz, read_image, save_npz, write_image
 from matrix_world.rundir import RunDir, run_lock
+from matrix_world.runtime import apply_threads
 from matrix_world.stages import resize_nearest, resize_rgb
 from matrix_world.trajectory import Trajectory, read_pose
 
@@ -201,7 +202,7 @@ def check_explore_inputs(config: ExploreConfig) -> None:
 
 
 def _explore(config: ExploreConfig, root: Path, log) -> SegmentResult:
-    from matrix_world.pipeline import make_depth_fn, make_plan, set_torch_threads
+    from matrix_world.pipeline import make_depth_fn, make_plan
     from matrix_world.reconstruction.render import render_panorama
     from matrix_world.report import contact_sheet_stage, preview_stage
     from matrix_world.stages import (StageContext, reconstruction_stage, scaffold_stage, trajectory_stage,
@@ -221,7 +222,7 @@ def _explore(config: ExploreConfig, root: Path, log) -> SegmentResult:
                                        trajectory=config.trajectory, frames=config.frames)
     # (world_config keeps the world's seed: procedural scenes are made from it; the segment's
     # seed drives its random numbers through ctx.generator and joins its stage hashes)
-    threads, why = set_torch_threads(config.threads)
+    threads, why = apply_threads(config.threads)
     plan = make_plan(world_config)
     start_c2w, last_run, start_index = start_pose_of(run, config)
     _keep_base(run)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from matrix_world.errors import InputError
+from matrix_world.runtime import apply_threads
 from matrix_world.rundir import RunDir, jsonable, run_lock
 from matrix_world.stages import (
     StageContext,
@@ -162,12 +163,17 @@ def resolve_device(name: str) -> torch.device:
 MAX_FRAMES = 2000  # ~25 panoramic videos of 81 frames; longer walks are chained segments (explore.py)
 MAX_RESOLUTION = 2048
 MAX_PANORAMA_HEIGHT = 8192
-BACKEND_NAMES = {
-    "panorama": ("auto", "flux", "flux-fill", "file", "procedural", "photo"),
-    "depth": ("auto", "moge", "prior", "file", "procedural"),
-    "video": ("auto", "wan", "fill", "oracle"),
-    "reconstruction": ("auto", "optimize", "lift"),
-}
+
+
+def backend_choices() -> dict[str, tuple[str, ...]]:
+    """The backend names each stage accepts, read from the stages' own registries."""
+    from matrix_world.generation.depth import DEPTH_BACKENDS
+    from matrix_world.generation.panorama import PANORAMA_BACKENDS
+    from matrix_world.generation.video import BACKENDS as VIDEO_BACKENDS
+    from matrix_world.reconstruction.stage import BACKENDS as RECON_BACKENDS
+
+    return {"panorama": ("auto", *PANORAMA_BACKENDS), "depth": ("auto", *DEPTH_BACKENDS),
+            "video": ("auto", *VIDEO_BACKENDS), "reconstruction": RECON_BACKENDS}
 
 
 def check_frames(frames: int, option: str = "--frames") -> None:
@@ -207,11 +213,12 @@ def check_inputs(config: WorldConfig) -> None:
         raise InputError(f"--threads must be at least 1, got {config.threads}")
     if config.preset not in PRESET_NAMES:
         raise InputError(f"--preset must be one of {PRESET_NAMES}, got {config.preset!r}")
+    choices = backend_choices()
     for stage, option in (("panorama", config.panorama_backend), ("depth", config.depth_backend),
                           ("video", config.video_backend), ("reconstruction", config.recon_backend)):
-        if option not in BACKEND_NAMES[stage]:
+        if option not in choices[stage]:
             flag = "--recon-backend" if stage == "reconstruction" else f"--{stage}-backend"
-            raise InputError(f"{flag} must be one of {', '.join(BACKEND_NAMES[stage])}, got {option!r}")
+            raise InputError(f"{flag} must be one of {', '.join(choices[stage])}, got {option!r}")
     for ext in config.exports:
         if ext not in ("spz", "splat"):
             raise InputError(f"--exports takes spz and/or splat, got {ext!r}")
@@ -241,8 +248,6 @@ def check_plan(config: WorldConfig, plan: Plan) -> None:
     """What the chosen backends need of the inputs (still before anything is written)."""
     if plan.backends["video"] == "wan" and (config.frames - 1) % 4:
         raise InputError(f"the Wan video model needs 4k+1 frames (e.g. 81, 49, 17), got --frames {config.frames}")
-    if plan.backends["video"] == "wan" and plan.height % 16:
-        raise InputError(f"the Wan video model needs a frame height that is a multiple of 16, got {plan.height}")
 
 
 def make_plan(config: WorldConfig) -> Plan:
@@ -364,17 +369,18 @@ class WorldPipeline:
     def __call__(self, config: WorldConfig) -> WorldResult:
         # 1. check the inputs and resolve the backends (nothing is written before this passes)
         check_inputs(config)
-        threads, why = set_torch_threads(config.threads)
+        hashes = input_hashes(config)
+        threads, why = apply_threads(config.threads)
         plan = make_plan(config)
         if self.adjust_plan is not None:
             plan = self.adjust_plan(plan)
         check_plan(config, plan)
         out = Path(config.out) if config.out else default_out(config)
-        check_out_folder(out, config)
+        check_out_folder(out, config, hashes)
         with run_lock(out):
-            return self._run(config, plan, out, threads, why)
+            return self._run(config, plan, out, hashes, f"{threads} ({why})")
 
-    def _run(self, config: WorldConfig, plan: Plan, out: Path, threads: int, why: str) -> WorldResult:
+    def _run(self, config: WorldConfig, plan: Plan, out: Path, hashes: dict, threads: str) -> WorldResult:
         from matrix_world.report import contact_sheet_stage, preview_stage, summarize
 
         run = RunDir(out, seed=config.seed, force=not config.resume)
@@ -382,19 +388,18 @@ class WorldPipeline:
             removed = run.clear()
             run.manifest["seed"] = config.seed
             self.log(f"  --overwrite: removed the previous world in {out} ({len(removed)} artifacts)")
-        elif run.manifest["segments"] and _world_changed(run, config):
+        elif run.manifest["segments"] and _world_changed(run.manifest, config, hashes):
             removed = run.drop_segments()
             self.log(f"  note: the world's options changed since it was explored: its segments were built on the old "
                      f"world and are removed ({', '.join(removed)})")
         self._announce(config, plan, out)
-        self.log(f"  threads: {threads} ({why})")
+        self.log(f"  threads: {threads}")
         ctx = StageContext(run=run, device=plan.device, seed=config.seed, log=self.log, models=self.models)
         run.set_inputs(image=config.image, distance=config.distance)
         run.manifest["request"] = {"prompt": config.prompt, "preset": config.preset, "trajectory": config.trajectory,
                                    "frames": config.frames, "height": plan.height, "device": str(plan.device)}
         run.manifest["plan"] = {"backends": plan.backends, "reasons": plan.reasons, "preview_only": plan.preview_only}
         run.manifest["world_config"] = dataclasses.asdict(dataclasses.replace(config, out=str(out)))
-        run.manifest["world_identity"] = world_identity(config)
         start = time.perf_counter()
 
         # 2. panorama from text or image
@@ -431,27 +436,38 @@ class WorldPipeline:
                      "and run on a CUDA GPU.")
 
 
-# Options that never change an artifact: they are not part of what makes a world "the same".
+# Options that never change an artifact: a change of any other option makes another world.
 _RUN_OPTIONS = ("out", "resume", "overwrite", "threads")
+_INPUT_FILES = ("image", "distance")
 
 
-def world_identity(config: WorldConfig) -> dict:
-    """What makes two runs the same world: the prompt, the input files' contents and the seed."""
+def input_hashes(config: WorldConfig) -> dict[str, str | None]:
+    """sha256 of the input files (None where not given), as ``RunDir.set_inputs`` records them."""
     from matrix_world.rundir import file_sha256
 
-    return {"prompt": config.prompt, "seed": config.seed, "panorama": config.panorama,
-            "image": None if config.image is None else file_sha256(config.image),
-            "distance": None if config.distance is None else file_sha256(config.distance)}
+    return {key: None if getattr(config, key) is None else file_sha256(getattr(config, key)) for key in _INPUT_FILES}
 
 
-def _world_changed(run: RunDir, config: WorldConfig) -> bool:
-    """True when any option that changes an artifact differs from the world stored in ``run``."""
-    stored = {k: v for k, v in (run.manifest.get("world_config") or {}).items() if k not in _RUN_OPTIONS}
+def _stored_hashes(manifest: dict) -> dict[str, str | None]:
+    return {key: manifest.get("inputs", {}).get(key, {}).get("sha256") for key in _INPUT_FILES}
+
+
+def same_world(manifest: dict, config: WorldConfig, hashes: dict) -> bool:
+    """True when the run of ``manifest`` is this world: same prompt, seed and input contents
+    (other options may differ: resuming reruns what they change)."""
+    old = manifest.get("world_config") or {}
+    return ((old.get("prompt"), old.get("seed"), old.get("panorama", False)) == (config.prompt, config.seed, config.panorama)
+            and _stored_hashes(manifest) == hashes)
+
+
+def _world_changed(manifest: dict, config: WorldConfig, hashes: dict) -> bool:
+    """True when any option that changes an artifact differs from the world stored in ``manifest``."""
+    stored = {k: v for k, v in (manifest.get("world_config") or {}).items() if k not in _RUN_OPTIONS}
     now = {k: v for k, v in jsonable(dataclasses.asdict(config)).items() if k not in _RUN_OPTIONS}
-    return stored != now or run.manifest.get("world_identity") != world_identity(config)
+    return stored != now or _stored_hashes(manifest) != hashes
 
 
-def check_out_folder(out: Path, config: WorldConfig) -> None:
+def check_out_folder(out: Path, config: WorldConfig, hashes: dict) -> None:
     """``--out`` must be new, empty, or this same world (to resume); anything else only with --overwrite."""
     from matrix_world.rundir import LOCK, MANIFEST
 
@@ -462,38 +478,19 @@ def check_out_folder(out: Path, config: WorldConfig) -> None:
     entries = sorted(p.name for p in out.iterdir() if p.name != LOCK)
     if not entries:
         return
-    manifest = out / MANIFEST
-    if not manifest.is_file():
+    if not (out / MANIFEST).is_file():
         shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
         raise InputError(f"--out {out} holds files that are not a matrix_world run ({shown}); choose a new or empty "
                          "folder, or pass --overwrite to write the world into it")
     stored = RunDir(out).manifest
-    identity = stored.get("world_identity")
-    if identity is None and stored.get("world_config") is None:
+    old = stored.get("world_config")
+    if old is None:
         raise InputError(f"--out {out} holds another kind of run (no world in its manifest); choose another folder "
                          "or pass --overwrite")
-    if identity is None:  # a run of an earlier version: compare what its config recorded
-        old = stored["world_config"]
-        identity = {"prompt": old.get("prompt"), "seed": old.get("seed")}
-        same = identity == {"prompt": config.prompt, "seed": config.seed}
-    else:
-        same = identity == world_identity(config)
-    if not same:
-        what = f"prompt {identity.get('prompt')!r}, seed {identity.get('seed')}"
+    if not same_world(stored, config, hashes):
+        what = f"prompt {old.get('prompt')!r}, seed {old.get('seed')}"
         raise InputError(f"--out {out} holds another world ({what}); choose another folder, or pass --overwrite "
                          "to replace it (its artifacts and explored segments are deleted)")
-
-
-def set_torch_threads(requested: int | None) -> tuple[int, str]:
-    """Set torch's intra-op threads; returns (count, why). See :func:`matrix_world.runtime.default_threads`."""
-    from matrix_world.runtime import default_threads
-
-    if requested is not None:
-        torch.set_num_threads(int(requested))
-        return int(requested), "--threads"
-    count, why = default_threads()
-    torch.set_num_threads(count)
-    return count, why
 
 
 def make_depth_fn(plan: Plan, scaffold: dict, traj, models: dict | None = None):

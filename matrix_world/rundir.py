@@ -198,22 +198,6 @@ def _read_holder(fd: int) -> str:
         return "unknown holder"
 
 
-def holds_lock(path: str | os.PathLike) -> bool:
-    """True when some process holds :func:`run_lock` on ``path`` (readers may check this)."""
-    file = Path(path) / LOCK
-    try:
-        fd = os.open(file, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 # --------------------------------------------------------------------------- stages
 
 
@@ -531,10 +515,8 @@ class RunDir:
         if (self.path / "segments").is_dir():
             shutil.rmtree(self.path / "segments")
             removed.append("segments/")
-        for key in ("merge",):
-            self.manifest["config"].pop(key, None)
-            self.manifest["backends"].pop(key, None)
-            self.manifest["timings"].pop(key, None)
+        for record in ("config", "backends", "timings"):
+            self.manifest[record].pop("merge", None)
         self.manifest["segments"] = {}
         self.manifest.pop("world", None)
         return removed

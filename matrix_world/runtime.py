@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 import os
 
+import torch
+
 
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity), at least 1."""
@@ -40,3 +42,11 @@ def default_threads(cores: int | None = None, load: float | None = None) -> tupl
     busy = math.ceil(max(0.0, load) - 0.5)  # up to 0.5 is noise (a decaying average), not a busy core
     threads = max(1, min(cores, cores - busy))
     return threads, f"{cores} usable cores, load {load:.2f}; --threads N to override"
+
+
+def apply_threads(requested: int | None) -> tuple[int, str]:
+    """Set torch's intra-op threads to ``requested`` (``--threads``) or :func:`default_threads`;
+    returns (count, why)."""
+    count, why = (int(requested), "--threads") if requested is not None else default_threads()
+    torch.set_num_threads(count)
+    return count, why

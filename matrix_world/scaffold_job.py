@@ -94,13 +94,6 @@ def load_panorama(path: str | Path, *, allow_convert: bool = False,
     return image
 
 
-def load_distance(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
-    """Distance map [H, W] float32 matching ``shape``, +inf = sky: :func:`matrix_world.io.read_distance`
-    (the one rule for distance files; ``--allow-convert`` is for images only, distances are never
-    converted)."""
-    return read_distance(path, shape)[0]
-
-
 def resolve_backend(backend: str, device: str | None = None) -> tuple[str, str]:
     """(backend, torch device) to render with.
 
@@ -165,7 +158,7 @@ def run_scaffold_job(job: ScaffoldJob, log: Callable[[str], None] = print,
     if h % job.decimate or h // job.decimate < 2:
         raise InputError(f"--decimate {job.decimate} does not divide the panorama height {h}; "
                          "expected a divisor of it (leaving at least 2 rows)")
-    distance = load_distance(job.distance, (h, w))
+    distance, _ = read_distance(job.distance, (h, w))  # +inf = sky
     traj = load_trajectory(job.trajectory, distance, job.frames, rescale=CUSTOM_SCALES[job.custom_scale],
                            yaw=job.yaw, scale=job.move, fps=job.fps)
     traj, columns = snap_yaw(traj, w)

@@ -426,23 +426,10 @@ def fit_to_panorama(traj: Trajectory, distance, reach: float = 0.5) -> Trajector
 
 
 def check_trajectory_spec(spec: str) -> int | None:
-    """Validate a trajectory option before anything runs: a preset (returns None) or a JSON
-    file of poses that parses and validates (returns its pose count); else InputError
-    listing the presets."""
-    spec = str(spec)
-    if spec in PRESETS:
-        return None
-    if not Path(spec).is_file():
-        raise InputError(f"unknown trajectory {spec!r}: expected a preset ({', '.join(PRESETS)}) or an existing "
-                         ".json file of poses")
-    try:
-        data = _read_json(spec)
-        traj = load_matrix3d_trajectory(spec) if isinstance(data, list) else Trajectory.from_dict(data, source=spec)
-    except InputError as exc:
-        raise InputError(str(exc) if spec in str(exc) else f"--trajectory {spec}: {exc}") from None
-    if len(traj) < 2:
-        raise InputError(f"--trajectory {spec}: a camera path needs at least 2 poses, got {len(traj)}")
-    return len(traj)
+    """Validate a trajectory option before anything runs: None for a preset, else the pose count
+    of the JSON file as :func:`load_trajectory` reads it (parsed and validated, not yet fitted to
+    a panorama); InputError listing the presets for anything else."""
+    return None if str(spec) in PRESETS else len(load_trajectory(spec, rescale=False))
 
 
 def load_trajectory(spec: str, distance=None, frames: int | None = None, *, rescale: bool | None = None,
@@ -459,8 +446,9 @@ def load_trajectory(spec: str, distance=None, frames: int | None = None, *, resc
     if spec in PRESETS:
         return make_preset(spec, distance, 81 if frames is None else frames, yaw=yaw, scale=scale,
                            fps=16.0 if fps is None else fps)
-    if not spec.lower().endswith(".json") and not Path(spec).is_file():
-        raise InputError(f"unknown trajectory {spec!r}; expected one of {', '.join(PRESETS)} or a path to a .json file")
+    if not Path(spec).is_file():
+        raise InputError(f"unknown trajectory {spec!r}: expected a preset ({', '.join(PRESETS)}) or an existing "
+                         ".json file of poses (no preset has that name, and the file does not exist)")
     data = _read_json(spec)
     if isinstance(data, list):
         traj = load_matrix3d_trajectory(spec)

@@ -149,10 +149,8 @@ def _depth_file_backend(path):
     return estimate_depth(np.zeros((H, 2 * H, 3), np.float32), DepthConfig(backend="file", path=str(path)))
 
 
-def _render_scaffold_reader(path):
-    from matrix_world.scaffold_job import load_distance
-
-    return load_distance(path, (H, 2 * H))
+def _render_scaffold_reader(path):  # what scaffold_job reads: the panorama's shape required
+    return read_distance(path, (H, 2 * H))[0]
 
 
 READERS = {"read_distance": read_distance, "depth file backend": _depth_file_backend,

@@ -14,6 +14,7 @@ import torch
 from matrix_world.cli import run_main
 from matrix_world.equirect import equirect_directions
 from matrix_world.errors import InputError
+from matrix_world.io import read_distance
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "render_scaffold.py"
@@ -275,17 +276,15 @@ def test_cuda_backend_matches_cpu(inputs, tmp_path):
 
 
 def test_distance_from_a_run_depth_npz(tmp_path):
-    from matrix_world.scaffold_job import load_distance
-
     good = box_distance()
     sky = np.zeros_like(good, dtype=bool)
     sky[:3] = True
     np.savez(tmp_path / "depth.npz", distance=good, sky=sky)
-    d = load_distance(tmp_path / "depth.npz", (H, 2 * H))
+    d = read_distance(tmp_path / "depth.npz", (H, 2 * H))[0]
     assert np.isinf(d[:3]).all() and np.array_equal(d[3:], good[3:])
     np.savez(tmp_path / "other.npz", depth=good)
     with pytest.raises(InputError, match="no 'distance' array"):
-        load_distance(tmp_path / "other.npz", (H, 2 * H))
+        read_distance(tmp_path / "other.npz", (H, 2 * H))[0]
 
 
 def test_bad_input_exit_code_from_the_script(bad, inputs, tmp_path):

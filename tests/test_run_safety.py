@@ -17,7 +17,7 @@ from matrix_world.cli import run_main
 from matrix_world.errors import InputError
 from matrix_world.explore import ExploreConfig, explore
 from matrix_world.pipeline import WorldConfig, WorldPipeline, make_plan, check_plan
-from matrix_world.rundir import RunDir, holds_lock, run_lock
+from matrix_world.rundir import RunDir, run_lock
 from matrix_world.runtime import default_threads
 from matrix_world.world_cli import explore_main, text2world_main
 
@@ -105,7 +105,6 @@ def test_explore_refuses_bad_options_before_writing(world, capsys):
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     out = tmp_path / "run"
     with run_lock(out):
-        assert holds_lock(out)
         with pytest.raises(InputError, match=f"in use by another run \\(pid {os.getpid()} on "):
             with run_lock(out):
                 pass
@@ -116,15 +115,15 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert f"is in use by another run (pid {os.getpid()}" in proc.stderr
         assert [p.name for p in out.iterdir()] == [".lock"]
-    assert not holds_lock(out) and not out.exists()  # released, and the folder it made is gone
+    assert not out.exists()  # released, and the folder it made is gone
 
 
 def test_a_killed_holder_does_not_block(tmp_path):
     out = tmp_path / "run"
     code = f"from matrix_world.rundir import run_lock\nimport os\nwith run_lock({str(out)!r}):\n    os._exit(0)\n"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-    assert (out / ".lock").exists() and not holds_lock(out)  # the file stayed, the lock died with the process
-    with run_lock(out):
+    assert (out / ".lock").exists()  # the file stayed, the lock died with the process:
+    with run_lock(out):  # taken at once
         pass
 
 
