@@ -323,7 +323,7 @@ def make_plan(config: WorldConfig) -> Plan:
     if backends["reconstruction"] == "auto":
         from matrix_world.reconstruction.render import gsplat_problem
 
-        problem = None if preview or device.type != "cuda" else gsplat_problem(device.index or 0)
+        problem = None if preview or device.type != "cuda" else gsplat_problem(device)
         if preview or device.type != "cuda":
             backends["reconstruction"], reasons["reconstruction"] = "lift", \
                 "preview preset or no GPU: one Gaussian per keyframe pixel (no training)"

@@ -126,8 +126,8 @@ class PanoramaRender:
 
 
 @functools.cache
-def gsplat_problem(device_index: int = 0) -> str | None:
-    """None when gsplat's CUDA rasteriser works on GPU ``device_index``, else why not (one line).
+def gsplat_problem(device: torch.device | str = "cuda") -> str | None:
+    """None when gsplat's CUDA rasteriser works on the CUDA ``device``, else why not (one line).
 
     gsplat compiles its CUDA kernels on first use (or ships them prebuilt); an import that
     succeeds says nothing about that. So this renders one Gaussian into an 8 x 8 image once
@@ -140,7 +140,7 @@ def gsplat_problem(device_index: int = 0) -> str | None:
     except ImportError as exc:
         return f"gsplat does not import ({' '.join(str(exc).split())[:200]})"
     try:
-        device = torch.device("cuda", device_index)
+        device = torch.device(device)
         means, quats = torch.tensor([[0.0, 0.0, 2.0]]), torch.tensor([[1.0, 0.0, 0.0, 0.0]])
         scales, opacities, colors = torch.full((1, 3), 0.2), torch.ones(1), torch.ones(1, 3)
         viewmats, Ks = torch.eye(4)[None], torch.tensor([[[8.0, 0.0, 4.0], [0.0, 8.0, 4.0], [0.0, 0.0, 1.0]]])
@@ -161,7 +161,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         if device.type != "cuda":
             return "cpu"
-        return "cuda" if gsplat_problem(device.index if device.index is not None else 0) is None else "cpu"
+        return "cuda" if gsplat_problem(device) is None else "cpu"
     if backend == "cuda" and device.type != "cuda":
         raise InputError(f"backend='cuda' needs the Gaussians and cameras on a CUDA device, got {device}")
     return backend

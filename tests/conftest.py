@@ -40,3 +40,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+# ----------------------------------------------------------------- the script tests' shared runs
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory) -> dict:
+    """Subprocess environment of the script tests (tests/script_helpers.py: script_env)."""
+    from script_helpers import script_env
+
+    return script_env(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def world_run(tmp_path_factory, env):
+    """``text2world.py PROMPT`` with small sizes and the default run directory (under the cwd):
+    (run folder, stdout), shared by tests/test_scripts_world.py and test_scripts_tools.py."""
+    from script_helpers import PROMPT, SMALL, run_script
+
+    cwd = tmp_path_factory.mktemp("text2world")
+    proc = run_script("text2world.py", PROMPT, *SMALL, env=env, cwd=cwd)
+    runs = list((cwd / "outputs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0], proc.stdout

@@ -294,13 +294,13 @@ def test_auto_rasterisers_fall_back_with_the_reason_when_their_probe_fails(monke
     if not torch.cuda.is_available():
         assert raster_cuda.nvdiffrast_problem() == "no CUDA device"
         assert splat_render.gsplat_problem() == "no CUDA device"
-    monkeypatch.setattr(raster_cuda, "nvdiffrast_problem", lambda index=0: "plugin failed (no nvcc)")
+    monkeypatch.setattr(raster_cuda, "nvdiffrast_problem", lambda device="cuda": "plugin failed (no nvcc)")
     logs = []
     assert resolve_backend("auto", torch.device("cuda", 0), log=logs.append) == "cpu"
     assert logs == ["  scaffold: the CUDA rasteriser cannot run here (plugin failed (no nvcc)); using the CPU rasteriser"]
-    monkeypatch.setattr(raster_cuda, "nvdiffrast_problem", lambda index=0: None)
+    monkeypatch.setattr(raster_cuda, "nvdiffrast_problem", lambda device="cuda": None)
     assert resolve_backend("auto", torch.device("cuda", 0)) == "cuda"
-    monkeypatch.setattr(splat_render, "gsplat_problem", lambda index=0: "kernels failed")
+    monkeypatch.setattr(splat_render, "gsplat_problem", lambda device="cuda": "kernels failed")
     assert splat_render.resolve_backend("auto", torch.device("cuda", 0)) == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     plan = make_plan(tiny("unused", preset="fast", device="cuda"))

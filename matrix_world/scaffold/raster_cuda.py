@@ -47,8 +47,8 @@ def nvdiffrast_available() -> bool:
 
 
 @functools.cache
-def nvdiffrast_problem(device_index: int = 0) -> str | None:
-    """None when nvdiffrast works on GPU ``device_index``, else why not (one line).
+def nvdiffrast_problem(device: torch.device | str = "cuda") -> str | None:
+    """None when nvdiffrast works on the CUDA ``device``, else why not (one line).
 
     Importing the package is not enough: its CUDA plugin compiles on first use and fails
     where nvcc, ninja or the headers are missing. So this compiles it and rasterises one
@@ -62,10 +62,11 @@ def nvdiffrast_problem(device_index: int = 0) -> str | None:
     except ImportError as exc:
         return f"nvdiffrast does not import ({' '.join(str(exc).split())[:200]})"
     try:
-        device = torch.device("cuda", device_index)
+        device = torch.device(device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
         clip = torch.tensor([[[-1.0, -1.0, 0.5, 1.0], [1.0, -1.0, 0.5, 1.0], [-1.0, 1.0, 0.5, 1.0]]], device=device)
         tri = torch.tensor([[0, 1, 2]], dtype=torch.int32, device=device)
-        rast, _ = load_nvdiffrast().rasterize(_context(device_index), clip, tri, resolution=[4, 4])
+        rast, _ = load_nvdiffrast().rasterize(_context(index), clip, tri, resolution=[4, 4])
         covered = rast[0, :, :, 3] > 0
         if not (bool(covered[0, 0]) and not bool(covered[3, 3])):
             return "nvdiffrast's test render of one triangle came out wrong"

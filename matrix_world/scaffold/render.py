@@ -130,7 +130,7 @@ def resolve_backend(backend: str, device: torch.device, log=None) -> str:
             return "cpu"
         from matrix_world.scaffold.raster_cuda import nvdiffrast_problem
 
-        problem = nvdiffrast_problem(device.index if device.index is not None else torch.cuda.current_device())
+        problem = nvdiffrast_problem(device)
         if problem is not None and log is not None:
             log(f"  scaffold: the CUDA rasteriser cannot run here ({problem}); using the CPU rasteriser")
         return "cuda" if problem is None else "cpu"
