@@ -376,8 +376,8 @@ class WorldPipeline:
             plan = self.adjust_plan(plan)
         check_plan(config, plan)
         out = Path(config.out) if config.out else default_out(config)
-        check_out_folder(out, config, hashes)
-        with run_lock(out):
+        with run_lock(out):  # checked under the lock: no other run can write between the check and the stages
+            check_out_folder(out, config, hashes)
             return self._run(config, plan, out, hashes, f"{threads} ({why})")
 
     def _run(self, config: WorldConfig, plan: Plan, out: Path, hashes: dict, threads: str) -> WorldResult:
