@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from matrix_world.errors import InputError
+from matrix_world.errors import InputError, one_line
 
 # Original Wan module (inside ``blocks.N.``) -> diffusers WanTransformer3DModel module.
 BLOCK_MODULES: dict[str, str] = {
@@ -74,7 +74,7 @@ def read_lora_file(path: str | Path) -> dict[str, Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as exc:
-            raise InputError(f"cannot read LoRA file {path} as .safetensors ({' '.join(str(exc).split())})") from None
+            raise InputError(f"cannot read LoRA file {path} as .safetensors ({one_line(exc)})") from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as exc:

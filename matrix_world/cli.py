@@ -16,16 +16,11 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 
-from matrix_world.errors import InputError, MissingDependencyError
+from matrix_world.errors import InputError, MissingDependencyError, one_line
 from matrix_world.io import OutputError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-
-
-def one_line(message: object) -> str:
-    """Collapse a message onto one line."""
-    return " ".join(str(message).split())
 
 
 def note(message: str) -> None:

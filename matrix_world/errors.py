@@ -6,6 +6,11 @@ import importlib
 from types import ModuleType
 
 
+def one_line(message: object) -> str:
+    """Collapse a message (e.g. an exception from a library) onto one line."""
+    return " ".join(str(message).split())
+
+
 class InputError(ValueError):
     """Bad user input. The message is one line: what was wrong and what is expected.
 

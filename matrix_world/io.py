@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from matrix_world.errors import InputError
+from matrix_world.errors import InputError, one_line
 
 
 class OutputError(OSError):
@@ -151,7 +151,7 @@ def _check_jpeg_png(path: Path) -> tuple[int, int] | None:
             img.load()
             width, height = img.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
+        reason = one_line(exc) or type(exc).__name__
         raise InputError(f"image {path} is a truncated or corrupt {kind} file ({reason}); "
                          f"expected a complete {kind} file (re-export or re-download it)") from None
     finally:
@@ -311,9 +311,9 @@ def read_distance(path: str | os.PathLike, expected_shape: tuple[int, int] | Non
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise InputError(f"distance {path} holds a Python-object array; {DISTANCE_RULE}") from None
-        raise InputError(f"cannot read {path} as .npy/.npz ({' '.join(str(exc).split())}); {DISTANCE_RULE}") from None
+        raise InputError(f"cannot read {path} as .npy/.npz ({one_line(exc)}); {DISTANCE_RULE}") from None
     except (OSError, EOFError) as exc:
-        raise InputError(f"cannot read {path} as .npy/.npz ({' '.join(str(exc).split())}); {DISTANCE_RULE}") from None
+        raise InputError(f"cannot read {path} as .npy/.npz ({one_line(exc)}); {DISTANCE_RULE}") from None
     if d.dtype.kind != "f" or d.dtype.itemsize > 8:
         why = " (integers are usually a quantised depth image of unknown scale; convert to float distances)" \
             if d.dtype.kind in "iu" else ""

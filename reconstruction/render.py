@@ -44,7 +44,7 @@ from torch import Tensor
 
 from matrix_world.cameras import CUBE_FACE_NAMES, PerspectiveView, c2w_to_w2c, cube_faces, depth_to_distance, project_to_view, sample_image
 from matrix_world.equirect import equirect_directions
-from matrix_world.errors import InputError, require
+from matrix_world.errors import InputError, one_line, require
 from matrix_world.gaussians import Gaussians
 
 ALPHA_THRESHOLD = 1.0 / 255.0
@@ -138,7 +138,7 @@ def gsplat_problem(device: torch.device | str = "cuda") -> str | None:
     try:
         gsplat = require("gsplat", GSPLAT_INSTALL)
     except ImportError as exc:
-        return f"gsplat does not import ({' '.join(str(exc).split())[:200]})"
+        return f"gsplat does not import ({one_line(exc)[:200]})"
     try:
         device = torch.device(device)
         means, quats = torch.tensor([[0.0, 0.0, 2.0]]), torch.tensor([[1.0, 0.0, 0.0, 0.0]])
@@ -149,7 +149,7 @@ def gsplat_problem(device: torch.device | str = "cuda") -> str | None:
         if not float(alphas[0, 3, 3, 0]) > 0.5 or not float(alphas[0, 0, 0, 0]) < float(alphas[0, 3, 3, 0]):
             return "gsplat's test render of one Gaussian came out wrong"
     except Exception as exc:  # noqa: BLE001 - any failure of the kernels means: do not use them
-        return f"gsplat's CUDA rasteriser failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+        return f"gsplat's CUDA rasteriser failed ({type(exc).__name__}: {one_line(exc)[:200]})"
     return None
 
 

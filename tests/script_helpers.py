@@ -1,6 +1,7 @@
-"""Helpers of the script tests (tests/test_scripts_*.py): running a script as a subprocess with
-its defaults, and checks of what a world run writes. Their shared fixtures (`env`, one small
-`world_run`) are in conftest.py, so that both test modules reuse one run."""
+"""Helpers of the script and pipeline tests: running a script as a subprocess with its defaults,
+checks of what a world run writes, a tiny preview world config, a box-room distance map. The
+script tests' shared fixtures (`env`, one small `world_run`) are in conftest.py, so that both
+test modules reuse one run."""
 
 from __future__ import annotations
 
@@ -53,6 +54,24 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, proc.stderr
     return errors[0]
+
+
+TINY_PROMPT = "a snowy forest"
+
+
+def tiny_config(out, **kw):
+    """A WorldConfig of a tiny in-process preview world: 9 frames of 64 x 128, a 128-row panorama, CPU."""
+    from matrix_world.pipeline import WorldConfig
+
+    base = dict(prompt=TINY_PROMPT, out=str(out), preset="preview", resolution=64, panorama_height=128, frames=9,
+                device="cpu")
+    return WorldConfig(**{**base, **kw})
+
+
+def tiny_args(out) -> list[str]:
+    """The command-line options of :func:`tiny_config` (after the prompt)."""
+    return ["--out", str(out), "--preset", "preview", "--resolution", "64", "--panorama-height", "128",
+            "--frames", "9", "--device", "cpu"]
 
 
 def sha256(path: Path) -> str:

@@ -20,18 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "render_scaffold.py"
 sys.path.insert(0, str(ROOT / "scripts"))
 import render_scaffold
+from script_helpers import box_distance  # a 6 x 2.7 x 8 box room seen from 1.5 above its floor
 
 H = 32
 LOOSE = ["--occlusion-threshold", "0.2"]  # at 32 x 64 a 5% rule marks most of a box room unknown
-
-
-def box_distance(h=H):
-    """Distance from the centre of a 6 x 2.7 x 8 box room (camera 1.5 above the floor)."""
-    d = equirect_directions(h, dtype=torch.float64).numpy()
-    lo, hi = np.array([-3.0, -1.2, -4.0]), np.array([3.0, 1.5, 4.0])
-    with np.errstate(divide="ignore"):
-        t = np.where(d > 0, hi / d, np.where(d < 0, lo / d, np.inf))
-    return t.min(-1).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +36,7 @@ def inputs(tmp_path_factory):
     pano = np.stack([0.5 + 0.4 * np.sin(lon), 0.5 + 0.4 * np.cos(2 * lon) * d[..., 1], 0.5 + 0.3 * d[..., 1]], -1)
     pano = (pano * 255 + 0.5).astype(np.uint8)
     cv2.imwrite(str(folder / "pano.png"), pano[:, :, ::-1])
-    np.save(folder / "dist.npy", box_distance())
+    np.save(folder / "dist.npy", box_distance(H))
     return folder, pano
 
 
@@ -163,7 +155,7 @@ def bad(tmp_path_factory):
     write_png(f / "rgba.png", (rng.random((H, 2 * H, 4)) * 255).astype(np.uint8))
     write_png(f / "deep.png", (rng.random((H, 2 * H, 3)) * 65535).astype(np.uint16))
     (f / "notimage.png").write_bytes(b"not a png at all")
-    good = box_distance()
+    good = box_distance(H)
     for name, value in (("nan", np.nan), ("neg", -1.0), ("zero", 0.0), ("minf", -np.inf)):
         d = good.copy()
         d[3, 5] = value
@@ -276,7 +268,7 @@ def test_cuda_backend_matches_cpu(inputs, tmp_path):
 
 
 def test_distance_from_a_run_depth_npz(tmp_path):
-    good = box_distance()
+    good = box_distance(H)
     sky = np.zeros_like(good, dtype=bool)
     sky[:3] = True
     np.savez(tmp_path / "depth.npz", distance=good, sky=sky)

@@ -2,7 +2,6 @@
 written: the lock, --out rules, segments invalidated by a changed world, atomic commits,
 sha256-verified resume, the explore seed on resume, CPU threads and the GPU probes."""
 
-import hashlib
 import json
 import os
 import subprocess
@@ -16,29 +15,17 @@ import torch
 from matrix_world.cli import run_main
 from matrix_world.errors import InputError
 from matrix_world.explore import ExploreConfig, explore
-from matrix_world.pipeline import WorldConfig, WorldPipeline, make_plan, check_plan
+from matrix_world.pipeline import WorldPipeline, make_plan, check_plan
 from matrix_world.rundir import RunDir, run_lock
 from matrix_world.runtime import default_threads
 from matrix_world.world_cli import explore_main, text2world_main
+from script_helpers import TINY_PROMPT as PROMPT
+from script_helpers import sha256 as sha
+from script_helpers import tiny_args
+from script_helpers import tiny_config as tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPT = "a snowy forest"
 quiet = lambda *_: None  # noqa: E731
-
-
-def tiny(out, **kw) -> WorldConfig:
-    base = dict(prompt=PROMPT, out=str(out), preset="preview", resolution=64, panorama_height=128, frames=9,
-                device="cpu")
-    return WorldConfig(**{**base, **kw})
-
-
-def sha(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def tiny_args(out):
-    return ["--out", str(out), "--preset", "preview", "--resolution", "64", "--panorama-height", "128",
-            "--frames", "9", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

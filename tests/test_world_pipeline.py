@@ -2,7 +2,6 @@
 resume after an interruption, chained exploration, bad input."""
 
 import errno
-import hashlib
 import json
 
 import numpy as np
@@ -14,24 +13,16 @@ from matrix_world.errors import InputError
 from matrix_world.explore import ExploreConfig, explore
 from matrix_world.io import load_npz, read_image
 from matrix_world.metrics import psnr
-from matrix_world.pipeline import WorldConfig, WorldPipeline
+from matrix_world.pipeline import WorldPipeline
 from matrix_world.trajectory import Trajectory
 from matrix_world.world_cli import image2world_main, text2world_main
+from script_helpers import TINY_PROMPT as PROMPT
+from script_helpers import sha256 as sha
+from script_helpers import tiny_config as tiny
 
-PROMPT = "a snowy forest"
 ARTIFACTS = ("panorama.png", "depth.npz", "trajectory.json", "scaffold.npz", "scaffold_rgb.mp4", "scaffold_mask.mp4",
              "video.npz", "video.mp4", "world.ply", "world.spz", "preview.mp4", "preview_panorama.png",
              "contact_sheet.png")
-
-
-def tiny(out, **kw) -> WorldConfig:
-    base = dict(prompt=PROMPT, out=str(out), preset="preview", resolution=64, panorama_height=128, frames=9,
-                device="cpu")
-    return WorldConfig(**{**base, **kw})
-
-
-def sha(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import sys
 import torch
 from torch import Tensor
 
-from matrix_world.errors import require
+from matrix_world.errors import one_line, require
 
 _INSTALL = "pip install diffrp-nvdiffrast==0.3.3.1  (needs a CUDA GPU, nvcc and ninja)"
 _MAX_VIEWPORT = 2048  # nvdiffrast CudaRaster tiles larger images; we keep faces below this
@@ -60,7 +60,7 @@ def nvdiffrast_problem(device: torch.device | str = "cuda") -> str | None:
     try:
         load_nvdiffrast()
     except ImportError as exc:
-        return f"nvdiffrast does not import ({' '.join(str(exc).split())[:200]})"
+        return f"nvdiffrast does not import ({one_line(exc)[:200]})"
     try:
         device = torch.device(device)
         index = device.index if device.index is not None else torch.cuda.current_device()
@@ -71,7 +71,7 @@ def nvdiffrast_problem(device: torch.device | str = "cuda") -> str | None:
         if not (bool(covered[0, 0]) and not bool(covered[3, 3])):
             return "nvdiffrast's test render of one triangle came out wrong"
     except Exception as exc:  # noqa: BLE001 - any failure of the plugin build or the render means: do not use it
-        return f"nvdiffrast's CUDA plugin failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+        return f"nvdiffrast's CUDA plugin failed ({type(exc).__name__}: {one_line(exc)[:200]})"
     return None
 
 
