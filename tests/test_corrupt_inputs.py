@@ -31,6 +31,14 @@ def one_line_error(capsys) -> str:
     return err
 
 
+def refused(capsys, main, argv, out) -> str:
+    """``main(argv)`` exits 2 with one ``error:`` line and leaves no ``out`` folder; returns the line."""
+    assert run_main(main, [*argv, "--out", str(out), "--device", "cpu", "--preset", "preview"]) == 2
+    err = one_line_error(capsys)
+    assert not out.exists()
+    return err
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     f = tmp_path_factory.mktemp("corrupt")
@@ -110,11 +118,8 @@ def test_truncated_image_is_refused(files, name, kind):
 
 def test_truncated_panorama_image2world_writes_nothing(files, tmp_path, capsys):
     out = tmp_path / "run"
-    assert run_main(image2world_main, [str(files / "trunc.jpg"), "--panorama", "--out", str(out), "--device", "cpu",
-                                       "--preset", "preview"]) == 2
-    err = one_line_error(capsys)
+    err = refused(capsys, image2world_main, [str(files / "trunc.jpg"), "--panorama"], out)
     assert "trunc.jpg is a truncated or corrupt JPEG file" in err and "expected a complete JPEG file" in err
-    assert not out.exists()
     with pytest.raises(InputError, match="truncated or corrupt PNG"):  # a photo too, not only panoramas
         WorldPipeline(log=lambda *_: None)(world(files, out, image=str(files / "trunc.png"), panorama=False))
     assert not out.exists()
@@ -191,13 +196,10 @@ def test_distance_rule_accepts(files):
 @pytest.mark.parametrize("name, words", [("nan.npy", ["has 2 NaN"]), ("int64.npy", ["dtype int64"]),
                                          ("small.npy", ["8x16", "panorama is 16x32"])])
 def test_image2world_distance_refused_before_writing(files, tmp_path, capsys, name, words):
-    out = tmp_path / "run"
-    assert run_main(image2world_main, [str(files / "pano.png"), "--panorama", "--distance", str(files / name),
-                                       "--out", str(out), "--device", "cpu", "--preset", "preview"]) == 2
-    err = one_line_error(capsys)
+    err = refused(capsys, image2world_main, [str(files / "pano.png"), "--panorama", "--distance", str(files / name)],
+                  tmp_path / "run")
     for word in words:
         assert word in err, (word, err)
-    assert not out.exists()
 
 
 def test_good_inputs_pass_the_checks(files, tmp_path):
@@ -223,11 +225,8 @@ def test_bad_trajectory_refused_before_writing(files, tmp_path, capsys, name, wo
         load_trajectory(str(files / name), np.ones((H, 2 * H), np.float32))
     for word in words:
         assert word in str(err.value), (word, str(err.value))
-    out = tmp_path / "run"
-    assert run_main(text2world_main, ["a room", "--trajectory", str(files / name), "--out", str(out),
-                                      "--device", "cpu", "--preset", "preview"]) == 2
-    err = one_line_error(capsys)
-    assert f"{name}: {words[0]}" in err and not out.exists()  # the file and the pose are named
+    err = refused(capsys, text2world_main, ["a room", "--trajectory", str(files / name)], tmp_path / "run")
+    assert f"{name}: {words[0]}" in err  # the file and the pose are named
 
 
 def test_translation_bound_applies_to_trajectories_in_memory():
@@ -322,13 +321,9 @@ def test_converter_script_subprocess(tmp_path):
     ("--flux-lora", "pano-lora", ["--flux-lora 'pano-lora' is neither none, matrix3d,"]),
 ])
 def test_unknown_lora_spec_refused_before_writing(tmp_path, capsys, flag, value, words):
-    out = tmp_path / "run"
-    assert run_main(text2world_main, ["a room", flag, value, "--out", str(out), "--device", "cpu",
-                                      "--preset", "preview"]) == 2
-    err = one_line_error(capsys)
+    err = refused(capsys, text2world_main, ["a room", flag, value], tmp_path / "run")
     for word in words:
         assert word in err, (word, err)
-    assert not out.exists()
 
 
 def test_lora_specs_accepted_and_folders(files, tmp_path):

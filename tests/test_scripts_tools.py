@@ -1,14 +1,8 @@
-"""The tool scripts (render_scaffold, convert_splats, convert_matrix3d_lora, synthetic data, video_multigpu) as a new user runs them.
-
-Every script in scripts/ run as a subprocess with its DEFAULT options (no --device, so the
-``auto`` device resolution runs; the default preset), only sizes made small where an option
-exists. Each test checks what the script wrote (shapes, dtypes, values, round trips, the
-manifest), not only its exit code.
-
-The subprocesses never reach real weights: HF_HUB_OFFLINE=1 and an empty HF_HOME/HF_HUB_CACHE.
-Expensive runs (one text2world world, one chain of explore segments) are fixtures (conftest.py)
-shared by the tests that read them.
-"""
+"""The tool scripts (render_scaffold, convert_splats, convert_matrix3d_lora, synthetic data,
+video_multigpu) as a new user runs them: each a subprocess with its DEFAULT options (no --device,
+the default preset; only sizes made small), checked by what it wrote, not only its exit code.
+Offline with an empty model cache; the shared runs are fixtures in conftest.py, the helpers
+in script_helpers.py."""
 
 from __future__ import annotations
 
