@@ -249,13 +249,11 @@ class RunDir:
     force: rerun every stage even when its record matches.
     """
 
-    def __init__(self, path: str | os.PathLike, *, seed: int | None = None, force: bool = False,
-                 warn: Callable[[str], None] | None = None):
+    def __init__(self, path: str | os.PathLike, *, seed: int | None = None, force: bool = False):
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise InputError(f"output folder {self.path} is a file; expected a folder (created if missing)")
         self.force = force
-        self.warn = warn if warn is not None else _warn
         self.manifest = self._load_manifest()
         if seed is not None:
             self.manifest["seed"] = int(seed)
@@ -357,10 +355,7 @@ class RunDir:
 
     def artifact_ok(self, rel: str) -> bool:
         """True when ``rel`` is a recorded artifact whose bytes match its sha256."""
-        art = self.manifest["artifacts"].get(rel)
-        file = self.path / rel
-        return (art is not None and file.is_file() and file.stat().st_size == art.get("bytes")
-                and self._sha256(file) == art.get("sha256"))
+        return self._outputs_problem({"outputs": [rel]}) is None
 
     @contextlib.contextmanager
     def stage(self, name: str, config: dict | Any, *, outputs: Sequence[str], inputs: Sequence[str] = (),
@@ -389,7 +384,7 @@ class RunDir:
         if done:
             problem = self._outputs_problem(record)
             if problem is not None:
-                self.warn(f"{name}: {problem}; recomputing it")
+                _warn(f"{name}: {problem}; recomputing it")
                 done = False
         st = Stage(self, name, config, input_hashes, outputs, backend if not done else record.get("backend"), digest, done)
         if done:
