@@ -28,7 +28,7 @@ from matrix_world.datasets.benchmark import (
     load_benchmark_split,
 )
 
-from matrix_world.cli import positive_int, run_main
+from matrix_world.app.cli import positive_int, run_main
 
 from common import write_results  # benchmarks/common.py (scripts run from this folder)
 

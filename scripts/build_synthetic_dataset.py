@@ -19,7 +19,7 @@ from pathlib import Path
 from matrix_world.datasets.build import build_dataset
 from matrix_world.datasets.scenes import KINDS
 
-from matrix_world.cli import finite_float, positive_int, run_main
+from matrix_world.app.cli import finite_float, positive_int, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from matrix_world.cli import run_main
+from matrix_world.app.cli import run_main
 from matrix_world.errors import InputError
 
 

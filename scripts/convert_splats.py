@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 from matrix_world.axes import PRESET_NAMES, from_axes
-from matrix_world.cli import note, positive_int, run_main
+from matrix_world.app.cli import note, positive_int, run_main
 from matrix_world.splat_io import FORMATS, load_splats, save_splats
 
 

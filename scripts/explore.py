@@ -6,11 +6,11 @@
 
 import sys
 
-from matrix_world.cli import run_main
+from matrix_world.app.cli import run_main
 
 
 def main(argv=None) -> int:
-    from matrix_world.world_cli import explore_main
+    from matrix_world.app.world_cli import explore_main
 
     return explore_main(argv)
 

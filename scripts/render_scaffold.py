@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from matrix_world.cli import finite_float, note, positive_float, positive_int, run_main
-from matrix_world.scaffold_job import (
+from matrix_world.app.cli import finite_float, note, positive_float, positive_int, run_main
+from matrix_world.pipeline.scaffold_job import (
     BACKENDS,
     CUSTOM_SCALES,
     ScaffoldJob,

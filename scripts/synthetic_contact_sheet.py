@@ -19,7 +19,7 @@ import torch
 from matrix_world.datasets.scenes import make_scene
 from matrix_world.datasets.trajectories import sample_trajectory
 
-from matrix_world.cli import positive_int, run_main
+from matrix_world.app.cli import positive_int, run_main
 
 KINDS = ("forest", "city", "beach", "snow", "harbour", "room", "hall")
 

@@ -9,11 +9,11 @@ run directory (default outputs/<slug>-<timestamp>); rerun with --out DIR to resu
 
 import sys
 
-from matrix_world.cli import run_main
+from matrix_world.app.cli import run_main
 
 
 def main(argv=None) -> int:
-    from matrix_world.world_cli import text2world_main
+    from matrix_world.app.world_cli import text2world_main
 
     return text2world_main(argv)
 

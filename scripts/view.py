@@ -17,7 +17,7 @@ import warnings
 
 from matrix_world.errors import InputError, MissingDependencyError
 from matrix_world.splat_io import SplatNote
-from matrix_world.viewer import DEFAULT_MAX_GAUSSIANS, ViewerConfig, start_viewer
+from matrix_world.app.viewer import DEFAULT_MAX_GAUSSIANS, ViewerConfig, start_viewer
 
 
 def main(argv: list[str] | None = None) -> int:

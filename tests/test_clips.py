@@ -170,7 +170,7 @@ def _load_script(path):
 
 
 def test_build_script_cli(tmp_path, capsys):
-    from matrix_world.cli import run_main
+    from matrix_world.app.cli import run_main
 
     script = _load_script(ROOT / "scripts" / "build_synthetic_dataset.py")
     argv = ["--out", str(tmp_path / "d"), "--clips", "1", "--frames", "2", "--height", "8", "--kinds", "beach"]

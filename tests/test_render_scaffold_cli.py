@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from matrix_world.cli import run_main
+from matrix_world.app.cli import run_main
 from matrix_world.equirect import equirect_directions
 from matrix_world.errors import InputError
 from matrix_world.io import read_distance

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from matrix_world.cli import run_main
+from matrix_world.app.cli import run_main
 from matrix_world.errors import InputError
-from matrix_world.explore import ExploreConfig, explore
-from matrix_world.pipeline import WorldPipeline, make_plan, check_plan
+from matrix_world.pipeline.explore import ExploreConfig, explore
+from matrix_world.pipeline.world import WorldPipeline, make_plan, check_plan
 from matrix_world.rundir import RunDir, run_lock
 from matrix_world.runtime import default_threads
-from matrix_world.world_cli import explore_main, text2world_main
+from matrix_world.app.world_cli import explore_main, text2world_main
 from script_helpers import TINY_PROMPT as PROMPT
 from script_helpers import sha256 as sha
 from script_helpers import tiny_args
@@ -233,7 +233,7 @@ def test_a_resumed_segment_keeps_its_seed(tmp_path, monkeypatch):
 
     out = tmp_path / "killed"
     WorldPipeline(log=quiet)(tiny(out, recon_backend="lift"))
-    import matrix_world.stages as stages
+    import matrix_world.pipeline.stages as stages
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt

@@ -342,7 +342,7 @@ def _converter():
 
 
 def test_convert_splats_command(tmp_path, capsys):
-    from matrix_world.cli import run_main
+    from matrix_world.app.cli import run_main
 
     conv = _converter()
     g = random_gaussians(12, seed=13)

@@ -26,7 +26,7 @@ import torch
 from matrix_world.errors import InputError
 from matrix_world.gaussians import Gaussians
 from matrix_world.splat_io import load_splats, write_ply
-from matrix_world.viewer import (
+from matrix_world.app.viewer import (
     TRAJECTORY_COLORS, ViewerConfig, find_camera_paths, read_camera_path, resolve_world, splats_for_browser, start_viewer,
 )
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from matrix_world.cli import run_main
+from matrix_world.app.cli import run_main
 from matrix_world.errors import InputError
-from matrix_world.explore import ExploreConfig, explore
+from matrix_world.pipeline.explore import ExploreConfig, explore
 from matrix_world.io import load_npz, read_image
 from matrix_world.metrics import psnr
-from matrix_world.pipeline import WorldPipeline
+from matrix_world.pipeline.world import WorldPipeline
 from matrix_world.trajectory import Trajectory
-from matrix_world.world_cli import image2world_main, text2world_main
+from matrix_world.app.world_cli import image2world_main, text2world_main
 from script_helpers import TINY_PROMPT as PROMPT
 from script_helpers import sha256 as sha
 from script_helpers import tiny_config as tiny
@@ -79,7 +79,7 @@ def test_artifacts_hold_consistent_values(world):
 def test_resume_after_interrupt_gives_the_same_artifacts(world, tmp_path, monkeypatch):
     reference, _ = world
     out = tmp_path / "run"
-    import matrix_world.pipeline as pipeline
+    import matrix_world.pipeline.world as pipeline
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -1,7 +1,7 @@
 """Endless chained exploration: add a segment to an existing world and merge it in.
 
 ``explore(ExploreConfig(run_dir=..., trajectory="straight"))`` continues a world made by
-:class:`~matrix_world.pipeline.WorldPipeline` from its last pose (or any frame / pose):
+:class:`~matrix_world.pipeline.world.WorldPipeline` from its last pose (or any frame / pose):
 
 1. Start: the pose where the new segment begins (world frame, OpenCV c2w): by default the
    last frame of the last segment.
@@ -42,7 +42,7 @@ from matrix_world.errors import InputError
 from matrix_world.io import load_npz, read_image, save_npz, write_image
 from matrix_world.rundir import RunDir, run_lock
 from matrix_world.runtime import apply_threads
-from matrix_world.stages import resize_nearest, resize_rgb
+from matrix_world.pipeline.stages import resize_nearest, resize_rgb
 from matrix_world.trajectory import Trajectory, read_pose
 
 
@@ -86,7 +86,7 @@ class SegmentResult:
 
 def world_config_of(run: RunDir):
     """The WorldConfig a world was made with (stored in its manifest)."""
-    from matrix_world.pipeline import WorldConfig
+    from matrix_world.pipeline.world import WorldConfig
 
     stored = run.manifest.get("world_config")
     if not stored:
@@ -153,7 +153,7 @@ def world_mesh_files(run: RunDir) -> dict[str, Path]:
 
 def world_meshes(run: RunDir, occlusion_threshold: float, device, max_height: int | None = None) -> list:
     """The scaffold meshes of the base panorama and of every finished segment's start view (world frame)."""
-    from matrix_world.stages import panorama_mesh
+    from matrix_world.pipeline.stages import panorama_mesh
 
     meshes = []
     for sub in _mesh_runs(run):
@@ -179,7 +179,7 @@ def explore(config: ExploreConfig, log=print) -> SegmentResult:
 
 def check_explore_inputs(config: ExploreConfig) -> None:
     """The options of a segment, checked before anything is written."""
-    from matrix_world.pipeline import check_frames, check_seed
+    from matrix_world.pipeline.world import check_frames, check_seed
     from matrix_world.trajectory import check_trajectory_spec
 
     if not config.run_dir:
@@ -202,10 +202,10 @@ def check_explore_inputs(config: ExploreConfig) -> None:
 
 
 def _explore(config: ExploreConfig, root: Path, log) -> SegmentResult:
-    from matrix_world.pipeline import make_depth_fn, make_plan
+    from matrix_world.pipeline.world import make_depth_fn, make_plan
     from matrix_world.reconstruction.render import render_panorama
-    from matrix_world.report import contact_sheet_stage, preview_stage
-    from matrix_world.stages import (StageContext, reconstruction_stage, scaffold_stage, trajectory_stage,
+    from matrix_world.pipeline.report import contact_sheet_stage, preview_stage
+    from matrix_world.pipeline.stages import (StageContext, reconstruction_stage, scaffold_stage, trajectory_stage,
                                      video_stage)
 
     run = RunDir(root)
@@ -308,7 +308,7 @@ def _start_distance(plan, rendered: np.ndarray, covered: np.ndarray, rgb: np.nda
                     height: int) -> tuple[np.ndarray, np.ndarray]:
     """Distance at the start view: the world's render where covered, else the depth backend's
     estimate scaled to agree (median ratio on covered pixels). Returns (distance, sky)."""
-    from matrix_world.pipeline import estimate_frame_distance
+    from matrix_world.pipeline.world import estimate_frame_distance
 
     traj = Trajectory(c2w[None].to(torch.float64).expand(2, 4, 4).clone())
     moge = None

@@ -16,7 +16,7 @@ CPU_PREVIEW_BUDGET = 200_000
 def preview_stage(ctx, gaussians, traj, height: int) -> None:
     """``world.ply`` -> ``preview.mp4`` (perspective fly-through) and ``preview_panorama.png``."""
     from matrix_world.reconstruction.preview import PreviewConfig, write_preview
-    from matrix_world.stages import progress_bar
+    from matrix_world.pipeline.stages import progress_bar
 
     t0 = time.perf_counter()
     size = 512 if ctx.device.type == "cuda" else min(256, max(128, height))

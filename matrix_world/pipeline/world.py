@@ -1,9 +1,9 @@
 """The world pipeline: text or image -> panorama -> depth -> trajectory -> scaffold -> video -> 3D Gaussians.
 
 One object, :class:`WorldPipeline`, used by ``scripts/text2world.py`` and
-``scripts/image2world.py`` (and, for chained segments, by :mod:`matrix_world.explore`).
+``scripts/image2world.py`` (and, for chained segments, by :mod:`matrix_world.pipeline.explore`).
 Its ``__call__`` reads as the numbered steps of the method; each step is a resumable stage
-of the run directory (:mod:`matrix_world.stages`).
+of the run directory (:mod:`matrix_world.pipeline.stages`).
 
 Backends: every stage takes a backend name or ``auto``. ``auto`` picks the real model when
 its weights are on this machine (a local folder or the Hugging Face cache) and a CUDA GPU is
@@ -36,7 +36,7 @@ import torch
 from matrix_world.errors import InputError
 from matrix_world.runtime import apply_threads
 from matrix_world.rundir import RunDir, jsonable, run_lock
-from matrix_world.stages import (
+from matrix_world.pipeline.stages import (
     StageContext,
     depth_stage,
     panorama_stage,
@@ -381,7 +381,7 @@ class WorldPipeline:
             return self._run(config, plan, out, hashes, f"{threads} ({why})")
 
     def _run(self, config: WorldConfig, plan: Plan, out: Path, hashes: dict, threads: str) -> WorldResult:
-        from matrix_world.report import contact_sheet_stage, preview_stage, summarize
+        from matrix_world.pipeline.report import contact_sheet_stage, preview_stage, summarize
 
         run = RunDir(out, seed=config.seed, force=not config.resume)
         if config.overwrite and (run.manifest["stages"] or run.manifest["segments"]):
