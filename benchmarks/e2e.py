@@ -247,7 +247,7 @@ def main(argv=None) -> int:
     p.add_argument("--run-dir", default=None, help="run directory (default /tmp/matrix_world_e2e[_smoke])")
     args = p.parse_args(argv)
 
-    from matrix_world.pipeline.world import WorldConfig, WorldPipeline
+    from matrix_world.pipeline import WorldConfig, WorldPipeline
 
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:

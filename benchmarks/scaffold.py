@@ -145,7 +145,7 @@ def main(argv=None) -> int:
         for height in args.heights:
             render_scaffold(mesh, c2w[:1], height, backend=backend)  # per-size lookup tables
             render_s, render_cpu_s, out = timed(
-                lambda mesh=mesh, height=height: render_scaffold(mesh, c2w, height, backend=backend, pano_rgb=rgb), device, args.repeats
+                lambda mesh=mesh, height=height: render_scaffold(mesh, c2w, height, backend=backend), device, args.repeats
             )
             rows.append(
                 {

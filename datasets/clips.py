@@ -42,7 +42,7 @@ import torch
 
 from matrix_world.cameras import invert_pose
 from matrix_world.errors import InputError
-from matrix_world.io import load_npz, read_image, save_npz, write_image, write_text
+from matrix_world.io import check_distance, load_npz, read_image, save_npz, write_image, write_text
 
 CLIP_FORMAT = "matrix_world.clip"
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".avi", ".mkv")
@@ -276,28 +276,30 @@ def _camera_poses(path: Path) -> np.ndarray:
 
 
 def _foreign_depth(src: Path, indices: list[int]) -> np.ndarray:
+    """Distances [F, H, W] of a Matrix-Pano-style folder, checked by the one distance rule
+    (:func:`matrix_world.io.check_distance`); a 16-bit PNG's 0 (no return) becomes +inf (sky)."""
     if src.is_dir():
         files = _files(src, (".npy", ".png"))
         out = []
         for i in indices:
             p = files[i]
             if p.suffix == ".npy":
-                out.append(np.load(p).astype(np.float32))
+                out.append(np.load(p, allow_pickle=False))
             else:
                 import cv2
 
                 raw = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
                 if raw is None or raw.dtype != np.uint16:
                     raise InputError(f"{p}: expected a 16-bit PNG depth map in millimetres")
-                out.append(raw.astype(np.float32) / 1000.0)
-        return np.stack(out)
+                out.append(np.where(raw == 0, np.inf, raw.astype(np.float32) / 1000.0))
+        return check_distance(np.stack(out), f"depth of {src}")[0]
     if src.suffix == ".npz":
         data = load_npz(src)
         key = "distance" if "distance" in data else "depth"
         if key not in data:
             raise InputError(f"{src} has neither 'distance' nor 'depth'; it has {sorted(data)}")
-        return data[key][indices].astype(np.float32)
-    return np.load(src, mmap_mode="r")[indices].astype(np.float32)
+        return check_distance(data[key][indices], f"{src} '{key}'")[0]
+    return check_distance(np.load(src, mmap_mode="r", allow_pickle=False)[indices], f"depth {src}")[0]
 
 
 def sequence_length(path: Path, layout: str) -> int:
@@ -336,7 +338,7 @@ def read_clip(path: str | os.PathLike, indices: list[int] | None = None) -> Clip
         distance = sky = None
         if (path / "distance.npz").is_file():
             data = load_npz(path / "distance.npz", keys=("distance",))
-            distance = data["distance"][idx].astype(np.float32)
+            distance = check_distance(data["distance"][idx], f"{path / 'distance.npz'} 'distance'")[0]
             sky = data["sky"][idx] if "sky" in data else None
         from matrix_world.trajectory import Trajectory
 

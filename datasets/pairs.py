@@ -1,11 +1,11 @@
 """Training pairs for the scaffold-conditioned video model (Matrix-3D's training condition).
 
-For a clip (frames + distances + poses), the condition is the occlusion-aware scaffold
-mesh built from frame 0's panorama and distance (``scaffold.mesh.build_scaffold_mesh``,
-sky from the clip's sky mask), rendered along the clip's poses expressed relative to
-frame 0 (``scaffold.render.render_scaffold``): an RGB video with unknown pixels = 0 and a
-known-pixel mask. Frame 0 is the panorama itself with a full mask. The target is the
-clip's ground-truth frames.
+For a clip (frames + distances + poses), the condition is the scaffold of frame 0's
+panorama and distance (sky from the clip's sky mask) along the clip's poses expressed
+relative to frame 0, made by the one scaffold builder the pipeline uses,
+:func:`matrix_world.scaffold.build.build_scaffold` (uint8 colours as the video stage reads
+them from ``scaffold.npz``, unknown pixels = 0, a known-pixel mask, frame 0 = the panorama
+with a full mask). The target is the clip's ground-truth frames.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from torch import Tensor
 
 from matrix_world.cameras import invert_pose
 from matrix_world.errors import InputError
-from matrix_world.io import load_npz, save_npz, to_uint8
+from matrix_world.scaffold.build import Scaffold, build_scaffold, load_scaffold, save_scaffold
+from matrix_world.scaffold.render import rasteriser_for
 
 
 @dataclass
@@ -30,6 +31,7 @@ class TrainingPair:
     scaffold: np.ndarray  # [F, H, W, 3] float32 scaffold renders, 0 where unknown (the condition)
     mask: np.ndarray  # [F, H, W] bool, True where the scaffold is known
     c2w: np.ndarray  # [F, 4, 4] float64 poses relative to frame 0
+    distance: np.ndarray  # [F, H, W] float16 scaffold distance, inf where nothing was hit
     """
 
     video: np.ndarray
@@ -37,6 +39,7 @@ class TrainingPair:
     mask: np.ndarray
     c2w: np.ndarray
     prompt: str = ""
+    distance: np.ndarray | None = None
 
 
 def make_training_pair(rgb, distance0, c2w, *, sky0=None, prompt: str = "", height: int | None = None,
@@ -48,8 +51,6 @@ def make_training_pair(rgb, distance0, c2w, *, sky0=None, prompt: str = "", heig
     height: output size (None = the clip's); config: ``ScaffoldConfig``.
     """
     from matrix_world.equirect import resize_equirect
-    from matrix_world.scaffold.mesh import build_scaffold_mesh
-    from matrix_world.scaffold.render import render_scaffold
 
     rgb = np.asarray(rgb, dtype=np.float32)
     c2w = torch.as_tensor(np.asarray(c2w), dtype=torch.float64)
@@ -58,14 +59,15 @@ def make_training_pair(rgb, distance0, c2w, *, sky0=None, prompt: str = "", heig
     height = height or rgb.shape[1]
     if device is None:
         device = "cuda" if backend != "cpu" and torch.cuda.is_available() else "cpu"
+    rasteriser, _ = rasteriser_for(backend, torch.device(device))
     rel = invert_pose(c2w[0]) @ c2w
     rel[0] = torch.eye(4, dtype=torch.float64)  # exact identity: frame 0 is the panorama itself
-    dist = torch.as_tensor(np.asarray(distance0, dtype=np.float32), device=device)
-    mesh = build_scaffold_mesh(torch.from_numpy(rgb[0]).to(device), dist, config,
-                               sky_mask=None if sky0 is None else torch.as_tensor(np.asarray(sky0), device=device))
-    frames = render_scaffold(mesh, rel.to(device), height, backend=backend, pano_rgb=rgb[0])
+    scaffold, _ = build_scaffold(rgb[0], np.asarray(distance0, dtype=np.float32), rel, height,
+                                 sky=None if sky0 is None else np.asarray(sky0, bool), config=config,
+                                 backend=rasteriser, device=device)
     video = resize_equirect(torch.from_numpy(rgb).permute(0, 3, 1, 2), height, mode="area").permute(0, 2, 3, 1).numpy()
-    return TrainingPair(video.astype(np.float32), frames.rgb.cpu().numpy(), frames.mask.cpu().numpy(), rel.numpy(), prompt)
+    return TrainingPair(video.astype(np.float32), scaffold.rgb.astype(np.float32) / 255.0, scaffold.mask, rel.numpy(),
+                        prompt, scaffold.distance)
 
 
 def pair_from_clip(clip, **kwargs) -> TrainingPair:
@@ -78,16 +80,19 @@ def pair_from_clip(clip, **kwargs) -> TrainingPair:
 
 
 def write_pair(folder: str | Path, pair: TrainingPair) -> Path:
-    """Save the condition as ``folder/scaffold.npz`` (rgb [F, H, W, 3] uint8, mask [F, H, W] bool)."""
+    """Save the condition as ``folder/scaffold.npz`` in the scaffold layout (:func:`save_scaffold`)."""
+    if pair.distance is None:
+        raise InputError("this training pair has no scaffold distance; make it with make_training_pair")
     path = Path(folder) / "scaffold.npz"
-    save_npz(path, rgb=to_uint8(pair.scaffold), mask=pair.mask.astype(bool))
+    rgb = np.round(np.clip(pair.scaffold, 0.0, 1.0) * 255.0).astype(np.uint8)  # exact: the colours came from uint8
+    save_scaffold(path, Scaffold(rgb, pair.mask.astype(bool), pair.distance))
     return path
 
 
 def read_scaffold(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """-> (scaffold rgb [F, H, W, 3] float32, mask [F, H, W] bool) from ``folder/scaffold.npz``."""
-    data = load_npz(Path(folder) / "scaffold.npz", keys=("rgb", "mask"))
-    return data["rgb"].astype(np.float32) / 255.0, data["mask"].astype(bool)
+    scaffold = load_scaffold(Path(folder) / "scaffold.npz")
+    return scaffold.rgb.astype(np.float32) / 255.0, scaffold.mask
 
 
 class PairDataset(torch.utils.data.Dataset):

@@ -18,8 +18,10 @@ Backends (``DepthConfig.backend``):
 * ``file``        a distance map from ``.npz`` (``distance`` [+ ``sky``, ``valid``]) or ``.npy``,
                   read by :func:`matrix_world.io.read_distance` (one rule for every reader).
 * ``procedural``  the exact distance of the synthetic scene behind a ``procedural`` panorama
-                  (same prompt, seed and size; checked against the given RGB).
-* ``auto``        ``moge`` when its weights are on this machine, else ``prior``.
+                  (same prompt, seed and size; checked against the given RGB), registered by
+                  :mod:`matrix_world.datasets.synthetic_backends`.
+
+``auto`` is resolved by the pipeline (:func:`matrix_world.pipeline.depth.choose`, the one rule).
 
 Masks: ``valid`` = pixels with a measured distance; ``sky`` = pixels with no geometry (MoGe's
 invalid mask: sky and undefined regions). Invalid pixels get ``sky_factor`` x the largest
@@ -40,7 +42,7 @@ from matrix_world.cameras import crop_perspective, icosahedron_views
 from matrix_world.equirect import equirect_directions, resize_equirect
 from matrix_world.errors import InputError
 from matrix_world.generation.depth_merge import MergeConfig, merge_log_distances
-from matrix_world.generation.moge_backend import MOGE2_DEFAULT, LoadedMoGe, estimate_fov, infer_views, load_moge, moge_available
+from matrix_world.generation.moge_backend import MOGE2_DEFAULT, LoadedMoGe, estimate_fov, infer_views, load_moge
 from matrix_world.generation.panorama import as_rgb_image
 
 MAX_HEIGHT = 4096  # panoramas up to 8192 x 4096
@@ -51,7 +53,7 @@ MAX_MERGE_HEIGHT = 1024  # the merge runs at <= 2048 x 1024 and is upsampled (Ma
 class DepthConfig:
     """Options of the depth stage (one dataclass for all backends; unused fields are ignored)."""
 
-    backend: str = "auto"  # auto | moge | prior | file | procedural
+    backend: str = "prior"  # moge | prior | file | procedural (auto: resolved by the pipeline)
     model: str = MOGE2_DEFAULT  # MoGe hub id, folder or model.pt (MoGe-1: Ruicheng/moge-vitl)
     view_size: int = 768  # pixels per icosahedron view (square)
     view_fov: float = 100.0
@@ -216,43 +218,17 @@ def _file_backend(rgb: np.ndarray, config: DepthConfig, *, device) -> DepthResul
     return DepthResult(out, valid, sky, {"backend": "file", "path": str(path), "units": "as in the file"})
 
 
-@register_depth_backend("procedural")
-def _procedural_backend(rgb: np.ndarray, config: DepthConfig, *, device) -> DepthResult:
-    try:
-        from matrix_world.datasets.procedural import procedural_panorama
-    except ImportError as exc:
-        raise InputError(f"the procedural depth backend needs matrix_world.datasets.procedural, which is not available ({exc})") from None
-    h = rgb.shape[0]
-    ref_rgb, distance, sky, _ = procedural_panorama(config.prompt or "", h, int(config.seed))
-    if np.abs(np.asarray(ref_rgb, np.float32) - rgb).mean() > 2.0 / 255.0:
-        raise InputError("procedural depth: the panorama is not the procedural one for this prompt/seed/size "
-                         "(set DepthConfig.prompt and seed to those of the procedural panorama)")
-    sky = np.asarray(sky, bool)
-    distance = np.asarray(distance, np.float32)
-    valid = ~sky & np.isfinite(distance) & (distance > 0)
-    out = fill_invalid(np.where(valid, distance, 0.0), valid, config.sky_factor)
-    return DepthResult(out, valid, sky, {"backend": "procedural", "units": "metres (synthetic ground truth)",
-                                          "prompt": config.prompt or "", "seed": int(config.seed)})
-
-
-def choose_backend(config: DepthConfig) -> tuple[str, str]:
-    """(backend, reason) for ``auto``: ``moge`` when its weights are on this machine, else ``prior``."""
-    if moge_available(config.model):
-        return "moge", f"MoGe weights {config.model} found"
-    return "prior", f"MoGe weights {config.model} not on this machine: ground-plane + far-dome heuristic"
-
-
 def estimate_depth(rgb, config: DepthConfig | None = None, *, device="cpu") -> DepthResult:
     """Run the depth stage on a panorama (path, PIL image or array [H, 2H, 3]) -> DepthResult."""
     config = config or DepthConfig()
     rgb = check_panorama(rgb)
-    backend, reason = (config.backend, "requested") if config.backend != "auto" else choose_backend(config)
+    backend = config.backend
     if backend not in DEPTH_BACKENDS:
-        raise InputError(f"unknown depth backend {backend!r}; expected one of {['auto', *DEPTH_BACKENDS]}")
+        raise InputError(f"unknown depth backend {backend!r}; expected one of {', '.join(DEPTH_BACKENDS)} "
+                         "(auto is resolved by matrix_world.pipeline.depth.choose)")
     start = time.perf_counter()
     result = DEPTH_BACKENDS[backend](rgb, replace(config, backend=backend), device=device)
     result.info.setdefault("backend", backend)
-    result.info["backend_reason"] = reason
     result.info["seconds"] = round(time.perf_counter() - start, 3)
     h = rgb.shape[0]
     for name in ("distance", "valid", "sky"):
@@ -263,5 +239,5 @@ def estimate_depth(rgb, config: DepthConfig | None = None, *, device="cpu") -> D
     return result
 
 
-__all__ = ["DepthConfig", "DepthResult", "estimate_depth", "choose_backend", "DEPTH_BACKENDS", "register_depth_backend",
+__all__ = ["DepthConfig", "DepthResult", "estimate_depth", "fill_invalid", "DEPTH_BACKENDS", "register_depth_backend",
            "panorama_depth_from_model", "prior_distance", "estimate_fov", "check_panorama"]

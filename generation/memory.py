@@ -62,6 +62,30 @@ def estimate_memory_gb(pipe, *, height: int, width: int, num_frames: int, cfg_ba
     return {"full": full / GB, "offload": offload / GB, "lowvram": lowvram / GB}
 
 
+FLUX_ACTIVATION_BYTES_PER_TOKEN_PER_DIM = 200.0  # FLUX.1-dev: +3.7 GB from 2,048 to 8,192 image tokens, dim 3072
+
+
+def estimate_flux_memory_gb(pipe, *, height: int) -> dict[str, float]:
+    """Estimated peak GPU memory (GB) of each mode for one FLUX panorama of ``height`` x 2*height.
+
+    Weights are the loaded modules' bytes; activations grow with the image tokens
+    ((height/16) x (2*height/16)), calibrated on the FLUX.1-dev measurements in
+    benchmarks/RESULTS.md (23.6 GB at 1024x512, 27.3 GB at 2048x1024 for the transformer).
+    """
+    tr = pipe.transformer
+    tokens = (height // 16) * (2 * height // 16)
+    dim = tr.config.num_attention_heads * tr.config.attention_head_dim
+    act = FLUX_ACTIVATION_BYTES_PER_TOKEN_PER_DIM * tokens * dim
+    weights = {name: module_bytes(getattr(pipe, name, None)) for name in ("transformer", "text_encoder", "text_encoder_2", "vae")}
+    blocks = len(getattr(tr, "transformer_blocks", [])) + len(getattr(tr, "single_transformer_blocks", []))
+    block = weights["transformer"] / max(blocks, 1)
+    vae_decode = 2.0 * GB * (height * 2 * height) / (1024 * 2048)
+    full = sum(weights.values()) + max(act, vae_decode)
+    offload = max(weights["transformer"] + act, weights["text_encoder_2"], weights["vae"] + vae_decode)
+    lowvram = 3 * block + act + vae_decode
+    return {"full": full / GB, "offload": offload / GB, "lowvram": lowvram / GB}
+
+
 def free_gpu_gb(device) -> float | None:
     """Free memory on a CUDA device in GB (None for other devices)."""
     device = torch.device(device)

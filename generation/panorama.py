@@ -7,9 +7,10 @@ Backends (``PanoramaConfig.backend``):
                   ``text2panoimage_lora.safetensors`` by default when ``lora="matrix3d"``).
 * ``flux-fill``   photo -> panorama with FLUX.1-Fill-dev (see :mod:`image2pano`).
 * ``file``        a user panorama (2:1 image file or array), converted to float RGB.
-* ``procedural``  a seeded synthetic scene from ``matrix_world.datasets.procedural``.
-* ``auto``        ``flux-fill`` for a photo, else ``flux`` when its weights are on this
-                  machine, else ``procedural``; ``info['backend']`` says which ran.
+* ``photo``       no model: the photo placed on the sphere, the rest filled classically.
+* ``procedural``  a seeded synthetic scene, registered by :mod:`matrix_world.datasets.synthetic_backends`.
+
+``auto`` is resolved by the pipeline (:func:`matrix_world.pipeline.panorama.choose`, the one rule).
 
 Seams (DESIGN: longitude wraps): the last ``roll_fraction`` of the denoising steps see the
 latent rolled circularly by a random number of columns (``seamless.late_step_rolls`` on the
@@ -47,7 +48,7 @@ from matrix_world.generation.flux_lora import (  # noqa: F401  (re-exported: the
     resolve_lora,
     unload_lora,
 )
-from matrix_world.generation.weights import WeightsNotFoundError, resolve_pretrained, weights_available
+from matrix_world.generation.weights import WeightsNotFoundError, resolve_pretrained
 
 DEFAULT_FLUX = "black-forest-labs/FLUX.1-dev"
 DEFAULT_FLUX_FILL = "black-forest-labs/FLUX.1-Fill-dev"
@@ -60,7 +61,7 @@ DECODE_METHODS = ("wrap", "blended", "plain")
 class PanoramaConfig:
     """Options of the panorama stage (one dataclass for all backends; unused fields are ignored)."""
 
-    backend: str = "auto"  # auto | flux | flux-fill | file | procedural | photo
+    backend: str = "flux"  # flux | flux-fill | file | photo | procedural (auto: resolved by the pipeline)
     model: str | None = None  # hub id or folder; None -> FLUX.1-dev (flux) / FLUX.1-Fill-dev (flux-fill)
     lora: str | None = None  # LoRA .safetensors file, folder, hub id, or "matrix3d"
     lora_weight_name: str | None = None  # file inside a LoRA folder / hub repo
@@ -75,7 +76,7 @@ class PanoramaConfig:
     roll_fraction: float = 0.4  # last 40% of the steps are rolled (Matrix-3D)
     decode: str = "wrap"  # wrap | blended | plain
     wrap_pad_cols: int = 4  # latent columns wrapped on each side (Matrix-3D: 2; 4 halved the border error on the tiny VAE)
-    memory: str = "full"  # full | offload | lowvram (generation.memory)
+    memory: str = "auto"  # auto | full | offload | lowvram (generation.memory; auto: the fastest that fits)
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bfloat16 | float16 | float32
     max_sequence_length: int = 512  # T5 tokens
     allow_download: bool = False  # let huggingface_hub download missing weights
@@ -276,14 +277,16 @@ def load_flux_pipeline(config: PanoramaConfig, device, *, fill: bool | None = No
 
     Returns (pipe, info). Missing weights raise WeightsNotFoundError with the download command.
     """
-    from matrix_world.generation.memory import apply_memory_mode
+    from matrix_world.generation.memory import MEMORY_MODES, apply_memory_mode, choose_memory_mode, estimate_flux_memory_gb, free_gpu_gb
 
     diffusers = _diffusers()
     fill = config.backend == "flux-fill" if fill is None else fill
     model = config.model or (DEFAULT_FLUX_FILL if fill else DEFAULT_FLUX)
     what = "FLUX.1-Fill-dev (image -> panorama)" if fill else "FLUX.1-dev (text -> panorama)"
-    if torch.device(device).type != "cuda" and config.memory != "full":
-        raise InputError(f"memory mode {config.memory!r} needs a CUDA device; use memory='full' on {device}")
+    if config.memory not in ("auto", *MEMORY_MODES):
+        raise InputError(f"memory mode must be auto or one of {', '.join(MEMORY_MODES)}, got {config.memory!r}")
+    if torch.device(device).type != "cuda" and config.memory not in ("auto", "full"):
+        raise InputError(f"memory mode {config.memory!r} needs a CUDA device; use memory='full' (or auto) on {device}")
     folder = resolve_pretrained(model, what=what, allow_download=config.allow_download)
     dtype = resolve_dtype(config.dtype, device)
     cls = make_panorama_pipeline_class(diffusers.FluxFillPipeline if fill else diffusers.FluxPipeline)
@@ -297,10 +300,13 @@ def load_flux_pipeline(config: PanoramaConfig, device, *, fill: bool | None = No
         info["lora"] = load_lora(pipe, config.lora, weight_name=config.lora_weight_name, scale=config.lora_scale,
                                  allow_download=config.allow_download)
         info["lora_scale"] = float(config.lora_scale)
-        if config.memory == "lowvram":  # group offloading keeps its own weight copies: fuse first
-            fuse_lora_for_offload(pipe)
-            info["lora_fused"] = True
-    info.update(apply_memory_mode(pipe, config.memory, device, vae_tiling=False))
+    estimate = estimate_flux_memory_gb(pipe, height=config.height)
+    mode, reason = choose_memory_mode(config.memory, estimate_gb=estimate, free_gb=free_gpu_gb(device))
+    if config.lora and mode == "lowvram":  # group offloading keeps its own weight copies: fuse first
+        fuse_lora_for_offload(pipe)
+        info["lora_fused"] = True
+    info.update(apply_memory_mode(pipe, mode, device, vae_tiling=False))
+    info.update(memory_reason=reason, memory_estimate_gb={k: round(v, 1) for k, v in estimate.items()})
     return pipe, info
 
 
@@ -312,7 +318,7 @@ def _generator(config: PanoramaConfig, generator: torch.Generator | None) -> tup
 
 
 def _oom_message(config: PanoramaConfig) -> str:
-    nxt = {"full": "offload", "offload": "lowvram"}.get(config.memory)
+    nxt = {"auto": "lowvram", "full": "offload", "offload": "lowvram"}.get(config.memory)
     hint = f"retry with memory='{nxt}'" if nxt else "use a smaller height"
     return f"CUDA ran out of memory generating a {2 * config.height}x{config.height} panorama in memory mode '{config.memory}'; {hint}"
 
@@ -401,26 +407,6 @@ def _file_backend(config: PanoramaConfig, *, prompt, image, device, generator) -
                            "height": h, "width": w, "seam_score": round(seam_score(rgb, width_dim=-2), 4)})
 
 
-@register_panorama_backend("procedural")
-def _procedural_backend(config: PanoramaConfig, *, prompt, image, device, generator) -> PanoramaResult:
-    try:
-        from matrix_world.datasets.procedural import procedural_panorama
-    except ImportError as exc:
-        raise InputError(f"the procedural panorama backend needs matrix_world.datasets.procedural, which is not available ({exc})") from None
-    if image is not None:
-        raise InputError("backend 'procedural' makes a panorama from a prompt; it takes no image")
-    if prompt is not None and not isinstance(prompt, str):
-        raise InputError(f"prompt must be text, got {type(prompt).__name__}")
-    height = int(config.height)
-    if height < 8 or height > 4096:
-        raise InputError(f"procedural panorama height must be in [8, 4096], got {height}")
-    rgb, distance, sky, scene = procedural_panorama(prompt or "", height, int(config.seed))
-    rgb = np.asarray(rgb, dtype=np.float32)
-    return PanoramaResult(rgb, {"backend": "procedural", "prompt": prompt or "", "seed": int(config.seed), "height": height,
-                                "width": 2 * height, "scene_kind": getattr(scene, "kind", None),
-                                "seam_score": round(seam_score(rgb, width_dim=-2), 4)})
-
-
 @register_panorama_backend("photo")
 def _photo_backend(config: PanoramaConfig, *, prompt, image, device, generator) -> PanoramaResult:
     """No-weight image->panorama preview: the photo placed on the sphere, the rest filled classically."""
@@ -435,16 +421,6 @@ def _photo_backend(config: PanoramaConfig, *, prompt, image, device, generator) 
                                 "note": "surround filled by classical inpainting (preview, no model)"}, mask=keep)
 
 
-def choose_backend(config: PanoramaConfig, *, image) -> tuple[str, str]:
-    """(backend, reason) for ``auto``."""
-    if image is not None:
-        return "flux-fill", "an input photo was given"
-    model = config.model or DEFAULT_FLUX
-    if weights_available(model):
-        return "flux", f"{model} is available locally"
-    return "procedural", f"{model} is not on this machine: using the synthetic procedural backend"
-
-
 def generate_panorama(config: PanoramaConfig, *, prompt: str | None = None, image=None, device="cpu",
                       generator: torch.Generator | None = None) -> PanoramaResult:
     """Run the panorama stage -> PanoramaResult(rgb [H, 2H, 3] float32 in [0, 1], info).
@@ -453,15 +429,13 @@ def generate_panorama(config: PanoramaConfig, *, prompt: str | None = None, imag
     image: a photo (``flux-fill``) or a panorama (``file``): path, PIL image or array
     generator: CPU generator for the initial noise (default: from ``config.seed``)
     """
-    backend, reason = config.backend, "requested"
-    if backend == "auto":
-        backend, reason = choose_backend(config, image=image)
+    backend = config.backend
     if backend not in PANORAMA_BACKENDS:
-        raise InputError(f"unknown panorama backend {backend!r}; expected one of {['auto', *PANORAMA_BACKENDS]}")
+        raise InputError(f"unknown panorama backend {backend!r}; expected one of {', '.join(PANORAMA_BACKENDS)} "
+                         "(auto is resolved by matrix_world.pipeline.panorama.choose)")
     result = PANORAMA_BACKENDS[backend](replace(config, backend=backend), prompt=prompt, image=image,
                                         device=device, generator=generator)
     result.info.setdefault("backend", backend)
-    result.info["backend_reason"] = reason
     h, w = result.rgb.shape[:2]
     if w != 2 * h or result.rgb.dtype != np.float32:
         raise RuntimeError(f"panorama backend {backend} returned {result.rgb.shape} {result.rgb.dtype}; expected [H, 2H, 3] float32")

@@ -1,12 +1,13 @@
 """Video stage: scaffold video + masks + trajectory -> panoramic video (DESIGN §1).
 
-Backends (chosen by name; ``auto`` picks ``wan`` when CUDA and the weights are present, else
-``fill``, and says why):
+Backends, chosen by name from :data:`VIDEO_BACKENDS` (``auto`` is resolved by the pipeline's
+:func:`matrix_world.pipeline.video.choose`, the one rule):
 
 * ``wan``    Wan2.1-I2V-14B + Matrix-3D LoRA conditioned on the scaffold (generation.wan_pipeline)
 * ``fill``   no model: known scaffold pixels, last known colours along the trajectory, OpenCV
              inpainting wrapped in longitude (generation.video_fill)
-* ``oracle`` ground-truth renders of a synthetic scene along the trajectory (benchmarks only)
+* ``oracle`` ground-truth renders of a synthetic scene along the trajectory (benchmarks only);
+             registered by :mod:`matrix_world.datasets.synthetic_backends`
 
 Every backend returns frames at the working resolution ``height x 2*height`` (480p: 480 x 960,
 720p: 720 x 1440); a scaffold of another size is resized first (colours premultiplied by the
@@ -30,13 +31,12 @@ import torch
 
 from matrix_world.errors import InputError
 
-BACKENDS = ("wan", "fill", "oracle")
 RESOLUTIONS = {"480p": 480, "720p": 720}
 
 
 @dataclass
 class VideoConfig:
-    backend: str = "auto"  # auto | wan | fill | oracle
+    backend: str = "auto"  # wan | fill | oracle (auto: resolved by the pipeline before the stage runs)
     resolution: str = "480p"  # 480p (480 x 960) | 720p (720 x 1440)
     height: int | None = None  # overrides resolution; width = 2 * height
     # wan
@@ -144,34 +144,6 @@ def _run_fill(config: VideoConfig, rgb, mask, c2w, **_) -> tuple[np.ndarray, dic
     return frames, {"fill": info}
 
 
-def _run_oracle(config: VideoConfig, rgb, mask, c2w, *, prompt: str, scene=None, yaw: float = 0.0, **_) -> tuple[np.ndarray, dict]:
-    """Ground truth: the synthetic scene rendered along the trajectory.
-
-    The trajectory's world is the frame-0 camera: the scene's start camera (where the
-    procedural panorama was rendered) turned right by the trajectory's yaw
-    (``scene.camera_c2w(0, 0, yaw)``), so frame 0 reproduces the (turned) panorama.
-    """
-    if scene is None:
-        try:
-            from matrix_world.datasets.procedural import scene_from_prompt
-        except ImportError as exc:
-            raise InputError(
-                f"the 'oracle' video backend needs the synthetic scenes (matrix_world.datasets.procedural), "
-                f"which cannot be imported: {exc}"
-            ) from None
-        scene = scene_from_prompt(prompt, seed=config.seed)
-    if hasattr(scene, "camera_c2w"):
-        start = scene.camera_c2w(0.0, 0.0, yaw_deg=yaw)
-    else:
-        from matrix_world.cameras import make_pose, rotation_yaw
-
-        start = make_pose(rotation_yaw(yaw), torch.zeros(3, dtype=torch.float64))
-    world_c2w = torch.as_tensor(start, dtype=torch.float64) @ torch.from_numpy(c2w)
-    frames, _distance, _sky = scene.render(world_c2w, rgb.shape[1], backend="auto")
-    frames = np.asarray(frames.cpu() if isinstance(frames, torch.Tensor) else frames, dtype=np.float32)
-    return frames, {"scene_kind": getattr(scene, "kind", None), "scene_seed": getattr(scene, "seed", None), "yaw_deg": yaw}
-
-
 def load_video_pipeline(config: VideoConfig, device, *, num_frames: int = 81) -> tuple[Any, dict]:
     """Load the Wan pipeline (+ LoRA), place it for the memory mode; returns (pipe, info)."""
     from matrix_world.generation.memory import (
@@ -245,28 +217,18 @@ def _run_wan(config: VideoConfig, rgb, mask, c2w, *, prompt: str, device, genera
     return frames, info
 
 
-_BACKEND_FNS: dict[str, Callable[..., tuple[np.ndarray, dict]]] = {"wan": _run_wan, "fill": _run_fill, "oracle": _run_oracle}
+VideoBackend = Callable[..., tuple[np.ndarray, dict]]
+VIDEO_BACKENDS: dict[str, VideoBackend] = {"wan": _run_wan, "fill": _run_fill}
 
 
-def resolve_backend(config: VideoConfig, device) -> tuple[str, str]:
-    """(backend, reason). ``auto``: wan when on CUDA with the weights present, else fill."""
-    if config.backend != "auto":
-        if config.backend not in BACKENDS:
-            raise InputError(f"video backend must be 'auto' or one of {BACKENDS}, got {config.backend!r}")
-        return config.backend, "requested"
-    if torch.device(device).type != "cuda":
-        return "fill", "auto: no CUDA device for the Wan model"
-    from matrix_world.generation.wan_lora import OFFICIAL_FILES, OFFICIAL_REPO
-    from matrix_world.generation.wan_pipeline import HUB_IDS
-    from matrix_world.generation.weights import weights_available
+def register_video_backend(name: str):
+    """Add a backend ``fn(config, rgb, mask, c2w, *, prompt, device, generator, pipeline, scene, yaw)
+    -> (frames [F, H, W, 3] float32, info)`` under ``name``."""
+    def deco(fn: VideoBackend) -> VideoBackend:
+        VIDEO_BACKENDS[name] = fn
+        return fn
 
-    res = {480: "480p", 720: "720p"}.get(config.working_height(), "480p")
-    model = config.model or HUB_IDS[res]
-    if not weights_available(model):
-        return "fill", f"auto: Wan weights '{model}' not found locally"
-    if config.lora == "matrix3d" and not weights_available(OFFICIAL_REPO, OFFICIAL_FILES[res]):
-        return "fill", f"auto: Matrix-3D LoRA {OFFICIAL_REPO}/{OFFICIAL_FILES[res]} not found locally"
-    return "wan", "auto: CUDA and weights present"
+    return deco
 
 
 def generate_video(
@@ -285,13 +247,16 @@ def generate_video(
     (backend and why, resolution, timings, memory mode and peak memory for wan, ...).
 
     pipeline: an already loaded PanoVideoPipeline to reuse (wan); scene: the synthetic scene
-    for ``oracle`` (default: ``datasets.procedural.scene_from_prompt(prompt, config.seed)``).
+    for ``oracle`` (default: the procedural scene of the prompt and ``config.seed``).
     """
     height = config.working_height()
     yaw = float(getattr(c2w, "yaw", 0.0))
     c2w = getattr(c2w, "c2w", c2w)
     rgb, mask, poses = validate_inputs(scaffold_rgb, scaffold_mask, c2w, height)
-    backend, reason = resolve_backend(config, device)
+    backend = config.backend
+    if backend not in VIDEO_BACKENDS:
+        raise InputError(f"video backend must be one of {', '.join(VIDEO_BACKENDS)}, got {backend!r} "
+                         "(auto is resolved by matrix_world.pipeline.video.choose)")
     if backend == "wan":
         from matrix_world.generation.wan_pipeline import check_frames_and_size
 
@@ -300,10 +265,10 @@ def generate_video(
         generator = torch.Generator().manual_seed(config.seed)
     start = time.perf_counter()
     rgb, mask = resize_scaffold(rgb, mask, height)
-    frames, extra = _BACKEND_FNS[backend](
+    frames, extra = VIDEO_BACKENDS[backend](
         config, rgb, mask, poses, prompt=prompt, device=device, generator=generator, pipeline=pipeline, scene=scene, yaw=yaw
     )
-    info = {"backend": backend, "backend_reason": reason, "height": height, "width": 2 * height,
+    info = {"backend": backend, "height": height, "width": 2 * height,
             "frames": int(frames.shape[0]), "seconds": round(time.perf_counter() - start, 3), **extra}
     return VideoResult(frames=np.ascontiguousarray(frames, dtype=np.float32), info=info)
 

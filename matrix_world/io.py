@@ -314,11 +314,7 @@ def read_distance(path: str | os.PathLike, expected_shape: tuple[int, int] | Non
         raise InputError(f"cannot read {path} as .npy/.npz ({one_line(exc)}); {DISTANCE_RULE}") from None
     except (OSError, EOFError) as exc:
         raise InputError(f"cannot read {path} as .npy/.npz ({one_line(exc)}); {DISTANCE_RULE}") from None
-    if d.dtype.kind != "f" or d.dtype.itemsize > 8:
-        why = " (integers are usually a quantised depth image of unknown scale; convert to float distances)" \
-            if d.dtype.kind in "iu" else ""
-        raise InputError(f"distance {path} has dtype {d.dtype}{why}; expected float32 (or float16/float64) "
-                         "[H, W] distances > 0, +inf = sky")
+    _check_distance_dtype(d, f"distance {path}")
     if d.ndim != 2:
         raise InputError(f"distance {path} has shape {d.shape}; expected a 2-D [H, W] array")
     if expected_shape is not None and d.shape != tuple(expected_shape):
@@ -330,22 +326,43 @@ def read_distance(path: str | os.PathLike, expected_shape: tuple[int, int] | Non
             raise InputError(f"{path}: '{name}' is {value.dtype} {value.shape} but 'distance' is {d.shape}; "
                              "expected a bool mask of the same shape")
         sky |= value.astype(bool) if name == "sky" else ~value.astype(bool)
+    return check_distance(d, f"distance {path}", sky=sky)
+
+
+def _check_distance_dtype(d: np.ndarray, what: str) -> None:
+    if d.dtype.kind != "f" or d.dtype.itemsize > 8:
+        why = " (integers are usually a quantised depth image of unknown scale; convert to float distances)" \
+            if d.dtype.kind in "iu" else ""
+        raise InputError(f"{what} has dtype {d.dtype}{why}; expected float32 (or float16/float64) "
+                         "distances > 0, +inf = sky")
+
+
+def check_distance(d: np.ndarray, what: str, sky: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The distance rule on an array of any shape ([H, W], or [F, H, W] for a clip): float, NaN
+    refused (its count named), values <= 0 and -inf refused, +inf = sky, not all sky.
+
+    sky: bool of the same shape, True = sky whatever the array says there. Returns
+    (distance float32 with +inf exactly where sky, sky bool). ``what`` names the array in errors.
+    """
+    d = np.asarray(d)
+    _check_distance_dtype(d, what)
+    sky = np.zeros(d.shape, bool) if sky is None else np.asarray(sky, bool).copy()
     with np.errstate(over="ignore", invalid="ignore"):
         out = d.astype(np.float32)
     overflow = int((np.isfinite(d) & ~np.isfinite(out)).sum())
     if overflow:
-        raise InputError(f"distance {path} has {overflow} value(s) beyond float32's range (max {float(np.nanmax(d)):.4g}); "
+        raise InputError(f"{what} has {overflow} value(s) beyond float32's range (max {float(np.nanmax(d)):.4g}); "
                          "expected distances > 0 in metres or scene units, +inf = sky")
     out[sky] = np.inf
     nan = int(np.isnan(out).sum())
     if nan:
-        raise InputError(f"distance {path} has {nan} NaN value(s); expected distances > 0 (+inf marks sky; "
+        raise InputError(f"{what} has {nan} NaN value(s); expected distances > 0 (+inf marks sky; "
                          "NaN is not sky: mark sky pixels +inf)")
     bad = int((out <= 0).sum())  # includes -inf
     if bad:
-        raise InputError(f"distance {path} has {bad} value(s) <= 0 (min {float(out.min()):.4g}); "
+        raise InputError(f"{what} has {bad} value(s) <= 0 (min {float(out.min()):.4g}); "
                          "expected distances > 0 (+inf marks sky)")
     sky |= np.isposinf(out)
     if sky.all():
-        raise InputError(f"distance {path} is all +inf (sky); expected finite distances > 0")
+        raise InputError(f"{what} is all +inf (sky); expected finite distances > 0")
     return out, sky

@@ -92,6 +92,19 @@ def jsonable(value: Any) -> Any:
     raise TypeError(f"config value {value!r} of type {type(value).__name__} is not JSON-able")
 
 
+def small_info(info: dict, limit: int = 2000) -> dict[str, Any]:
+    """The entries of a backend's info dict that are JSON-able and short (for the manifest)."""
+    out = {}
+    for key, value in info.items():
+        try:
+            converted = jsonable(value)
+        except TypeError:
+            continue
+        if len(json.dumps(converted)) < limit:
+            out[str(key)] = converted
+    return out
+
+
 def canonical_json(value: Any) -> str:
     """Sorted, compact JSON used for hashing (floats use Python's exact repr)."""
     return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), allow_nan=False)

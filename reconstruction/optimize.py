@@ -47,7 +47,7 @@ from matrix_world.gaussians import Gaussians
 from matrix_world.metrics import ssim
 from matrix_world.reconstruction.keyframes import Keyframes
 from matrix_world.reconstruction.lift import LiftConfig, lift_keyframes
-from matrix_world.reconstruction.render import GSPLAT_INSTALL, rasterize, resolve_backend
+from matrix_world.reconstruction.render import GSPLAT_INSTALL, rasterize, rasteriser_for
 
 SuperResolution = Callable[[Tensor], Tensor]  # [B, 3, h, w] -> [B, 3, s*h, s*w]
 
@@ -241,7 +241,7 @@ def train_gaussians(
     if len(init) == 0:
         raise InputError("optimize needs at least one initial Gaussian (no keyframe pixel had a usable distance)")
     device = views.images.device
-    backend = resolve_backend(config.backend, device)
+    backend, _ = rasteriser_for(config.backend, device)
     params = _params_from(init.to(device))
     lrs = {"means": config.lr_means * scene_scale, "scales": config.lr_scales, "quats": config.lr_quats,
            "opacities": config.lr_opacities, "sh0": config.lr_colors}

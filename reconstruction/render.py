@@ -52,7 +52,7 @@ TRANSMITTANCE_MIN = 1e-4
 MAX_ALPHA = 0.999
 GSPLAT_INSTALL = "pip install gsplat==1.5.3"
 
-__all__ = ["CUBE_FACE_NAMES", "Cameras", "PanoramaRender", "RenderOutput", "composite", "rasterize", "render", "render_panorama", "resolve_backend"]
+__all__ = ["CUBE_FACE_NAMES", "Cameras", "PanoramaRender", "RenderOutput", "composite", "rasterize", "render", "render_panorama", "rasteriser_for"]
 
 
 # --------------------------------------------------------------------------- cameras
@@ -153,18 +153,22 @@ def gsplat_problem(device: torch.device | str = "cuda") -> str | None:
     return None
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """``auto`` -> ``cuda`` for CUDA tensors where gsplat's kernels work (a test render, once
-    per process), else ``cpu``; checks that ``cuda`` can run."""
+def rasteriser_for(backend: str, device: torch.device) -> tuple[str, str]:
+    """(rasteriser, reason): ``auto`` -> ``cuda`` for CUDA tensors where gsplat's kernels work (a
+    test render, once per process), else ``cpu``; checks that ``cuda`` can run."""
     if backend not in ("auto", "cpu", "cuda"):
         raise InputError(f"render backend must be 'auto', 'cpu' or 'cuda', got {backend!r}")
+    device = torch.device(device)
     if backend == "auto":
         if device.type != "cuda":
-            return "cpu"
-        return "cuda" if gsplat_problem(device) is None else "cpu"
+            return "cpu", "no CUDA device: the PyTorch reference rasteriser"
+        problem = gsplat_problem(device)
+        if problem is not None:
+            return "cpu", f"gsplat cannot run on this GPU ({problem}): the PyTorch reference rasteriser"
+        return "cuda", "CUDA device: gsplat"
     if backend == "cuda" and device.type != "cuda":
         raise InputError(f"backend='cuda' needs the Gaussians and cameras on a CUDA device, got {device}")
-    return backend
+    return backend, "requested"
 
 
 # --------------------------------------------------------------------------- compositor
@@ -290,7 +294,7 @@ def rasterize(
     returns (render_colors [C, H, W, D+1] with the expected depth last, render_alphas [C, H, W, 1], info)
     ``packed``/``absgrad`` only matter for the CUDA backend (the reference is always unpacked).
     """
-    backend = resolve_backend(backend, means.device)
+    backend, _ = rasteriser_for(backend, means.device)
     if rasterize_mode not in ("classic", "antialiased"):
         raise InputError(f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}")
     if backend == "cuda":

@@ -5,7 +5,8 @@ One entry point, :func:`reconstruct`, with a backend chosen by name:
 * ``lift``: one Gaussian per keyframe pixel, no training (:mod:`.lift`); CPU-fast, the
   offline default;
 * ``optimize``: Matrix-3D's gsplat optimisation over 12 crops per keyframe (:mod:`.optimize`);
-* ``auto``: ``optimize`` on a CUDA device, ``lift`` otherwise (it says which in ``info``).
+
+``auto`` is resolved by the pipeline (:func:`matrix_world.pipeline.reconstruction.choose`, the one rule).
 
 Inputs follow DESIGN.md §3: equirect frames [F, H, 2H, 3] float32 in [0, 1], camera-to-world
 poses [F, 4, 4] (OpenCV), frame 0's distance [H, W] along the rays. Other keyframes get
@@ -27,30 +28,22 @@ from matrix_world.reconstruction.keyframes import DepthFn, KeyframeConfig, prepa
 from matrix_world.reconstruction.lift import LiftConfig, lift_keyframes
 from matrix_world.reconstruction.optimize import OptimizeConfig, optimize_keyframes
 
-BACKENDS = ("auto", "lift", "optimize")
+RECON_BACKENDS = ("lift", "optimize")
 
 
 @dataclass
 class ReconConfig:
-    """backend: "auto", "lift" or "optimize"; the rest configures each step."""
+    """backend: "lift" or "optimize"; the rest configures each step."""
 
-    backend: str = "auto"
+    backend: str = "lift"
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
     lift: LiftConfig = field(default_factory=LiftConfig)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
 
     def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise InputError(f"reconstruction backend must be one of {BACKENDS}, got {self.backend!r}")
-
-
-def resolve_backend(name: str, device: torch.device) -> str:
-    """``auto`` -> ``optimize`` on CUDA (gsplat), ``lift`` elsewhere."""
-    if name not in BACKENDS:
-        raise InputError(f"reconstruction backend must be one of {BACKENDS}, got {name!r}")
-    if name == "auto":
-        return "optimize" if device.type == "cuda" else "lift"
-    return name
+        if self.backend not in RECON_BACKENDS:
+            raise InputError(f"reconstruction backend must be one of {', '.join(RECON_BACKENDS)}, got {self.backend!r} "
+                             "(auto is resolved by matrix_world.pipeline.reconstruction.choose)")
 
 
 def reconstruct(
@@ -73,7 +66,7 @@ def reconstruct(
         (scale, shift) per keyframe, backend details, seconds per step)
     """
     device = torch.device(device)
-    backend = resolve_backend(config.backend, device)
+    backend = config.backend
     t0 = time.perf_counter()
     keyframes = prepare_keyframes(frames, c2w, distance0, masks=masks, sky0=sky0, depth_fn=depth_fn,
                                   config=config.keyframes, device=device)

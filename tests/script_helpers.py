@@ -61,7 +61,7 @@ TINY_PROMPT = "a snowy forest"
 
 def tiny_config(out, **kw):
     """A WorldConfig of a tiny in-process preview world: 9 frames of 64 x 128, a 128-row panorama, CPU."""
-    from matrix_world.pipeline.world import WorldConfig
+    from matrix_world.pipeline import WorldConfig
 
     base = dict(prompt=TINY_PROMPT, out=str(out), preset="preview", resolution=64, panorama_height=128, frames=9,
                 device="cpu")

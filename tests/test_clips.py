@@ -139,6 +139,24 @@ def test_matrix_pano_and_plain_video_layouts(tmp_path):
         ClipDataset(videos, clip_length=3, require=("c2w",))[0]
     with pytest.raises(InputError, match="not a clip"):
         read_clip(tmp_path / "nothing-here")
+    # the one distance rule (matrix_world.io.check_distance, as for a user's distance map): NaN is
+    # refused, not passed on as "unknown"; a 16-bit PNG depth's 0 (no return) reads as sky (+inf)
+    bad = dist.copy()
+    bad[2, 3, 4] = np.nan
+    save_npz(pano / "depth.npz", depth=bad)
+    with pytest.raises(InputError, match="1 NaN value"):
+        read_clip(pano)
+    (pano / "depth.npz").unlink()
+    import cv2
+
+    (pano / "depth").mkdir()
+    near = np.minimum(dist, 60.0)  # 16-bit millimetres reach 65.5 m
+    for i, d in enumerate(near):
+        mm = np.round(d * 1000).astype(np.uint16)
+        mm[0, 0] = 0
+        cv2.imwrite(str(pano / "depth" / f"{i:04d}.png"), mm)
+    png = read_clip(pano).distance
+    assert np.isposinf(png[:, 0, 0]).all() and np.allclose(png[:, 1:, 1:], near[:, 1:, 1:], atol=6e-4)
 
 
 def test_build_dataset_is_resumable_and_reproducible(tmp_path):

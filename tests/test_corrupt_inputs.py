@@ -16,7 +16,8 @@ import torch
 from matrix_world.app.cli import run_main
 from matrix_world.errors import InputError
 from matrix_world.io import check_image_file, read_distance, read_image
-from matrix_world.pipeline.world import WorldConfig, WorldPipeline, check_inputs
+from matrix_world.pipeline import WorldConfig, WorldPipeline
+from matrix_world.pipeline.config import check_inputs
 from matrix_world.app.world_cli import image2world_main, text2world_main
 
 ROOT = Path(__file__).resolve().parents[1]

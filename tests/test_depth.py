@@ -184,9 +184,10 @@ def test_prior_is_a_ground_plane_under_a_dome():
     assert np.array_equal(result.distance, d) and "heuristic" in result.info["units"]
 
 
-def test_auto_without_weights_falls_back_to_prior():
-    result = estimate_depth(np.zeros((16, 32, 3), np.float32), DepthConfig(model="Ruicheng/moge-2-vitl-normal"))
-    assert result.info["backend"] == "prior" and "not on this machine" in result.info["backend_reason"]
+def test_auto_is_the_pipelines_to_resolve():
+    # one auto rule per stage: matrix_world.pipeline.depth.choose (tests/test_choosers.py)
+    with pytest.raises(InputError, match="pipeline.depth.choose"):
+        estimate_depth(np.zeros((16, 32, 3), np.float32), DepthConfig(backend="auto"))
 
 
 def test_file_backend(tmp_path):

@@ -116,9 +116,11 @@ def test_masked_loss_ignores_unknown_pixels():
 
 def test_reconstruct_stage_backends_and_bad_input(clip):
     c2w, rgb, dist, _ = clip
-    g, info = reconstruct(ReconConfig(backend="auto"), frames=rgb, distance0=dist[0], c2w=c2w,
+    g, info = reconstruct(ReconConfig(backend="lift"), frames=rgb, distance0=dist[0], c2w=c2w,
                           depth_fn=lambda i, _: dist[i])
-    assert info["backend"] == "lift" and info["num_gaussians"] == len(g) > 0  # auto on CPU
+    assert info["backend"] == "lift" and info["num_gaussians"] == len(g) > 0
+    with pytest.raises(InputError, match="pipeline.reconstruction.choose"):  # auto: the pipeline's one rule
+        ReconConfig(backend="auto")
     with pytest.raises(InputError, match="same length"):
         reconstruct(ReconConfig(backend="lift"), frames=rgb[:5], distance0=dist[0], c2w=c2w)
     with pytest.raises(InputError, match="generator"):

@@ -246,17 +246,14 @@ def test_file_backend(tmp_path):
         generate_panorama(PanoramaConfig(backend="file"), image=np.zeros((16, 32)))
 
 
-def test_auto_without_flux_weights_uses_procedural():
-    config = PanoramaConfig(backend="auto", model="black-forest-labs/FLUX.1-dev", height=16)
-    try:
-        import matrix_world.datasets.procedural  # noqa: F401
-    except ImportError:
-        with pytest.raises(InputError, match="procedural"):
-            generate_panorama(config, prompt="a forest clearing")
-        return
-    result = generate_panorama(config, prompt="a forest clearing")
-    assert result.info["backend"] == "procedural" and "not on this machine" in result.info["backend_reason"]
+def test_procedural_backend_comes_from_the_datasets_and_auto_from_the_pipeline():
+    import matrix_world.datasets.synthetic_backends  # noqa: F401  (registers procedural)
+
+    result = generate_panorama(PanoramaConfig(backend="procedural", height=16), prompt="a forest clearing")
+    assert result.info["backend"] == "procedural"
     assert result.rgb.shape == (16, 32, 3) and 0 <= result.rgb.min() and result.rgb.max() <= 1
+    with pytest.raises(InputError, match="pipeline.panorama.choose"):
+        generate_panorama(PanoramaConfig(backend="auto", height=16), prompt="a forest clearing")
 
 
 @pytest.mark.cuda

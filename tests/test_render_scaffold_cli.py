@@ -61,7 +61,7 @@ def test_end_to_end_and_resume(inputs, tmp_path, capsys):
 
     data = np.load(out / "scaffold.npz")
     rgb, mask = data["rgb"], data["mask"]
-    assert sorted(data.files) == ["mask", "rgb"]
+    assert sorted(data.files) == ["distance", "mask", "rgb"]  # the one scaffold.npz layout (issue 11)
     assert rgb.shape == (5, H, 2 * H, 3) and rgb.dtype == np.uint8
     assert mask.shape == (5, H, 2 * H) and mask.dtype == bool
     # frame 0 is the panorama turned right by 90 degrees (16 of 64 columns), fully known

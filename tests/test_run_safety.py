@@ -15,7 +15,8 @@ import torch
 from matrix_world.app.cli import run_main
 from matrix_world.errors import InputError
 from matrix_world.pipeline.explore import ExploreConfig, explore
-from matrix_world.pipeline.world import WorldPipeline, make_plan, check_plan
+from matrix_world.pipeline import WorldPipeline
+from matrix_world.pipeline.plan import check_plan, make_plan
 from matrix_world.rundir import RunDir, run_lock
 from matrix_world.runtime import default_threads
 from matrix_world.app.world_cli import explore_main, text2world_main
@@ -233,12 +234,12 @@ def test_a_resumed_segment_keeps_its_seed(tmp_path, monkeypatch):
 
     out = tmp_path / "killed"
     WorldPipeline(log=quiet)(tiny(out, recon_backend="lift"))
-    import matrix_world.pipeline.stages as stages
+    import matrix_world.pipeline.video as video
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(stages, "video_stage", killed)
+    monkeypatch.setattr(video, "video_stage", killed)
     with pytest.raises(KeyboardInterrupt):
         explore(ExploreConfig(run_dir=str(out), frames=9), log=quiet)
     monkeypatch.undo()
@@ -276,19 +277,18 @@ def test_threads_option_sets_torch_threads(tmp_path):
 def test_auto_rasterisers_fall_back_with_the_reason_when_their_probe_fails(monkeypatch):
     import matrix_world.scaffold.raster_cuda as raster_cuda
     import matrix_world.reconstruction.render as splat_render
-    from matrix_world.scaffold.render import resolve_backend
+    from matrix_world.scaffold.render import rasteriser_for
 
     if not torch.cuda.is_available():
         assert raster_cuda.nvdiffrast_problem() == "no CUDA device"
         assert splat_render.gsplat_problem() == "no CUDA device"
     monkeypatch.setattr(raster_cuda, "nvdiffrast_problem", lambda device="cuda": "plugin failed (no nvcc)")
-    logs = []
-    assert resolve_backend("auto", torch.device("cuda", 0), log=logs.append) == "cpu"
-    assert logs == ["  scaffold: the CUDA rasteriser cannot run here (plugin failed (no nvcc)); using the CPU rasteriser"]
+    assert rasteriser_for("auto", torch.device("cuda", 0)) == (
+        "cpu", "the CUDA rasteriser cannot run here (plugin failed (no nvcc)): the CPU rasteriser")
     monkeypatch.setattr(raster_cuda, "nvdiffrast_problem", lambda device="cuda": None)
-    assert resolve_backend("auto", torch.device("cuda", 0)) == "cuda"
+    assert rasteriser_for("auto", torch.device("cuda", 0))[0] == "cuda"
     monkeypatch.setattr(splat_render, "gsplat_problem", lambda device="cuda": "kernels failed")
-    assert splat_render.resolve_backend("auto", torch.device("cuda", 0)) == "cpu"
+    assert splat_render.rasteriser_for("auto", torch.device("cuda", 0))[0] == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     plan = make_plan(tiny("unused", preset="fast", device="cuda"))
     assert plan.backends["reconstruction"] == "lift" and "kernels failed" in plan.reasons["reconstruction"]

@@ -3,6 +3,7 @@ point cloud, and (on a CUDA machine) CPU vs nvdiffrast parity."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -217,14 +218,26 @@ def test_identity_pose_reproduces_panorama_across_the_seam():
     torch.testing.assert_close(frames.rgb[1], torch.roll(rgb, -5, dims=1), atol=0.01, rtol=0)
 
 
-def test_frame0_exact_and_unknown_black():
-    rgb, _, mesh = _scaffold()
+def test_frame0_exact_and_unknown_black(tmp_path):
+    # the one scaffold builder: frame 0 is the panorama itself (full mask), later frames are
+    # renders with unknown pixels black; the file layout round-trips
+    from matrix_world.io import to_uint8
+    from matrix_world.scaffold.build import build_scaffold, load_scaffold, save_scaffold
+
+    rgb, dist, _ = _scaffold()
     poses = torch.stack((torch.eye(4, dtype=torch.float64), translation([0.6, 0.0, 0.2])))
-    frames = render_scaffold(mesh, poses, 64, backend="cpu", pano_rgb=rgb)
+    scaffold, mesh = build_scaffold(rgb.numpy(), dist.numpy(), poses, 64, backend="cpu",
+                                    config=ScaffoldConfig(occlusion_threshold=THRESHOLD))
     expected = resize_equirect(rgb.permute(2, 0, 1)[None], 64)[0].permute(1, 2, 0)
-    assert torch.equal(frames.rgb[0], expected) and bool(frames.mask[0].all())
-    assert frames.rgb.shape == (2, 64, 128, 3) and frames.mask.dtype == torch.bool
-    assert not bool(frames.mask[1].all()) and bool((frames.rgb[1][~frames.mask[1]] == 0).all())
+    assert np.array_equal(scaffold.rgb[0], to_uint8(expected.numpy())) and scaffold.mask[0].all()
+    assert scaffold.rgb.shape == (2, 64, 128, 3) and scaffold.rgb.dtype == np.uint8 and scaffold.mask.dtype == bool
+    assert scaffold.distance.dtype == np.float16 and scaffold.distance.shape == (2, 64, 128)
+    assert not scaffold.mask[1].all() and (scaffold.rgb[1][~scaffold.mask[1]] == 0).all()
+    direct = render_scaffold(mesh, poses, 64, backend="cpu")  # the builder renders exactly this mesh
+    assert np.array_equal(scaffold.mask[1], direct.mask[1].numpy())
+    save_scaffold(tmp_path / "scaffold.npz", scaffold)
+    back = load_scaffold(tmp_path / "scaffold.npz")
+    assert all(np.array_equal(getattr(back, k), getattr(scaffold, k)) for k in ("rgb", "mask", "distance"))
 
 
 def test_generic_mesh_coverage_and_distance():

@@ -66,3 +66,57 @@ def test_static_checks_are_configured_and_pinned():
 def test_ci_runs_the_static_checks():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "bash .ci/static" in ci.splitlines(), ".ci/run must run the static checks (a line 'bash .ci/static')"
+
+
+# --------------------------------------------------------------------------- import contracts
+
+
+def _contract_run(tree: Path) -> tuple[int, str]:
+    """lint-imports with the repository's contracts over the link tree ``tree`` (as .ci/imports)."""
+    import os
+    import subprocess
+    import sys
+
+    runner = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    proc = subprocess.run([sys.executable, "-c", runner, str(ROOT / "pyproject.toml"), "--no-cache"],
+                          cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _link_tree(tmp_path: Path, extra: dict[str, str]) -> Path:
+    """The installed layout as links (as .ci/link_tree), plus ``extra`` {relative path: source}."""
+    tree = tmp_path / "src"
+    pkg = tree / "matrix_world"
+    pkg.mkdir(parents=True)
+    for entry in (ROOT / "matrix_world").iterdir():
+        if entry.name != "__pycache__":
+            (pkg / entry.name).symlink_to(entry)
+    for sub in ("generation", "reconstruction", "datasets"):
+        (pkg / sub).mkdir()
+        for entry in (ROOT / sub).iterdir():
+            if entry.name != "__pycache__":
+                (pkg / sub / entry.name).symlink_to(entry)
+    for rel, source in extra.items():
+        (pkg / rel).write_text(source)
+    return tree
+
+
+@pytest.mark.slow
+def test_import_contracts_hold_and_catch_a_violation(tmp_path):
+    pytest.importorskip("importlinter")
+    code, out = _contract_run(_link_tree(tmp_path / "clean", {}))
+    assert code == 0 and "2 kept, 0 broken" in out, out
+    # production code importing the synthetic datasets, and a module cycle: both refused
+    code, out = _contract_run(_link_tree(tmp_path / "bad", {
+        "generation/uses_datasets.py": "from matrix_world.datasets import procedural  # noqa: F401\n",
+        "reconstruction/cycle_a.py": "from matrix_world.reconstruction import cycle_b  # noqa: F401\n",
+        "reconstruction/cycle_b.py": "from matrix_world.reconstruction import cycle_a  # noqa: F401\n"}))
+    assert code != 0 and "0 kept, 2 broken" in out, out
+    assert "matrix_world.generation.uses_datasets -> matrix_world.datasets.procedural" in out, out
+
+
+def test_ci_runs_the_import_contracts():
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert "bash .ci/imports" in ci
+    test_extra = (ROOT / "pyproject.toml").read_text()
+    assert '"import-linter==2.17"' in test_extra

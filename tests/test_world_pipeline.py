@@ -10,10 +10,10 @@ import torch
 
 from matrix_world.app.cli import run_main
 from matrix_world.errors import InputError
-from matrix_world.pipeline.explore import ExploreConfig, explore
+from matrix_world.pipeline import ExploreConfig, explore
 from matrix_world.io import load_npz, read_image
 from matrix_world.metrics import psnr
-from matrix_world.pipeline.world import WorldPipeline
+from matrix_world.pipeline import WorldPipeline
 from matrix_world.trajectory import Trajectory
 from matrix_world.app.world_cli import image2world_main, text2world_main
 from script_helpers import TINY_PROMPT as PROMPT

@@ -21,7 +21,7 @@ def _parse(cls, argv: Sequence[str] | None, positional: str, prog: str, descript
 
 
 def text2world_main(argv: Sequence[str] | None = None) -> int:
-    from matrix_world.pipeline.world import WorldConfig, WorldPipeline
+    from matrix_world.pipeline import WorldConfig, WorldPipeline
 
     config = _parse(WorldConfig, argv, "prompt", "text2world.py",
                     'Text -> explorable 3D world of Gaussian splats.  Usage: text2world.py "PROMPT" [OPTIONS]')
@@ -32,7 +32,7 @@ def text2world_main(argv: Sequence[str] | None = None) -> int:
 
 
 def image2world_main(argv: Sequence[str] | None = None) -> int:
-    from matrix_world.pipeline.world import WorldConfig, WorldPipeline
+    from matrix_world.pipeline import WorldConfig, WorldPipeline
 
     config = _parse(WorldConfig, argv, "image", "image2world.py",
                     "Photo (or --panorama 360-degree image) -> explorable 3D world.  Usage: image2world.py IMAGE [OPTIONS]")
@@ -43,7 +43,7 @@ def image2world_main(argv: Sequence[str] | None = None) -> int:
 
 
 def explore_main(argv: Sequence[str] | None = None) -> int:
-    from matrix_world.pipeline.explore import ExploreConfig, explore
+    from matrix_world.pipeline import ExploreConfig, explore
 
     config = _parse(ExploreConfig, argv, "run_dir", "explore.py",
                     "Add a segment to an existing world and rewrite RUN_DIR/world.ply as the merged world.  "

@@ -42,7 +42,8 @@ from matrix_world.errors import InputError
 from matrix_world.io import load_npz, read_image, save_npz, write_image
 from matrix_world.rundir import RunDir, run_lock
 from matrix_world.runtime import apply_threads
-from matrix_world.pipeline.stages import resize_nearest, resize_rgb
+from matrix_world.scaffold.build import load_scaffold, panorama_mesh, resize_nearest, resize_rgb
+from matrix_world.scaffold.mesh import ScaffoldConfig
 from matrix_world.trajectory import Trajectory, read_pose
 
 
@@ -86,7 +87,7 @@ class SegmentResult:
 
 def world_config_of(run: RunDir):
     """The WorldConfig a world was made with (stored in its manifest)."""
-    from matrix_world.pipeline.world import WorldConfig
+    from matrix_world.pipeline.config import WorldConfig
 
     stored = run.manifest.get("world_config")
     if not stored:
@@ -153,16 +154,15 @@ def world_mesh_files(run: RunDir) -> dict[str, Path]:
 
 def world_meshes(run: RunDir, occlusion_threshold: float, device, max_height: int | None = None) -> list:
     """The scaffold meshes of the base panorama and of every finished segment's start view (world frame)."""
-    from matrix_world.pipeline.stages import panorama_mesh
-
     meshes = []
     for sub in _mesh_runs(run):
         depth = load_npz(sub.path / "depth.npz")
         c2w0 = Trajectory.from_json(sub.path / "trajectory.json").c2w[0]
         if depth.get("known") is not None and depth["distance"].shape[0] > (max_height or 1 << 30):
             continue  # (a segment's start view is built at the frames' size already)
-        meshes.append(panorama_mesh(read_image(sub.path / "panorama.png"), depth, c2w0, max_height=max_height,
-                                    occlusion_threshold=occlusion_threshold, device=device))
+        meshes.append(panorama_mesh(read_image(sub.path / "panorama.png"), depth["distance"], c2w0, sky=depth["sky"],
+                                    known=depth.get("known"), max_height=max_height,
+                                    config=ScaffoldConfig(occlusion_threshold=occlusion_threshold), device=device))
     return meshes
 
 
@@ -179,7 +179,7 @@ def explore(config: ExploreConfig, log=print) -> SegmentResult:
 
 def check_explore_inputs(config: ExploreConfig) -> None:
     """The options of a segment, checked before anything is written."""
-    from matrix_world.pipeline.world import check_frames, check_seed
+    from matrix_world.pipeline.config import check_frames, check_seed
     from matrix_world.trajectory import check_trajectory_spec
 
     if not config.run_dir:
@@ -202,11 +202,15 @@ def check_explore_inputs(config: ExploreConfig) -> None:
 
 
 def _explore(config: ExploreConfig, root: Path, log) -> SegmentResult:
-    from matrix_world.pipeline.world import make_depth_fn, make_plan
-    from matrix_world.reconstruction.render import render_panorama
+    from matrix_world.pipeline.context import StageContext
+    from matrix_world.pipeline.depth import make_depth_fn
+    from matrix_world.pipeline.plan import make_plan
+    from matrix_world.pipeline.reconstruction import reconstruction_stage
     from matrix_world.pipeline.report import contact_sheet_stage, preview_stage
-    from matrix_world.pipeline.stages import (StageContext, reconstruction_stage, scaffold_stage, trajectory_stage,
-                                     video_stage)
+    from matrix_world.pipeline.scaffold import OCCLUSION_THRESHOLD, scaffold_stage
+    from matrix_world.pipeline.trajectory import trajectory_stage
+    from matrix_world.pipeline.video import video_stage
+    from matrix_world.reconstruction.render import render_panorama
 
     run = RunDir(root)
     if not run.artifact_ok("world.ply"):
@@ -255,9 +259,9 @@ def _explore(config: ExploreConfig, root: Path, log) -> SegmentResult:
             if start_index is not None:  # the generated frame at exactly this pose ...
                 rgb = resize_rgb(load_npz(last_run.path / "video.npz")["frames"][start_index] / 255.0, pano_h)
                 # ... and, where that segment's scaffold knew the frame, its exact mesh distance
-                prev = load_npz(last_run.path / "scaffold.npz", keys=("mask", "distance"))
-                exact = resize_nearest(prev["distance"][start_index].astype(np.float32), pano_h)
-                exact_ok = (resize_nearest(prev["mask"][start_index].astype(np.float32), pano_h) > 0.5) & np.isfinite(exact)
+                prev = load_scaffold(last_run.path / "scaffold.npz")
+                exact = resize_nearest(prev.distance[start_index].astype(np.float32), pano_h)
+                exact_ok = (resize_nearest(prev.mask[start_index].astype(np.float32), pano_h) > 0.5) & np.isfinite(exact)
                 rendered = np.where(exact_ok, exact, rendered)
                 covered = covered | exact_ok
             distance, sky = _start_distance(plan, rendered, covered, rgb, start_c2w, pano_h)
@@ -269,12 +273,13 @@ def _explore(config: ExploreConfig, root: Path, log) -> SegmentResult:
 
     # 3. trajectory in the world frame, and the scaffold from the world's meshes
     traj = trajectory_stage(ctx, config.trajectory, config.frames, depth["distance"], start_c2w=start_c2w)
-    cache = world_meshes(run, 0.05, "cpu", max_height=plan.height)
-    scaffold = scaffold_stage(ctx, plan.height, rgb, depth, traj, cache_meshes=cache, cache_files=world_mesh_files(run))
+    cache = world_meshes(run, OCCLUSION_THRESHOLD, "cpu", max_height=plan.height)
+    scaffold = scaffold_stage(ctx, plan.backends["scaffold"], plan.height, rgb, depth, traj, cache_meshes=cache,
+                              cache_files=world_mesh_files(run))
     # 4. video of the segment
     frames = video_stage(ctx, plan.video, scaffold, traj, world_config.prompt)
     # 5. the segment's Gaussians (world frame by construction), checked against the world
-    depth_fn = make_depth_fn(plan, scaffold, traj)
+    depth_fn = make_depth_fn(plan.depth, plan.device, scaffold, traj)
     gaussians = reconstruction_stage(ctx, plan.recon, frames, depth, traj, depth_fn, exports=(),
                                      depth_config=plan.depth.to_dict())
     checks = _check_alignment(world, gaussians, traj, plan.device)
@@ -308,16 +313,14 @@ def _start_distance(plan, rendered: np.ndarray, covered: np.ndarray, rgb: np.nda
                     height: int) -> tuple[np.ndarray, np.ndarray]:
     """Distance at the start view: the world's render where covered, else the depth backend's
     estimate scaled to agree (median ratio on covered pixels). Returns (distance, sky)."""
-    from matrix_world.pipeline.world import estimate_frame_distance
+    from matrix_world.pipeline.depth import estimate_frame_distance
 
-    traj = Trajectory(c2w[None].to(torch.float64).expand(2, 4, 4).clone())
     moge = None
     if plan.backends["depth"] == "moge":
         from matrix_world.generation.moge_backend import load_moge
 
         moge = load_moge(plan.depth.model, device=plan.device)
-    estimate, estimate_sky = estimate_frame_distance(plan, plan.backends["depth"], 0, torch.from_numpy(rgb), traj,
-                                                     height, moge)
+    estimate, estimate_sky = estimate_frame_distance(plan.depth, plan.device, c2w, torch.from_numpy(rgb), height, moge)
     good = covered & np.isfinite(rendered) & (rendered > 0)
     ratio = float(np.median(rendered[good] / np.maximum(estimate[good], 1e-6))) if good.any() else 1.0
     distance = np.where(good, rendered, estimate * ratio).astype(np.float32)

@@ -9,14 +9,15 @@ import numpy as np
 import torch
 
 from matrix_world.io import to_uint8, write_image
+from matrix_world.pipeline.context import StageContext, progress_bar
+from matrix_world.scaffold.build import Scaffold
 
 CPU_PREVIEW_BUDGET = 200_000
 
 
-def preview_stage(ctx, gaussians, traj, height: int) -> None:
+def preview_stage(ctx: StageContext, gaussians, traj, height: int) -> None:
     """``world.ply`` -> ``preview.mp4`` (perspective fly-through) and ``preview_panorama.png``."""
     from matrix_world.reconstruction.preview import PreviewConfig, write_preview
-    from matrix_world.pipeline.stages import progress_bar
 
     t0 = time.perf_counter()
     size = 512 if ctx.device.type == "cuda" else min(256, max(128, height))
@@ -59,11 +60,11 @@ def contact_sheet(panorama: np.ndarray, scaffold_rgb: np.ndarray, scaffold_mask:
     return np.concatenate([np.concatenate(r, axis=1) for r in (row0, row1, row2)], axis=0)
 
 
-def contact_sheet_stage(ctx, panorama: np.ndarray, scaffold: dict, video: np.ndarray) -> None:
+def contact_sheet_stage(ctx: StageContext, panorama: np.ndarray, scaffold: Scaffold, video: np.ndarray) -> None:
     with ctx.run.stage("contact_sheet", {"columns": 4}, inputs=["panorama.png", "scaffold.npz", "video.npz"],
                        outputs=["contact_sheet.png"], backend="cpu") as st:
         if not st.done:
-            write_image(st.path("contact_sheet.png"), contact_sheet(panorama, scaffold["rgb"], scaffold["mask"], video))
+            write_image(st.path("contact_sheet.png"), contact_sheet(panorama, scaffold.rgb, scaffold.mask, video))
 
 
 def _size(path: Path) -> str:

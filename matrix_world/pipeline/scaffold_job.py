@@ -12,11 +12,12 @@ Steps (each a resumable stage of :class:`~matrix_world.rundir.RunDir`):
 2. Stage ``trajectory`` -> ``trajectory.json``: a preset or a JSON file
    (:func:`~matrix_world.trajectory.load_trajectory`), its yaw rounded to whole panorama
    columns. The file holds the poses actually rendered.
-3. Stage ``scaffold`` -> ``scaffold.npz`` (``rgb`` [F, H, 2H, 3] uint8, ``mask``
-   [F, H, 2H] bool), ``scaffold_rgb.mp4``, ``scaffold_mask.mp4`` (+ ``scaffold_mesh.ply``
-   or ``.glb``): the panorama and distance are turned by the trajectory's yaw, the
-   occlusion-aware mesh is built and rendered along the poses; frame 0 is the turned
-   panorama with a full mask.
+3. Stage ``scaffold`` -> ``scaffold.npz`` in the one layout (``rgb`` [F, H, 2H, 3] uint8,
+   ``mask`` [F, H, 2H] bool, ``distance`` [F, H, 2H] float16), ``scaffold_rgb.mp4``,
+   ``scaffold_mask.mp4`` (+ ``scaffold_mesh.ply`` or ``.glb``): the panorama and distance
+   are turned by the trajectory's yaw and given to the one scaffold builder,
+   :func:`matrix_world.scaffold.build.build_scaffold` (frame 0 is the turned panorama with a
+   full mask). The rasteriser is the scaffold stage's :func:`~matrix_world.pipeline.scaffold.choose`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from matrix_world.errors import InputError
-from matrix_world.io import read_distance, read_image, save_npz, to_uint8, write_video
+from matrix_world.io import read_distance, read_image
+from matrix_world.pipeline.scaffold import choose, write_scaffold_videos
 from matrix_world.rundir import RunDir, run_lock
 from matrix_world.trajectory import (
     PRESETS,
@@ -39,7 +41,7 @@ from matrix_world.trajectory import (
     turn_equirect,
 )
 
-BACKENDS = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "cpu", "cuda")  # the scaffold rasterisers (auto: the scaffold stage's choose)
 CUSTOM_SCALES = {"auto": None, "keep": False, "fit": True}
 MIN_HEIGHT = 4
 
@@ -65,6 +67,11 @@ class ScaffoldJob:
     mesh_out: str | None = None  # None | "ply" | "glb"
     allow_convert: bool = False
     force: bool = False
+
+    @property
+    def scaffold_backend(self) -> str:
+        """The rasteriser asked for (read by the scaffold stage's ``choose``)."""
+        return self.backend
 
 
 # --------------------------------------------------------------------------- inputs
@@ -94,33 +101,15 @@ def load_panorama(path: str | Path, *, allow_convert: bool = False,
     return image
 
 
-def resolve_backend(backend: str, device: str | None = None) -> tuple[str, str]:
-    """(backend, torch device) to render with.
-
-    ``auto`` -> ``cuda`` when a CUDA GPU and nvdiffrast are usable, else ``cpu``.
-    ``cuda`` without a GPU raises InputError; a missing nvdiffrast surfaces as
-    MissingDependencyError (with its pip command) when rendering starts.
-    """
-    if backend not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    if device is not None and not str(device).startswith(("cpu", "cuda")):
-        raise InputError(f"--device {device!r}; expected cpu, cuda or cuda:N")
-    if backend == "auto":
-        if device is not None:
-            backend = "cuda" if str(device).startswith("cuda") else "cpu"
-        else:
-            from matrix_world.scaffold.raster_cuda import nvdiffrast_available
-
-            backend = "cuda" if nvdiffrast_available() else "cpu"
-    if backend == "cpu":
-        if device is not None and str(device) != "cpu":
-            raise InputError(f"backend cpu renders on the CPU; got --device {device}")
-        return "cpu", "cpu"
+def job_device(job: ScaffoldJob):
+    """The torch device of the job: --device, else CUDA when present, else CPU."""
     import torch
 
-    if not torch.cuda.is_available():
-        raise InputError("backend cuda needs a CUDA GPU, and none is visible; use --backend cpu")
-    return "cuda", str(device or "cuda")
+    if job.device is not None and not str(job.device).startswith(("cpu", "cuda")):
+        raise InputError(f"--device {job.device!r}; expected cpu, cuda or cuda:N")
+    if job.device is not None and str(job.device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {job.device} needs a CUDA GPU, and none is visible; use --device cpu")
+    return torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 # --------------------------------------------------------------------------- the job
@@ -162,7 +151,10 @@ def run_scaffold_job(job: ScaffoldJob, log: Callable[[str], None] = print,
     traj = load_trajectory(job.trajectory, distance, job.frames, rescale=CUSTOM_SCALES[job.custom_scale],
                            yaw=job.yaw, scale=job.move, fps=job.fps)
     traj, columns = snap_yaw(traj, w)
-    backend, device = resolve_backend(job.backend, job.device)
+    if job.backend not in BACKENDS:
+        raise InputError(f"unknown backend {job.backend!r}; expected one of {', '.join(BACKENDS)}")
+    device = job_device(job)
+    backend, _ = choose(job, device)
 
     with run_lock(job.out):  # one writer per run directory
         return _run_scaffold_job(job, log, pano, distance, traj, columns, backend, device)
@@ -204,38 +196,27 @@ def _run_scaffold_job(job: ScaffoldJob, log, pano, distance, traj, columns, back
 
 
 def _render_into(st, pano: np.ndarray, distance: np.ndarray, traj: Trajectory, columns: int, height: int,
-                 backend: str, device: str, mesh_config, mesh_out: str | None, log: Callable[[str], None]) -> None:
-    """Build the mesh of the turned panorama, render it along ``traj`` and write the stage outputs.
+                 backend: str, device, mesh_config, mesh_out: str | None, log: Callable[[str], None]) -> None:
+    """Turn the panorama by ``columns``, build its scaffold along ``traj`` and write the stage outputs.
 
     pano: [H, W, 3] float32, distance: [H, W] float32 (+inf = sky), both untouched by the turn.
     """
     import time
 
-    import torch
+    from matrix_world.scaffold.build import build_scaffold, save_scaffold
+    from matrix_world.scaffold.mesh import export_mesh
 
-    from matrix_world.scaffold.mesh import build_scaffold_mesh, export_mesh
-    from matrix_world.scaffold.render import render_scaffold
-
-    pano_t = torch.from_numpy(np.ascontiguousarray(turn_equirect(pano, columns))).to(device)
-    dist_t = torch.from_numpy(np.ascontiguousarray(turn_equirect(distance, columns))).to(device)
-    sync = torch.cuda.synchronize if backend == "cuda" else (lambda: None)
     t0 = time.perf_counter()
-    mesh = build_scaffold_mesh(pano_t, dist_t, mesh_config)  # on `device`, panorama camera frame
-    sync()
-    t1 = time.perf_counter()
-    frames = render_scaffold(mesh, traj.c2w.to(device), height, backend=backend, pano_rgb=pano_t)
-    sync()
-    t2 = time.perf_counter()
-    rgb = to_uint8(frames.rgb.cpu().numpy())  # [F, H, 2H, 3]
-    mask = frames.mask.cpu().numpy().astype(bool)  # [F, H, 2H]
-    save_npz(st.path("scaffold.npz"), rgb=rgb, mask=mask)
-    write_video(st.path("scaffold_rgb.mp4"), rgb, fps=traj.fps)
-    write_video(st.path("scaffold_mask.mp4"), mask.astype(np.uint8) * 255, fps=traj.fps)
+    scaffold, mesh = build_scaffold(turn_equirect(pano, columns), turn_equirect(distance, columns), traj.c2w, height,
+                                    config=mesh_config, backend=backend, device=device)
+    seconds = time.perf_counter() - t0
+    save_scaffold(st.path("scaffold.npz"), scaffold)
+    write_scaffold_videos(st, scaffold, traj.fps)
     if mesh_out:
         export_mesh(mesh, st.path(f"scaffold_mesh.{mesh_out}"))
-    known = float(mask.mean())
-    st.info.update(device=str(device), frames=int(rgb.shape[0]), height=int(rgb.shape[1]), width=int(rgb.shape[2]),
+    known = float(scaffold.mask.mean())
+    f, h, w = scaffold.mask.shape
+    st.info.update(device=str(device) if backend == "cuda" else "cpu", frames=int(f), height=int(h), width=int(w),
                    mesh_vertices=int(mesh.vertices.shape[0]), mesh_faces=int(mesh.faces.shape[0]),
-                   mesh_seconds=round(t1 - t0, 4), render_seconds=round(t2 - t1, 4), known_fraction=round(known, 4))
-    log(f"scaffold: {rgb.shape[0]} frames {rgb.shape[2]}x{rgb.shape[1]}, backend {backend}, "
-        f"mesh {t1 - t0:.2f} s, render {t2 - t1:.2f} s, {100 * known:.1f}% pixels known")
+                   seconds=round(seconds, 4), known_fraction=round(known, 4))
+    log(f"scaffold: {f} frames {w}x{h}, backend {backend}, mesh + render {seconds:.2f} s, {100 * known:.1f}% pixels known")

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from matrix_world.cameras import cube_faces, invert_pose
-from matrix_world.equirect import equirect_directions, resize_equirect
+from matrix_world.equirect import equirect_directions
 from matrix_world.errors import InputError
 from matrix_world.scaffold.mesh import ScaffoldMesh
 
@@ -119,24 +119,27 @@ def _resample(
     return attrs.reshape(f, height, w, c), distance.reshape(f, height, w), covered.reshape(f, height, w)
 
 
-def resolve_backend(backend: str, device: torch.device, log=None) -> str:
-    """``auto`` -> ``cuda`` for tensors on a CUDA device when nvdiffrast works there (a test
-    render, once per process), else ``cpu``; ``log`` (e.g. ``print``) gets the reason of a
-    fallback."""
-    if backend not in ("auto", "cpu", "cuda"):
-        raise InputError(f"backend must be 'auto', 'cpu' or 'cuda', got {backend!r}")
+RASTERISERS = ("cpu", "cuda")
+
+
+def rasteriser_for(backend: str, device: torch.device) -> tuple[str, str]:
+    """(rasteriser, reason): ``auto`` -> ``cuda`` for tensors on a CUDA device when nvdiffrast
+    works there (a test render, once per process), else ``cpu``; ``cuda`` is checked."""
+    if backend not in ("auto", *RASTERISERS):
+        raise InputError(f"the scaffold rasteriser (backend) must be 'auto', 'cpu' or 'cuda', got {backend!r}")
+    device = torch.device(device)
     if backend == "auto":
         if device.type != "cuda":
-            return "cpu"
+            return "cpu", "no CUDA device: the CPU rasteriser"
         from matrix_world.scaffold.raster_cuda import nvdiffrast_problem
 
         problem = nvdiffrast_problem(device)
-        if problem is not None and log is not None:
-            log(f"  scaffold: the CUDA rasteriser cannot run here ({problem}); using the CPU rasteriser")
-        return "cuda" if problem is None else "cpu"
+        if problem is not None:
+            return "cpu", f"the CUDA rasteriser cannot run here ({problem}): the CPU rasteriser"
+        return "cuda", "CUDA device: nvdiffrast"
     if backend == "cuda" and device.type != "cuda":
         raise InputError("backend 'cuda' needs the mesh on a CUDA device (move the tensors with .to('cuda'))")
-    return backend
+    return backend, "requested"
 
 
 def _clip_range(vertices: Tensor, centres: Tensor) -> tuple[float, float]:
@@ -176,7 +179,7 @@ def render_mesh_equirect(
              covered [F, H, 2H] bool)
     """
     device = vertices.device
-    backend = resolve_backend(backend, device)
+    backend, _ = rasteriser_for(backend, device)
     c2w = _check_poses(c2w).to(device=device, dtype=torch.float64)
     face_size = default_face_size(height) if face_size is None else int(face_size)
     if vertices.dim() != 2 or vertices.shape[-1] != 3 or faces.dim() != 2 or faces.shape[-1] != 3:
@@ -238,15 +241,14 @@ def render_scaffold(
     height: int,
     *,
     backend: str = "auto",
-    pano_rgb=None,  # [H0, W0, 3] float in [0, 1], the panorama the mesh was built from
     face_size: int | None = None,
 ) -> ScaffoldFrames:
     """Render the scaffold along a camera path.
 
     Known pixels (mask True) are those whose interpolated vertex alpha (1 visible, 0
     invisible) exceeds 0.999, i.e. all three vertices of the triangle are visible; unknown
-    rgb is 0. A frame whose ``c2w`` is the identity (within 1e-6) is replaced, when
-    ``pano_rgb`` is given, by exactly the panorama resized to ``height`` with a full mask.
+    rgb is 0. (The scaffold video's frame 0 is the panorama itself: that rule lives in the
+    one scaffold builder, :func:`matrix_world.scaffold.build.build_scaffold`.)
     """
     device = mesh.vertices.device
     c2w = _check_poses(c2w).to(device=device, dtype=torch.float64)
@@ -256,15 +258,4 @@ def render_scaffold(
     )
     mask = covered & (rendered[..., 3] > _MASK_ALPHA)
     rgb = (rendered[..., :3] * mask[..., None]).clamp(0, 1)
-    if pano_rgb is not None:
-        eye = torch.eye(4, dtype=torch.float64, device=device)
-        identity = ((c2w - eye).abs().amax(dim=(-1, -2)) <= 1e-6).nonzero()[:, 0]
-        if len(identity):
-            pano = torch.as_tensor(pano_rgb, device=device)
-            if pano.dim() != 3 or pano.shape[-1] != 3 or pano.shape[1] != 2 * pano.shape[0]:
-                raise InputError(f"pano_rgb must be an [H, 2H, 3] panorama, got shape {tuple(pano.shape)}")
-            pano = pano.to(torch.float32) / 255.0 if pano.dtype == torch.uint8 else pano.to(torch.float32)
-            resized = resize_equirect(pano.permute(2, 0, 1)[None], height)[0].permute(1, 2, 0).clamp(0, 1)
-            rgb[identity] = resized
-            mask[identity] = True
     return ScaffoldFrames(rgb=rgb, mask=mask, distance=distance)

@@ -1,0 +1,171 @@
+"""The options of a world run and every check of them made before anything is written.
+
+:class:`WorldConfig` is what ``scripts/text2world.py`` and ``scripts/image2world.py`` parse
+(``--help`` lists every field); :func:`check_inputs` finds everything that can be wrong
+with it, the input files' contents included, before the run directory is touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from matrix_world.errors import InputError
+
+PRESET_NAMES = ("preview", "fast", "quality")
+
+
+@dataclass
+class WorldConfig:
+    """Options of a world run (``scripts/text2world.py --help`` lists them all)."""
+
+    prompt: str = ""
+    """Text describing the world (required for text2world; optional guidance for image2world)."""
+    image: str | None = None
+    """A photo (perspective) or, with --panorama, a 360-degree equirectangular image (2:1)."""
+    panorama: bool = False
+    """The input image is already a 360-degree panorama (skip the image->panorama model)."""
+    distance: str | None = None
+    """Distance map for the panorama (.npy/.npz, [H, W] float32, +inf = sky) instead of a depth model."""
+    out: str | None = None
+    """Run directory (default: outputs/<slug>-<timestamp>). Rerunning into it resumes."""
+    preset: Literal["preview", "fast", "quality"] = "fast"
+    """preview = no-weight backends only; fast / quality = real models where available."""
+    panorama_backend: str = "auto"
+    """auto | flux | flux-fill | file | procedural"""
+    depth_backend: str = "auto"
+    """auto | moge | prior | file | procedural"""
+    video_backend: str = "auto"
+    """auto | wan | fill | oracle"""
+    recon_backend: str = "auto"
+    """auto | optimize | lift"""
+    scaffold_backend: str = "auto"
+    """The scaffold's rasteriser: auto | cpu | cuda (nvdiffrast; auto takes it on a GPU where it works)."""
+    trajectory: str = "straight"
+    """Camera path: straight | s_curve | l_curve | r_curve | orbit, or a JSON file of poses."""
+    frames: int = 81
+    """Frames along the camera path (the Wan model needs 4k+1)."""
+    resolution: int | None = None
+    """Video frame height: 480 or 720 for the Wan model (width = 2 x height). Default: 480 with
+    the Wan model, 256 with the no-weight video backends."""
+    panorama_height: int | None = None
+    """Panorama height in pixels (width = 2 x height). Default: 512 (1024 with --preset quality)."""
+    seed: int = 0
+    """Seed of every random choice (panorama noise, video noise, optimisation)."""
+    device: str = "auto"
+    """auto (CUDA when present) | cpu | cuda | cuda:N"""
+    memory: Literal["auto", "full", "offload", "lowvram"] = "auto"
+    """GPU memory mode of the diffusion models."""
+    resume: bool = True
+    """Skip stages whose outputs exist with the same settings (--no-resume reruns all)."""
+    overwrite: bool = False
+    """Write into --out even when it holds another world (other prompt, image or seed) or files that are not a
+    run: that world's artifacts and explored segments are deleted first. Without it such an --out is refused."""
+    threads: int | None = None
+    """CPU threads for torch. Default: the cores this process may use minus the machine's current load (at
+    least 1), so a busy machine is not oversubscribed (see benchmarks/RESULTS.md, 'CPU threads')."""
+    flux_model: str | None = None
+    """FLUX.1-dev (or -Fill-dev for photos): hub id or local folder."""
+    flux_lora: str | None = None
+    """Panorama LoRA for FLUX (file, folder or hub id). Default for text: "matrix3d" (Skywork/Matrix-3D
+    checkpoints/text2panoimage_lora.safetensors); "none" disables it."""
+    moge_model: str | None = None
+    """MoGe checkpoint: hub id (Ruicheng/moge-2-vitl-normal) or local file/folder."""
+    wan_model: str | None = None
+    """Wan2.1-I2V-14B-480P/720P-Diffusers: hub id or local folder."""
+    wan_lora: str | None = None
+    """Video LoRA: "matrix3d" (official, from Skywork/Matrix-3D; the default), a converted .safetensors, or "none"."""
+    exports: tuple[str, ...] = ("spz",)
+    """Extra splat formats written beside world.ply (spz, splat)."""
+
+
+MAX_FRAMES = 2000  # ~25 panoramic videos of 81 frames; longer walks are chained segments (explore.py)
+MAX_RESOLUTION = 2048
+MAX_PANORAMA_HEIGHT = 8192
+
+
+# The backend option of each stage, as the CLI spells it.
+BACKEND_OPTIONS = {"panorama": "panorama_backend", "depth": "depth_backend", "scaffold": "scaffold_backend",
+                   "video": "video_backend", "reconstruction": "recon_backend"}
+
+
+def backend_choices() -> dict[str, tuple[str, ...]]:
+    """The backend names each stage accepts (``auto`` first), read from the stages' own registries."""
+    from matrix_world.generation.depth import DEPTH_BACKENDS
+    from matrix_world.generation.panorama import PANORAMA_BACKENDS
+    from matrix_world.generation.video import VIDEO_BACKENDS
+    from matrix_world.reconstruction.stage import RECON_BACKENDS
+    from matrix_world.scaffold.render import RASTERISERS
+
+    return {"panorama": ("auto", *PANORAMA_BACKENDS), "depth": ("auto", *DEPTH_BACKENDS),
+            "scaffold": ("auto", *RASTERISERS), "video": ("auto", *VIDEO_BACKENDS),
+            "reconstruction": ("auto", *RECON_BACKENDS)}
+
+
+def check_frames(frames: int, option: str = "--frames") -> None:
+    if not 2 <= frames <= MAX_FRAMES:
+        raise InputError(f"{option} must be between 2 and {MAX_FRAMES}, got {frames} (longer walks: add segments "
+                         "with scripts/explore.py)")
+
+
+def check_seed(seed: int, option: str = "--seed") -> None:
+    if not 0 <= seed < 2**63:
+        raise InputError(f"{option} must be an integer in [0, 2**63), got {seed}")
+
+
+def check_inputs(config: WorldConfig) -> None:
+    """Everything that can be wrong with the inputs, found before anything is written."""
+    from matrix_world.trajectory import check_trajectory_spec
+
+    if config.image is None and not config.prompt.strip():
+        raise InputError("an empty prompt: describe the world in words (or give an image with image2world)")
+    if config.image is not None and not Path(config.image).is_file():
+        raise InputError(f"image {config.image} does not exist")
+    if config.distance is not None and not config.panorama:
+        raise InputError("--distance needs --panorama (the distance map belongs to a 360-degree image)")
+    if config.distance is not None and not Path(config.distance).is_file():
+        raise InputError(f"distance file {config.distance} does not exist")
+    check_frames(config.frames)
+    check_trajectory_spec(config.trajectory)
+    if config.resolution is not None and not (64 <= config.resolution <= MAX_RESOLUTION and config.resolution % 16 == 0):
+        raise InputError(f"--resolution must be a multiple of 16 from 64 to {MAX_RESOLUTION} (480 or 720 for Wan), "
+                         f"got {config.resolution}")
+    if config.panorama_height is not None and not (32 <= config.panorama_height <= MAX_PANORAMA_HEIGHT
+                                                   and config.panorama_height % 8 == 0):
+        raise InputError(f"--panorama-height must be a multiple of 8 from 32 to {MAX_PANORAMA_HEIGHT}, "
+                         f"got {config.panorama_height}")
+    check_seed(config.seed)
+    if config.threads is not None and config.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {config.threads}")
+    if config.preset not in PRESET_NAMES:
+        raise InputError(f"--preset must be one of {PRESET_NAMES}, got {config.preset!r}")
+    choices = backend_choices()
+    for stage, field_name in BACKEND_OPTIONS.items():
+        option = getattr(config, field_name)
+        if option not in choices[stage]:
+            flag = "--" + field_name.replace("_", "-")
+            raise InputError(f"{flag} must be one of {', '.join(choices[stage])}, got {option!r}")
+    for ext in config.exports:
+        if ext not in ("spz", "splat"):
+            raise InputError(f"--exports takes spz and/or splat, got {ext!r}")
+    if len(set(config.exports)) != len(config.exports):
+        raise InputError(f"--exports names a format twice ({' '.join(config.exports)}); give each once")
+    check_input_files(config)  # the files' contents and the LoRA specs (see below)
+
+
+def check_input_files(config: WorldConfig) -> None:
+    """The inputs' contents, read before anything is written: a complete (not truncated) image, a
+    distance map by :func:`~matrix_world.io.read_distance`'s rule and of the panorama's size, and
+    --flux-lora / --wan-lora specs (pure checks: no hub, no download)."""
+    from matrix_world.generation.flux_lora import validate_lora_spec as validate_flux_lora
+    from matrix_world.generation.wan_lora import validate_lora_spec as validate_wan_lora
+    from matrix_world.io import check_image_file, read_distance
+
+    size = check_image_file(config.image) if config.image is not None else None
+    if config.distance is not None:
+        read_distance(config.distance, expected_shape=size)
+    if config.flux_lora is not None:
+        validate_flux_lora(config.flux_lora, what="--flux-lora")
+    if config.wan_lora is not None:
+        validate_wan_lora(config.wan_lora, what="--wan-lora")

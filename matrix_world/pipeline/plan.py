@@ -1,0 +1,76 @@
+"""The plan of a run: the device, and per stage the backend, why, and its configuration.
+
+:func:`make_plan` only calls each stage's ``choose(config, device)`` (the one ``auto`` rule
+of that stage, beside its stage function) and ``configure(config, backend)``; the reasons
+printed at the start of a run and stored in the manifest are theirs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from matrix_world.errors import InputError
+from matrix_world.generation.depth import DepthConfig
+from matrix_world.generation.panorama import PanoramaConfig
+from matrix_world.generation.video import VideoConfig
+from matrix_world.pipeline import depth, panorama, reconstruction, scaffold, video
+from matrix_world.pipeline.config import WorldConfig
+from matrix_world.reconstruction.stage import ReconConfig
+
+# The stages with a backend choice, in run order, and their choosers.
+CHOOSERS = {"panorama": panorama.choose, "depth": depth.choose, "scaffold": scaffold.choose,
+            "video": video.choose, "reconstruction": reconstruction.choose}
+NO_WEIGHTS = {"file", "procedural", "prior", "fill", "oracle", "lift", "photo"}
+MODEL_STAGES = ("panorama", "depth", "video", "reconstruction")  # the stages whose backends may need weights
+
+
+@dataclass
+class Plan:
+    """The backend chosen for each stage, with the reason, and the stage configurations."""
+
+    device: torch.device
+    backends: dict[str, str]
+    reasons: dict[str, str]
+    height: int  # video frame height (width 2 x height)
+    panorama: PanoramaConfig
+    depth: DepthConfig
+    video: VideoConfig
+    recon: ReconConfig
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def preview_only(self) -> bool:
+        """True when no stage runs a model that needs weights."""
+        return all(self.backends[stage] in NO_WEIGHTS for stage in MODEL_STAGES)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; a CUDA device asked for must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return device
+
+
+def make_plan(config: WorldConfig) -> Plan:
+    """Resolve the device and every stage's ``auto`` backend into concrete stage configurations."""
+    device = resolve_device(config.device)
+    backends, reasons = {}, {}
+    for stage, choose in CHOOSERS.items():
+        backends[stage], reasons[stage] = choose(config, device)
+    return Plan(device=device, backends=backends, reasons=reasons,
+                height=video.frame_height(config, backends["video"]),
+                panorama=panorama.configure(config, backends["panorama"]),
+                depth=depth.configure(config, backends["depth"]),
+                video=video.configure(config, backends["video"]),
+                recon=reconstruction.configure(config, backends["reconstruction"]))
+
+
+def check_plan(config: WorldConfig, plan: Plan) -> None:
+    """What the chosen backends need of the inputs (still before anything is written)."""
+    if plan.backends["video"] == "wan" and (config.frames - 1) % 4:
+        raise InputError(f"the Wan video model needs 4k+1 frames (e.g. 81, 49, 17), got --frames {config.frames}")

@@ -1,0 +1,87 @@
+"""Stage 5, the panoramic video: the scaffold video + mask -> ``video.npz`` (+ ``video.mp4``).
+
+:func:`choose` is the one ``auto`` rule of this stage; :func:`video_stage` runs the backend
+(:mod:`matrix_world.generation.video`: ``wan``, ``fill``; ``oracle`` from
+:mod:`matrix_world.datasets.synthetic_backends`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import torch
+
+from matrix_world.generation.video import VideoConfig, generate_video
+from matrix_world.io import load_npz, save_npz, to_uint8, write_video
+from matrix_world.pipeline.config import WorldConfig
+from matrix_world.pipeline.context import StageContext, log_stage
+from matrix_world.rundir import small_info
+from matrix_world.scaffold.build import Scaffold
+from matrix_world.trajectory import Trajectory
+
+PREVIEW_HEIGHT = 256  # frame height of the no-weight video backends unless --resolution says otherwise
+
+
+def choose(config: WorldConfig, device: torch.device) -> tuple[str, str]:
+    """(backend, reason) of the video stage: ``wan`` on a GPU with the Wan weights (and the LoRA)
+    on this machine, else ``fill``."""
+    from matrix_world.generation.wan_lora import OFFICIAL_FILES, OFFICIAL_REPO
+    from matrix_world.generation.wan_pipeline import HUB_IDS
+    from matrix_world.generation.weights import weights_available
+
+    if config.video_backend != "auto":
+        return config.video_backend, "requested"
+    if config.preset == "preview":
+        return "fill", "preview preset: classical hole filling"
+    if device.type != "cuda":
+        return "fill", "auto: no CUDA device for the Wan model"
+    res = "720p" if config.resolution == 720 else "480p"
+    model = config.wan_model or HUB_IDS[res]
+    if not weights_available(model):
+        return "fill", f"auto: Wan weights '{model}' not found locally"
+    if lora_of(config) == "matrix3d" and not weights_available(OFFICIAL_REPO, OFFICIAL_FILES[res]):
+        return "fill", f"auto: Matrix-3D LoRA {OFFICIAL_REPO}/{OFFICIAL_FILES[res]} not found locally"
+    return "wan", "auto: CUDA and weights present"
+
+
+def lora_of(config: WorldConfig) -> str | None:
+    """The video LoRA: Matrix-3D's official one unless another one or "none" is given."""
+    if config.wan_lora is None:
+        return "matrix3d"
+    return None if config.wan_lora.lower() == "none" else config.wan_lora
+
+
+def frame_height(config: WorldConfig, backend: str) -> int:
+    """Video frame height: --resolution, else 480 for the Wan model and 256 for the no-weight backends."""
+    if config.resolution is not None:
+        return config.resolution
+    return 480 if backend == "wan" else PREVIEW_HEIGHT
+
+
+def configure(config: WorldConfig, backend: str) -> VideoConfig:
+    """The backend's configuration for this run (the preset sets the denoising steps)."""
+    video = VideoConfig(backend=backend, height=config.resolution or 480, model=config.wan_model, lora=lora_of(config),
+                        num_inference_steps=50 if config.preset == "quality" else 30, memory=config.memory,
+                        seed=config.seed)
+    return dataclasses.replace(video, height=frame_height(config, backend))
+
+
+def video_stage(ctx: StageContext, config: VideoConfig, scaffold: Scaffold, traj: Trajectory, prompt: str) -> np.ndarray:
+    """Scaffold video + mask -> ``video.npz`` (frames [F, H, 2H, 3] uint8) and ``video.mp4``."""
+    t0 = time.perf_counter()
+    with ctx.run.stage("video", {"prompt": prompt, **config.to_dict(), "generator_seed": ctx.seed},
+                       inputs=["scaffold.npz", "trajectory.json"],
+                       outputs=["video.npz", "video.mp4"], backend=config.backend) as st:
+        if not st.done:
+            result = generate_video(config, scaffold_rgb=scaffold.rgb.astype(np.float32) / 255.0,
+                                    scaffold_mask=scaffold.mask, prompt=prompt, c2w=traj.c2w,
+                                    device=ctx.device, generator=ctx.generator(5), pipeline=ctx.models.get("video"))
+            frames = to_uint8(result.frames)
+            save_npz(st.path("video.npz"), frames=frames)
+            write_video(st.path("video.mp4"), frames, fps=traj.fps)
+            st.backend = result.info.get("backend", config.backend)
+            st.info.update(small_info(result.info))
+    log_stage(ctx, st, "video", t0)
+    return load_npz(ctx.run.path / "video.npz", keys=("frames",))["frames"]
