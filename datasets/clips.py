@@ -42,7 +42,7 @@ import torch
 
 from matrix_world.cameras import invert_pose
 from matrix_world.errors import InputError
-from matrix_world.io import check_distance, load_npz, read_image, save_npz, write_image, write_text
+from matrix_world.io import check_distance, load_npz, read_image, read_video, save_npz, video_length, write_image, write_text
 
 CLIP_FORMAT = "matrix_world.clip"
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".avi", ".mkv")
@@ -212,41 +212,8 @@ def find_sequences(root: str | os.PathLike) -> list[tuple[Path, str]]:
 
 
 def _read_video(path: Path, indices: list[int] | None) -> np.ndarray:
-    import imageio.v2 as imageio
-
-    wanted = None if indices is None else set(indices)
-    frames = {}
-    try:
-        reader = imageio.get_reader(str(path), format="FFMPEG")
-        try:
-            for i, frame in enumerate(reader):  # type: ignore[var-annotated]  # imageio stubs: __iter__ -> Array
-                if wanted is None or i in wanted:
-                    frames[i] = np.asarray(frame)[..., :3]
-                if wanted is not None and i >= max(wanted):
-                    break
-        finally:
-            reader.close()
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as a video: {exc}") from None
-    order = sorted(frames) if indices is None else indices
-    missing = [i for i in order if i not in frames]
-    if missing:
-        raise InputError(f"{path} has {len(frames)} readable frames; frame {missing[0]} was requested")
-    return np.stack([frames[i] for i in order]).astype(np.float32) / 255.0
-
-
-def video_length(path: Path) -> int:
-    """Number of frames of a video (decodes it: exact, not the container's estimate)."""
-    import imageio.v2 as imageio
-
-    try:
-        reader = imageio.get_reader(str(path), format="FFMPEG")
-        try:
-            return sum(1 for _ in reader)  # type: ignore[attr-defined,misc]  # imageio stubs: __iter__ -> Array
-        finally:
-            reader.close()
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as a video: {exc}") from None
+    """Frames of a video as float32 [F, H, W, 3] in [0, 1] (decoded by ``io.read_video``)."""
+    return read_video(path, indices).astype(np.float32) / 255.0
 
 
 def _camera_poses(path: Path) -> np.ndarray:

@@ -4,6 +4,8 @@ A :class:`Scene` is one vertex-coloured triangle mesh (ground, sky dome, objects
 facts a sampler needs: the objects' axis-aligned bounding boxes and a walkable rectangle.
 ``make_scene(kind, seed)`` is deterministic: the same kind and seed give bit-identical
 arrays (no global random state; numpy ``default_rng(seed)`` and hashed value noise only).
+What each kind looks like (``SceneStyle``, ``STYLES``) and which kind a prompt maps to are
+in :mod:`styles`.
 
 World frame (DESIGN.md §3, OpenCV): x right, y DOWN, z forward. The ground is the plane
 y = 0, so a point h metres above the ground has y = -h. Units are metres. Cameras are
@@ -28,92 +30,18 @@ from matrix_world.datasets import meshgen as mg
 from torch import Tensor
 
 from matrix_world.cameras import make_pose, rotation_yaw
+from matrix_world.datasets.styles import (  # noqa: F401  (KINDS, OUTDOOR_KINDS, INDOOR_KINDS: re-exported)
+    INDOOR_KINDS,
+    KINDS,
+    OUTDOOR_KINDS,
+    STYLES,
+    SceneStyle,
+    style_for_prompt,
+)
 from matrix_world.errors import InputError
 
 SKY_RADIUS = 150.0
 OUTDOOR_HALF_SIZE = 20.0  # walkable square [-20, 20]^2 metres
-
-
-# --------------------------------------------------------------------------- styles
-
-
-@dataclass(frozen=True)
-class SceneStyle:
-    """What a scene kind looks like: palette, layout and object mix (all colours RGB in [0, 1])."""
-
-    name: str
-    indoor: bool = False
-    sky_zenith: tuple = (0.25, 0.45, 0.85)
-    sky_horizon: tuple = (0.75, 0.85, 0.95)
-    sun_elevation: float = 45.0  # degrees
-    clouds: float = 0.35
-    ground_a: tuple = (0.30, 0.45, 0.20)
-    ground_b: tuple = (0.40, 0.35, 0.22)
-    ground_pattern: str = "noise"  # noise | paving
-    water: tuple | None = None  # colour of a sea beyond the shoreline z > shore
-    skyline: tuple | None = (0.35, 0.42, 0.38)  # colour of a distant mountain ring, None = none
-    skyline_height: float = 18.0
-    mix: tuple = (("tree", 1.0),)  # (object kind, weight) around the walkable square
-    inner_mix: tuple | None = None  # (object kind, weight) inside it (None -> mix; no buildings/houses there)
-    inner_count: int = 10  # obstacles inside the walkable square
-    outer_count: int = 40  # objects around it
-    # indoor only
-    floor: str = "planks"  # planks | tiles | carpet
-    floor_a: tuple = (0.55, 0.38, 0.22)
-    floor_b: tuple = (0.45, 0.30, 0.18)
-    wall: tuple = (0.85, 0.82, 0.75)
-    ceiling: tuple = (0.92, 0.92, 0.90)
-    room_size: tuple[float, float] = (7.0, 12.0)  # min/max side in metres
-    room_height: tuple[float, float] = (2.7, 3.3)
-
-
-STYLES: dict[str, SceneStyle] = {
-    s.name: s
-    for s in [
-        SceneStyle("forest", mix=(("pine", 3.0), ("tree", 2.0), ("rock", 1.0)), inner_count=24, outer_count=90,
-                   ground_a=(0.22, 0.38, 0.14), ground_b=(0.36, 0.30, 0.16)),
-        SceneStyle("park", mix=(("tree", 3.0), ("fence", 1.0), ("rock", 0.5), ("wall", 0.3)), inner_count=14,
-                   outer_count=50, ground_a=(0.35, 0.55, 0.22), ground_b=(0.28, 0.45, 0.18)),
-        SceneStyle("city", mix=(("building", 1.0),), inner_mix=(("tree", 1.0), ("crate", 0.5), ("wall", 0.5)),
-                   inner_count=10, outer_count=36, ground_pattern="paving",
-                   ground_a=(0.42, 0.42, 0.44), ground_b=(0.30, 0.30, 0.32), skyline=None, clouds=0.2),
-        SceneStyle("town", mix=(("house", 3.0), ("tree", 1.5), ("fence", 1.0), ("wall", 0.5)), inner_count=12,
-                   inner_mix=(("tree", 1.0), ("fence", 1.0), ("wall", 0.5)),
-                   outer_count=45, ground_a=(0.38, 0.50, 0.25), ground_b=(0.50, 0.45, 0.35)),
-        SceneStyle("beach", mix=(("palm", 2.0), ("rock", 1.0)), inner_count=10, outer_count=25,
-                   ground_a=(0.86, 0.78, 0.58), ground_b=(0.78, 0.68, 0.48), water=(0.10, 0.40, 0.60),
-                   sky_zenith=(0.15, 0.45, 0.90), skyline=(0.45, 0.55, 0.45), skyline_height=10.0),
-        SceneStyle("desert", mix=(("rock", 2.0), ("cactus", 1.5)), inner_count=12, outer_count=30,
-                   ground_a=(0.85, 0.62, 0.38), ground_b=(0.72, 0.50, 0.30), sky_horizon=(0.90, 0.85, 0.75),
-                   clouds=0.05, skyline=(0.70, 0.45, 0.30), skyline_height=25.0),
-        SceneStyle("snow", mix=(("pine", 3.0), ("rock", 1.0)), inner_count=16, outer_count=70,
-                   ground_a=(0.92, 0.93, 0.96), ground_b=(0.80, 0.83, 0.90), sky_zenith=(0.55, 0.65, 0.80),
-                   sky_horizon=(0.88, 0.90, 0.93), clouds=0.6, skyline=(0.85, 0.87, 0.92), skyline_height=35.0),
-        SceneStyle("harbour", mix=(("crate", 2.0), ("building", 1.0), ("wall", 0.5)), inner_count=10,
-                   inner_mix=(("crate", 2.0), ("wall", 0.5)),
-                   outer_count=25, ground_pattern="paving", ground_a=(0.50, 0.48, 0.45), ground_b=(0.40, 0.38, 0.36),
-                   water=(0.08, 0.30, 0.45), skyline=(0.40, 0.45, 0.50), skyline_height=12.0),
-        SceneStyle("ruins", mix=(("wall", 2.0), ("rock", 1.5), ("tree", 0.5)), inner_count=14, outer_count=40,
-                   ground_a=(0.55, 0.52, 0.40), ground_b=(0.42, 0.45, 0.30)),
-        SceneStyle("room", indoor=True, mix=(("table", 2.0), ("cabinet", 2.0), ("sofa", 1.0), ("shelf", 1.0)),
-                   inner_count=7),
-        SceneStyle("office", indoor=True, mix=(("desk", 3.0), ("cabinet", 1.0), ("shelf", 1.0)), inner_count=8,
-                   floor="carpet", floor_a=(0.35, 0.38, 0.42), floor_b=(0.30, 0.32, 0.36), wall=(0.90, 0.90, 0.88),
-                   room_size=(9.0, 14.0)),
-        SceneStyle("bedroom", indoor=True, mix=(("bed", 1.0), ("cabinet", 2.0), ("table", 1.0)), inner_count=5,
-                   floor_a=(0.62, 0.45, 0.28), floor_b=(0.55, 0.40, 0.25), wall=(0.80, 0.85, 0.90),
-                   room_size=(6.0, 9.0)),
-        SceneStyle("kitchen", indoor=True, mix=(("cabinet", 3.0), ("table", 1.0)), inner_count=6, floor="tiles",
-                   floor_a=(0.85, 0.85, 0.82), floor_b=(0.25, 0.25, 0.28), wall=(0.95, 0.92, 0.80),
-                   room_size=(6.0, 10.0)),
-        SceneStyle("hall", indoor=True, mix=(("plinth", 3.0), ("shelf", 1.0)), inner_count=10, floor="tiles",
-                   floor_a=(0.80, 0.78, 0.72), floor_b=(0.60, 0.58, 0.52), wall=(0.88, 0.84, 0.78),
-                   room_size=(14.0, 22.0), room_height=(4.0, 6.0)),
-    ]
-}
-KINDS = tuple(STYLES)
-OUTDOOR_KINDS = tuple(k for k, s in STYLES.items() if not s.indoor)
-INDOOR_KINDS = tuple(k for k, s in STYLES.items() if s.indoor)
 
 
 # --------------------------------------------------------------------------- scene
@@ -560,7 +488,7 @@ def make_scene(kind: str | SceneStyle, seed: int = 0, *, objects: int | None = N
 
     kind: a scene kind (``KINDS``: forest, park, city, town, beach, desert, snow, harbour,
         ruins, room, office, bedroom, kitchen, hall), a :class:`SceneStyle`, or a prompt of
-        several words (mapped by keywords through ``procedural.style_for_prompt``, with a
+        several words (mapped by keywords through ``styles.style_for_prompt``, with a
         seeded fallback for words it does not know). A single unknown word raises InputError.
     seed: any int; the same (kind, seed) always gives the same scene.
     objects: override the number of obstacles (inside the walkable area / furniture pieces);
@@ -573,8 +501,6 @@ def make_scene(kind: str | SceneStyle, seed: int = 0, *, objects: int | None = N
     elif kind.strip().lower() in STYLES:
         style = STYLES[kind.strip().lower()]
     elif len(kind.split()) >= 2:
-        from matrix_world.datasets.procedural import style_for_prompt
-
         style = style_for_prompt(kind, seed)
     else:
         raise InputError(f"unknown scene type {kind!r}; expected one of {', '.join(KINDS)} "

@@ -10,97 +10,43 @@ Procedure (after Matrix-3D / WorldGen):
 2. The kept region is the photo's footprint eroded by ``mask_erode`` pixels (its border is
    regenerated so the outpainting can blend into it); the outpainting mask is its complement.
 3. ``FluxFillPipeline`` (FLUX.1-Fill-dev, + optional LoRA) outpaints, with circular rolls in
-   the late steps and wrap-aware decoding (as in :mod:`panorama`). The rolls are applied to
+   the late steps and wrap-aware decoding (as in :mod:`flux_pano`). The rolls are applied to
    what the transformer sees, never to the pipeline's latents, so nothing has to be undone:
    the photo stays at yaw 0.
 4. Composite: kept pixels are copied from the placed photo bit-exactly; over ``blend_width``
    pixels outside the kept region the photo fades into the generated surround.
+
+Steps 1, 2 and 4 (``place_photo``, ``keep_mask``, ``composite``) live in :mod:`pano_image`,
+shared with the no-model ``photo`` backend (:mod:`photo_pano`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import numpy as np
 import torch
 
-from matrix_world.cameras import PerspectiveView, paste_perspective
 from matrix_world.errors import InputError
-from matrix_world.generation.panorama import (
+from matrix_world.generation.flux_pano import generate_with_pipeline, load_flux_pipeline
+from matrix_world.generation.moge_backend import estimate_fov, moge_available
+from matrix_world.generation.pano_config import (
+    WORLDGEN_TEMPLATE,
     PanoramaConfig,
     PanoramaResult,
-    as_rgb_image,
     check_height,
     format_prompt,
-    generate_with_pipeline,
-    load_flux_pipeline,
-    WORLDGEN_TEMPLATE,
 )
-
-DEFAULT_FOV = 60.0
-FOV_RANGE = (10.0, 170.0)
-MAX_PHOTO_SIDE = 8192
-
-
-def check_photo(photo: np.ndarray) -> np.ndarray:
-    h, w = photo.shape[:2]
-    if min(h, w) < 16:
-        raise InputError(f"the input photo is {w}x{h}; expected at least 16 pixels on each side")
-    if max(h, w) > MAX_PHOTO_SIDE:
-        raise InputError(f"the input photo is {w}x{h}; photos above {MAX_PHOTO_SIDE} pixels on a side are rejected (downscale it)")
-    return photo
-
-
-def place_photo(photo: np.ndarray, fov: float, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Paste a photo at yaw = pitch = 0 into an empty equirect of the given height.
-
-    photo: np.ndarray  # [h, w, 3] float32 in [0, 1]
-    fov: horizontal field of view of the photo in degrees
-    returns (placed [H, 2H, 3] float32 with zeros outside the photo, coverage [H, 2H] bool)
-    """
-    if not FOV_RANGE[0] <= fov <= FOV_RANGE[1]:
-        raise InputError(f"photo FOV must be in [{FOV_RANGE[0]:g}, {FOV_RANGE[1]:g}] degrees, got {fov:g}")
-    h, w = photo.shape[:2]
-    # footprint: the panorama has W / (2 pi) pixels per radian, the photo f pixels per radian at its centre
-    f = 0.5 * w / math.tan(math.radians(fov) / 2.0)
-    pano_per_rad = 2 * height / (2.0 * math.pi)
-    if f > 1.5 * pano_per_rad:
-        import cv2
-
-        scale = pano_per_rad / f
-        w2, h2 = max(8, round(w * scale)), max(8, round(h * scale))
-        photo = cv2.resize(photo, (w2, h2), interpolation=cv2.INTER_AREA)
-        h, w = h2, w2
-    view = PerspectiveView(0.0, 0.0, float(fov), w, h)
-    image = torch.from_numpy(np.ascontiguousarray(photo, dtype=np.float32)).permute(2, 0, 1)
-    placed, coverage = paste_perspective(image, view, height)
-    return placed.permute(1, 2, 0).numpy().astype(np.float32), coverage.numpy()
-
-
-def keep_mask(coverage: np.ndarray, erode: int) -> np.ndarray:
-    """Pixels of the placed photo that are kept: its footprint eroded by ``erode`` pixels [H, W] bool."""
-    if erode < 0:
-        raise InputError(f"mask_erode must be >= 0, got {erode}")
-    if erode == 0:
-        return coverage.copy()
-    import cv2
-
-    kernel = np.ones((2 * erode + 1, 2 * erode + 1), np.uint8)
-    return cv2.erode(coverage.astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
-
-
-def composite(generated: np.ndarray, placed: np.ndarray, keep: np.ndarray, coverage: np.ndarray, blend_width: int) -> np.ndarray:
-    """Kept pixels exactly from ``placed``; a linear fade over ``blend_width`` px outside them (within the photo)."""
-    import cv2
-
-    out = generated.astype(np.float32).copy()
-    if blend_width > 0:
-        dist = cv2.distanceTransform((~keep).astype(np.uint8), cv2.DIST_L2, 3)  # px to the nearest kept pixel
-        alpha = np.clip(1.0 - dist / float(blend_width + 1), 0.0, 1.0) * coverage
-        out = alpha[..., None] * placed + (1.0 - alpha[..., None]) * out
-    out[keep] = placed[keep]
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+from matrix_world.generation.pano_image import (
+    DEFAULT_FOV,
+    FOV_RANGE,
+    as_rgb_image,
+    check_photo,
+    composite,
+    keep_mask,
+    place_photo,
+)
+from matrix_world.generation.seamless import seam_score
 
 
 def estimate_photo_fov(photo: np.ndarray, config: PanoramaConfig, device) -> tuple[float, str]:
@@ -110,10 +56,7 @@ def estimate_photo_fov(photo: np.ndarray, config: PanoramaConfig, device) -> tup
         if not FOV_RANGE[0] <= fov <= FOV_RANGE[1]:
             raise InputError(f"photo FOV must be in [{FOV_RANGE[0]:g}, {FOV_RANGE[1]:g}] degrees, got {fov:g}")
         return fov, "given"
-    from matrix_world.generation.moge_backend import estimate_fov, moge_available
-
     if config.fov_model and moge_available(config.fov_model):
-
         try:
             fov = estimate_fov(photo, config.fov_model, device=device)
         except InputError:  # MoGe could not recover a focal length: fall back to the default
@@ -139,8 +82,6 @@ def outpaint(pipe, config: PanoramaConfig, inputs: dict, *, prompt: str | None, 
     generated, info = generate_with_pipeline(pipe, config, prompt=prompt, device=device, generator=generator,
                                              extra={"image": image, "mask_image": mask}, allow_empty_prompt=True)
     rgb = composite(generated, inputs["placed"], inputs["keep"], inputs["coverage"], int(config.blend_width))
-    from matrix_world.generation.seamless import seam_score
-
     info["seam_score"] = round(seam_score(rgb, width_dim=-2), 4)
     info["kept_fraction"] = round(float(inputs["keep"].mean()), 5)
     return rgb, info

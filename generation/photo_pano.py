@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from matrix_world.generation.image2pano import DEFAULT_FOV, check_photo, composite, place_photo
+from matrix_world.generation.pano_image import DEFAULT_FOV, check_photo, composite, place_photo
 from matrix_world.generation.video_fill import inpaint_wrapped
 
 FILL_HEIGHT = 64  # rows of the small panorama the surround is inpainted at

@@ -11,7 +11,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -252,19 +252,57 @@ def _write_video_cv2(path: Path, data: np.ndarray, fps: float) -> None:
         writer.release()
 
 
-def read_video(path: str | os.PathLike) -> np.ndarray:
-    """Read a video file as uint8 frames [F, H, W, 3]."""
+def read_video(path: str | os.PathLike, indices: Sequence[int] | None = None) -> np.ndarray:
+    """Read a video file as uint8 frames [F, H, W, 3]. The one video decoder of the project.
+
+    indices: the frames wanted, in the order wanted (repeats allowed); None reads all of them.
+    Decoding stops after the last frame wanted. A file that cannot be decoded, or a requested
+    frame it does not have, raises InputError.
+    """
+    import imageio.v2 as imageio
+
+    order = None if indices is None else [int(i) for i in indices]
+    if order is not None and (not order or min(order) < 0):
+        raise InputError(f"frames of {path} were requested by index; expected one or more indices >= 0, "
+                         f"got {order[:8]}")
+    wanted = None if order is None else set(order)
+    last = None if order is None else max(order)
+    frames: dict[int, np.ndarray] = {}
+    decoded = 0
+    try:
+        reader = imageio.get_reader(str(path), format="FFMPEG")
+        try:
+            for i, frame in enumerate(reader):  # type: ignore[var-annotated]  # imageio stubs: __iter__ -> Array
+                decoded = i + 1
+                if wanted is None or i in wanted:
+                    frames[i] = np.asarray(frame)[..., :3]  # [H, W, 3] uint8
+                if last is not None and i >= last:
+                    break
+        finally:
+            reader.close()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise InputError(f"cannot read {path} as a video: {exc}") from None
+    order = list(range(decoded)) if order is None else order
+    missing = [i for i in order if i not in frames]
+    if missing:
+        raise InputError(f"{path} has {decoded} readable frames; frame {missing[0]} was requested")
+    if not order:
+        raise InputError(f"{path} has no readable frame; expected a video of one frame or more")
+    return np.stack([frames[i] for i in order])  # [F, H, W, 3] uint8
+
+
+def video_length(path: str | os.PathLike) -> int:
+    """Number of frames of a video (decodes it: exact, not the container's estimate)."""
     import imageio.v2 as imageio
 
     try:
         reader = imageio.get_reader(str(path), format="FFMPEG")
         try:
-            frames = [np.asarray(f)[..., :3] for f in reader]  # type: ignore[attr-defined]  # imageio stubs: __iter__ -> Array
+            return sum(1 for _ in reader)  # type: ignore[attr-defined,misc]  # imageio stubs: __iter__ -> Array
         finally:
             reader.close()
     except (OSError, RuntimeError, ValueError) as exc:
         raise InputError(f"cannot read {path} as a video: {exc}") from None
-    return np.stack(frames)
 
 
 # --------------------------------------------------------------------------- distance maps

@@ -71,37 +71,50 @@ VERSION_PACKAGES = ("matrix_world", "torch", "numpy", "diffusers", "transformers
 # --------------------------------------------------------------------------- hashing
 
 
-def jsonable(value: Any) -> Any:
-    """Config values -> plain JSON types (dataclasses, paths, numpy/torch scalars, tuples)."""
+def jsonable(value: Any, *, strict: bool = True) -> Any:
+    """Config / info values -> plain JSON types. The one JSON sanitiser of the project.
+
+    Dataclasses become dicts, tuples lists, paths strings, numpy / torch scalars Python
+    numbers and arrays nested lists; dict keys become strings. Non-finite floats become
+    their repr (``'nan'``, ``'inf'``, ``'-inf'``: JSON has neither). Any other object raises
+    TypeError, or with ``strict=False`` becomes ``str(value)`` (reports, benchmark results).
+    """
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return jsonable(dataclasses.asdict(value))
+        return jsonable(dataclasses.asdict(value), strict=strict)
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v, strict=strict) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+        return [jsonable(v, strict=strict) for v in value]
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)  # JSON has no inf/nan
+        return repr(float(value))  # float(): np.float64 is a float whose repr is 'np.float64(nan)'
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalar
-        return jsonable(value.item())
+        return jsonable(value.item(), strict=strict)
     if hasattr(value, "tolist"):
-        return jsonable(value.tolist())
+        return jsonable(value.tolist(), strict=strict)
+    if not strict:
+        return str(value)
     raise TypeError(f"config value {value!r} of type {type(value).__name__} is not JSON-able")
 
 
 def small_info(info: dict, limit: int = 2000) -> dict[str, Any]:
-    """The entries of a backend's info dict that are JSON-able and short (for the manifest)."""
-    out = {}
+    """The entries of a backend's info dict that are small enough for the manifest.
+
+    An entry is kept, as ``jsonable(value, strict=False)``, when that value's JSON
+    (``json.dumps``) is shorter than ``limit`` characters; larger ones (arrays, long
+    lists) are dropped. Arrays whose element count alone rules them out are not converted.
+    """
+    out: dict[str, Any] = {}
     for key, value in info.items():
-        try:
-            converted = jsonable(value)
-        except TypeError:
+        count = value.numel() if callable(getattr(value, "numel", None)) else getattr(value, "size", None)
+        if isinstance(count, int) and 2 * count - 1 >= limit:  # n numbers need >= 2n - 1 characters
             continue
-        if len(json.dumps(converted)) < limit:
-            out[str(key)] = converted
+        plain = jsonable(value, strict=False)
+        if len(json.dumps(plain)) < limit:
+            out[str(key)] = plain
     return out
 
 

@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from matrix_world.errors import InputError
     from matrix_world.io import load_npz, save_npz, write_video
+    from matrix_world.rundir import jsonable
     from matrix_world.trajectory import Trajectory
 
     try:
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         frames = (result.frames * 255.0 + 0.5).clip(0, 255).astype("uint8")
         save_npz(args.run_dir / "video.npz", frames=frames)
         write_video(args.run_dir / "video.mp4", frames, fps=float(trajectory.fps))
-        print(json.dumps({k: v for k, v in result.info.items() if k != "lora"}, default=str))
+        print(json.dumps(jsonable({k: v for k, v in result.info.items() if k != "lora"}, strict=False)))
     dist.barrier()
     dist.destroy_process_group()
     return 0

@@ -33,7 +33,7 @@ from matrix_world.datasets.scenes import make_scene
 
 from matrix_world.cameras import invert_pose, make_pose, rotation_pitch, rotation_yaw
 from matrix_world.errors import InputError
-from matrix_world.io import save_npz, write_image, write_video
+from matrix_world.io import read_video, save_npz, video_length, write_image, write_video
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,6 +157,46 @@ def test_matrix_pano_and_plain_video_layouts(tmp_path):
         cv2.imwrite(str(pano / "depth" / f"{i:04d}.png"), mm)
     png = read_clip(pano).distance
     assert np.isposinf(png[:, 0, 0]).all() and np.allclose(png[:, 1:, 1:], near[:, 1:, 1:], atol=6e-4)
+
+
+def test_read_video_chosen_frames_stop_after_the_last_one(tmp_path, monkeypatch):
+    import imageio.v2 as imageio
+
+    rgb = np.stack([np.full((16, 32, 3), 40 * k, np.uint8) for k in range(5)])  # frame k is grey 40 k
+    path = tmp_path / "v.mp4"
+    write_video(path, rgb, fps=8)
+    full = read_video(path)
+    assert full.dtype == np.uint8 and full.shape == (5, 16, 32, 3) and video_length(path) == 5
+    assert np.abs(full.astype(int) - rgb).max() <= 3  # lossy, but each frame keeps its grey level
+    decoded = []
+    get_reader = imageio.get_reader
+
+    def counting_reader(*args, **kwargs):
+        reader = get_reader(*args, **kwargs)
+
+        class Counting:
+            def __iter__(self):
+                for frame in reader:
+                    decoded.append(1)
+                    yield frame
+
+            def close(self):
+                reader.close()
+
+        return Counting()
+
+    monkeypatch.setattr(imageio, "get_reader", counting_reader)
+    picked = read_video(path, [2, 0, 2])
+    assert np.array_equal(picked, full[[2, 0, 2]]) and len(decoded) == 3  # frames 0..2 decoded, not 5
+    monkeypatch.undo()
+    with pytest.raises(InputError, match=r"has 5 readable frames; frame 7 was requested"):
+        read_video(path, [1, 7])
+    with pytest.raises(InputError, match="expected one or more indices >= 0"):
+        read_video(path, [-1])
+    (tmp_path / "junk.mp4").write_bytes(b"not a video")
+    for fn in (read_video, video_length):
+        with pytest.raises(InputError, match="cannot read .*junk.mp4 as a video"):
+            fn(tmp_path / "junk.mp4")
 
 
 def test_build_dataset_is_resumable_and_reproducible(tmp_path):

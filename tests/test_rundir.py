@@ -6,13 +6,14 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from matrix_world.errors import InputError
 from matrix_world.io import save_npz, write_text
-from matrix_world.rundir import MANIFEST, RunDir, canonical_json, config_hash
+from matrix_world.rundir import MANIFEST, RunDir, canonical_json, config_hash, jsonable, small_info
 
 
 def sha(path):
@@ -205,3 +206,57 @@ def test_segments_and_canonical_hash(tmp_path):
     assert config_hash({"a": 1, "b": [1.0, 2]}) == config_hash({"b": (1.0, 2), "a": 1})
     assert config_hash({"x": 0.1}) != config_hash({"x": 0.1 + 1e-16 * 2})
     assert canonical_json({"p": np.float32(0.5), "q": float("inf")}) == '{"p":0.5,"q":"inf"}'
+
+
+@dataclass
+class _Opts:
+    path: Path
+    scale: float
+
+
+class _Opaque:
+    def __str__(self):
+        return "<opaque>"
+
+
+def test_jsonable_values_strict_and_not():
+    import torch
+
+    value = {1: _Opts(Path("a/b.png"), float("nan")), "t": (np.int64(3), np.float64("-inf"), np.bool_(True)),
+             "arr": np.arange(4, dtype=np.float32).reshape(2, 2), "tensor": torch.tensor([0.5, float("inf")]),
+             "scalar": torch.tensor(2.5)}
+    expected = {"1": {"path": "a/b.png", "scale": "nan"}, "t": [3, "-inf", True], "arr": [[0.0, 1.0], [2.0, 3.0]],
+                "tensor": [0.5, "inf"], "scalar": 2.5}
+    assert jsonable(value) == expected and jsonable(value, strict=False) == expected
+    assert json.dumps(jsonable(value), allow_nan=False)  # plain JSON, no NaN tokens
+    assert jsonable(np.float64("nan")) == "nan"  # not numpy's repr 'np.float64(nan)'
+    with pytest.raises(TypeError, match="_Opaque"):
+        jsonable({"x": [_Opaque()]})
+    assert jsonable({"x": [_Opaque(), {1}]}, strict=False) == {"x": ["<opaque>", "{1}"]}
+    assert jsonable(_Opts, strict=False) == str(_Opts)  # a dataclass type is not an instance
+
+
+def test_small_info_keeps_the_small_entries_as_json():
+    import torch
+
+    info = {"backend": "flux", "seed": np.int64(7), "seam": np.float32(0.25), "bad": float("nan"), "none": None,
+            "shifts": list(range(10)), "grid": np.zeros((40, 40)), "long": "x" * 3000, "obj": _Opaque(),
+            "tensor": torch.ones(2), "big_tensor": torch.zeros(5000), 3: (1, 2)}
+    small = small_info(info)
+    assert small == {"backend": "flux", "seed": 7, "seam": 0.25, "bad": "nan", "none": None, "shifts": list(range(10)),
+                     "obj": "<opaque>", "tensor": [1.0, 1.0], "3": [1, 2]}
+    assert json.loads(json.dumps(small)) == small  # what the manifest stores (strict jsonable accepts it)
+    assert jsonable(small) == small
+    # the limit is on the JSON text: '[0, 1, 2]' is 9 characters
+    assert "shifts" in small_info({"shifts": [0, 1, 2]}, limit=10) and not small_info({"shifts": [0, 1, 2]}, limit=9)
+
+
+def test_benchmark_results_use_the_manifest_sanitiser(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).resolve().parent.parent / "benchmarks/common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    monkeypatch.setenv("OUT", str(tmp_path))
+    path = common.write_results("b", {"psnr": np.float32(31.5), "lpips": float("nan"), "device": _Opaque()})
+    assert json.loads(path.read_text()) == {"psnr": 31.5, "lpips": "nan", "device": "<opaque>"}
