@@ -42,7 +42,20 @@ def config(flux_folder):
 def pipe(config):
     pipe, info = load_flux_pipeline(config, "cpu")
     assert info["model_folder"] == config.model and info["lora"] is None
+    # --memory auto reaches FLUX (issue 11): on a CPU device it resolves to full, and says why
+    assert config.memory == "auto" and info["memory_mode"] == "full"
+    assert info["memory_reason"] == "not a CUDA device: everything stays on it"
     return pipe
+
+
+def test_flux_auto_memory_picks_the_fastest_mode_that_fits(pipe):
+    from matrix_world.generation.memory import choose_memory_mode, estimate_flux_memory_gb, module_bytes
+
+    est = estimate_flux_memory_gb(pipe, height=H)
+    weights = sum(module_bytes(getattr(pipe, n)) for n in ("transformer", "text_encoder", "text_encoder_2", "vae")) / 1e9
+    assert est["full"] >= weights and all(v > 0 for v in est.values())
+    assert choose_memory_mode("auto", estimate_gb=est, free_gb=est["full"] + 2.5)[0] == "full"
+    assert choose_memory_mode("auto", estimate_gb=est, free_gb=0.0)[0] == "lowvram"
 
 
 @pytest.fixture(scope="module")
