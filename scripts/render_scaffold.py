@@ -80,7 +80,7 @@ direction); auto = fit Matrix-3D lists, keep our JSON."""
     def check(self) -> None:
         require_positive(self, "frames", "height", "decimate", "move", "fps", "occlusion_threshold")
         require_finite(self, "yaw")
-        require_one_of(self, "custom_scale", CUSTOM_SCALES)
+        require_one_of(self, "custom_scale", sorted(CUSTOM_SCALES))
         require_one_of(self, "backend", BACKENDS)
         require_one_of(self, "mesh_out", MESH_FORMATS)
 
