@@ -2,7 +2,8 @@
 video_multigpu) as a new user runs them: each a subprocess with its DEFAULT options (no --device,
 the default preset; only sizes made small), checked by what it wrote, not only its exit code.
 Offline with an empty model cache; the shared runs are fixtures in conftest.py, the helpers
-in script_helpers.py."""
+in script_helpers.py. Also: --help of every script (tyro) documents every option, and values out of
+range are one-line errors."""
 
 from __future__ import annotations
 
@@ -337,3 +338,10 @@ def test_bad_value_exit_code_from_the_script(name, argv, words, env, tmp_path):
     error = one_line_error(proc)
     assert proc.stderr == error + "\n" and all(w in error for w in words), proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unparsable_value_is_tyros_error(env, tmp_path):
+    """What does not parse at all (as for the world CLIs): tyro's message naming the option, exit code 2,
+    no traceback."""
+    proc = run_script("view.py", "world.ply", "--port", "eighty", env=env, cwd=tmp_path, expect=2)
+    assert "Traceback" not in proc.stderr and "--port" in proc.stderr and proc.stdout == ""

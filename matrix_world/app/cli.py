@@ -15,6 +15,8 @@ code 2. Values that parse but are out of range are checked afterwards by the dat
 ``check()`` method with the ``require_*`` helpers below: an :class:`InputError` naming the
 option, which :func:`run_main` prints as one line. (Not in ``__post_init__``: tyro catches
 a ``ValueError`` raised while it builds the object and draws its own box around it.)
+A script that defines such a dataclass does without ``from __future__ import annotations``:
+tests import scripts from their files, and string annotations need the module registered.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def _option(field: str) -> str:
 
 
 def require_positive(options: object, *fields: str) -> None:
-    """Each named field (None skipped) is an integer >= 1, or a finite number > 0 for a float field."""
+    """Each named field (None skipped) is an integer >= 1, or, where it holds a float, a finite number > 0."""
     for field in fields:
         value = getattr(options, field)
         if value is None:
