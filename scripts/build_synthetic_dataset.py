@@ -9,46 +9,74 @@ skipped, so an interrupted build resumes where it stopped. Bad input prints `err
 and exits with code 2.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from matrix_world.datasets.build import build_dataset
 from matrix_world.datasets.scenes import KINDS
 
-from matrix_world.app.cli import finite_float, positive_int, run_main
+from matrix_world.app.cli import (
+    choices_metavar,
+    parse_options,
+    require_finite,
+    require_one_of,
+    require_positive,
+    run_main,
+)
+
+BACKENDS = ("auto", "cpu", "cuda")
+DISTANCE_DTYPES = ("float16", "float32")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, type=Path, help="dataset folder (created; complete clips are kept)")
-    p.add_argument("--clips", required=True, type=positive_int, help="number of clips")
-    p.add_argument("--frames", type=positive_int, default=81, help="frames per clip (default 81)")
-    p.add_argument("--height", type=positive_int, default=256, help="equirect height; width = 2 x height (default 256)")
-    p.add_argument("--seed", type=int, default=0, help="dataset seed (clip i depends only on seed and i)")
-    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes (CPU rendering; default 1)")
-    p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated scene kinds (default all: {','.join(KINDS)})")
-    p.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto", help="renderer backend")
-    p.add_argument("--distance-dtype", choices=("float16", "float32"), default="float16", help="distance.npz precision")
-    p.add_argument("--min-length", type=finite_float, default=None,
-                   help="minimum path length in metres (default: 18 outdoors, half the room diagonal indoors)")
-    p.add_argument("--look-around", type=finite_float, default=0.0, help="look-around yaw amplitude in degrees")
-    return p
+@dataclass
+class DatasetOptions:
+    """Options of scripts/build_synthetic_dataset.py."""
+
+    out: Path
+    """Dataset folder (created; complete clips are kept)."""
+    clips: int
+    """Number of clips."""
+    frames: int = 81
+    """Frames per clip."""
+    height: int = 256
+    """Equirect height in pixels; width = 2 x height."""
+    seed: int = 0
+    """Dataset seed (clip i depends only on the seed and i)."""
+    workers: int = 1
+    """Parallel processes (CPU rendering)."""
+    kinds: str = ",".join(KINDS)
+    """Comma-separated scene kinds."""
+    backend: Annotated[str, choices_metavar(BACKENDS)] = "auto"
+    """Renderer backend."""
+    distance_dtype: Annotated[str, choices_metavar(DISTANCE_DTYPES)] = "float16"
+    """Precision of distance.npz."""
+    min_length: float | None = None
+    """Minimum path length in metres; None = 18 outdoors, half the room diagonal indoors."""
+    look_around: float = 0.0
+    """Look-around yaw amplitude in degrees."""
+
+    def check(self) -> None:
+        require_positive(self, "clips", "frames", "height", "workers")
+        require_finite(self, "min_length", "look_around")
+        require_one_of(self, "backend", BACKENDS)
+        require_one_of(self, "distance_dtype", DISTANCE_DTYPES)
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    from matrix_world.datasets.build import build_dataset
+
+    options = parse_options(DatasetOptions, argv, prog="build_synthetic_dataset.py", doc=__doc__)
+    kinds = tuple(k.strip() for k in options.kinds.split(",") if k.strip())
     t0 = time.perf_counter()
-    results = build_dataset(args.out, args.clips, args.seed, frames=args.frames, height=args.height, workers=args.workers,
-                            kinds=kinds, backend=args.backend, distance_dtype=args.distance_dtype,
-                            min_length=args.min_length, look_around_deg=args.look_around)
+    results = build_dataset(options.out, options.clips, options.seed, frames=options.frames, height=options.height,
+                            workers=options.workers, kinds=kinds, backend=options.backend,
+                            distance_dtype=options.distance_dtype, min_length=options.min_length,
+                            look_around_deg=options.look_around)
     built = [r for r in results if not r["skipped"]]
     print(f"{len(built)} clip(s) built, {len(results) - len(built)} already complete, "
-          f"{time.perf_counter() - t0:.1f} s in total -> {args.out}")
+          f"{time.perf_counter() - t0:.1f} s in total -> {options.out}")
     return 0
 
 

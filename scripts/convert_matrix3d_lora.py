@@ -10,20 +10,29 @@ optional ``diffusion_model.`` prefix), read with torch.load(weights_only=True). 
 prints ``error: <the bad tensors>``, exits with code 2 and writes nothing.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated
 
-from matrix_world.app.cli import run_main
+import tyro
+
+from matrix_world.app.cli import parse_options, run_main
 from matrix_world.errors import InputError
 
 
-def convert(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("input", help="official LoRA (.ckpt / .bin / .pt / .safetensors)")
-    parser.add_argument("output", help="output .safetensors in the diffusers/peft layout")
-    args = parser.parse_args(argv)
+@dataclass
+class ConvertOptions:
+    """Options of scripts/convert_matrix3d_lora.py."""
+
+    input: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="IN")]
+    """Official LoRA (.ckpt / .bin / .pt / .safetensors)."""
+    output: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")]
+    """Output .safetensors in the diffusers/peft layout."""
+
+
+def convert(argv: Sequence[str] | None = None) -> int:
+    options = parse_options(ConvertOptions, argv, prog="convert_matrix3d_lora.py", doc=__doc__)
 
     from matrix_world.generation.wan_lora import (
         check_lora_tensors,
@@ -34,27 +43,27 @@ def convert(argv: list[str] | None = None) -> int:
 
     from matrix_world.io import atomic_write
 
-    if not args.output.endswith(".safetensors"):
-        raise InputError(f"output must end with .safetensors, got {args.output}")
+    if not options.output.endswith(".safetensors"):
+        raise InputError(f"output must end with .safetensors, got {options.output}")
     # 1. read and check everything (names, then shapes) before anything is written
-    state = read_lora_file(args.input)
+    state = read_lora_file(options.input)
     if detect_layout(state) != "original":
-        raise InputError(f"{args.input} is already in the diffusers layout; nothing to convert")
+        raise InputError(f"{options.input} is already in the diffusers layout; nothing to convert")
     converted = {k: v.contiguous() for k, v in convert_original_wan_lora(state).items()}
     try:
         rank = check_lora_tensors(state, uniform_rank=True)
     except InputError as exc:
-        raise InputError(f"{args.input}: {exc}; nothing written") from None
+        raise InputError(f"{options.input}: {exc}; nothing written") from None
     # 2. write
     from safetensors.torch import save_file
 
-    with atomic_write(args.output) as tmp:
+    with atomic_write(options.output) as tmp:
         save_file(converted, str(tmp), metadata={"format": "pt", "converted_from": "original Wan LoRA layout"})
-    print(f"wrote {args.output}: {len(converted) // 2} LoRA modules, rank {rank}")
+    print(f"wrote {options.output}: {len(converted) // 2} LoRA modules, rank {rank}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """The command: ``error: <one line>`` and exit code 2 on bad input, 0 when written."""
     return run_main(convert, argv)
 

@@ -11,50 +11,73 @@ the output is always standard. --axes re-expresses the splats for a viewer or en
 stores its own RUB axes. Bad input prints `error: ...` and exits with code 2.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+import tyro
 
 from matrix_world.axes import PRESET_NAMES, from_axes
-from matrix_world.app.cli import note, positive_int, run_main
-from matrix_world.splat_io import FORMATS, load_splats, save_splats
+from matrix_world.app.cli import (
+    choices_metavar,
+    note,
+    parse_options,
+    require_finite,
+    require_one_of,
+    require_positive,
+    run_main,
+)
+from matrix_world.splat_io import load_splats, save_splats
+
+OPACITY_MODES = ("auto", "logit", "linear")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", type=Path, help=f"splat file ({', '.join(FORMATS)})")
-    p.add_argument("output", type=Path, help=f"output file; its extension ({', '.join(FORMATS)}) picks the format")
-    p.add_argument("--axes", default="opencv", choices=PRESET_NAMES, help="export axis preset (default: opencv, as trained)")
-    p.add_argument("--in-axes", default="opencv", choices=PRESET_NAMES,
-                   help="axis preset the INPUT .ply/.splat was exported with (default: opencv)")
-    p.add_argument("--opacity", default="auto", choices=("auto", "logit", "linear"),
-                   help=".ply input: how the opacity column is stored (auto detects Matrix-3D's [0, 1] variant)")
-    p.add_argument("--min-opacity", type=float, default=0.0, help="drop Gaussians below this opacity (default: keep all)")
-    p.add_argument("--budget", type=positive_int, default=None,
-                   help="keep at most this many Gaussians, the most important (opacity x volume) first")
-    return p
+@dataclass
+class ConvertOptions:
+    """Options of scripts/convert_splats.py."""
+
+    input: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="IN")]
+    """Splat file (.ply, .spz, .splat)."""
+    output: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")]
+    """Output file; its extension (.ply, .spz, .splat) picks the format."""
+    axes: Annotated[str, choices_metavar(PRESET_NAMES)] = "opencv"
+    """Export axis preset (opencv = as trained)."""
+    in_axes: Annotated[str, choices_metavar(PRESET_NAMES)] = "opencv"
+    """Axis preset the INPUT .ply/.splat was exported with."""
+    opacity: Annotated[str, choices_metavar(OPACITY_MODES)] = "auto"
+    """.ply input: how the opacity column is stored (auto detects Matrix-3D's [0, 1] variant)."""
+    min_opacity: float = 0.0
+    """Drop Gaussians below this opacity (0 keeps all)."""
+    budget: int | None = None
+    """Keep at most this many Gaussians, the most important (opacity x volume) first; None = all."""
+
+    def check(self) -> None:
+        require_one_of(self, "axes", PRESET_NAMES)
+        require_one_of(self, "in_axes", PRESET_NAMES)
+        require_one_of(self, "opacity", OPACITY_MODES)
+        require_finite(self, "min_opacity")
+        require_positive(self, "budget")
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    options = parse_options(ConvertOptions, argv, prog="convert_splats.py", doc=__doc__)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        g = load_splats(args.input, opacity=args.opacity)
-        if args.input.suffix.lower() != ".spz":
-            g = from_axes(g, args.in_axes)
+        g = load_splats(options.input, opacity=options.opacity)
+        if options.input.suffix.lower() != ".spz":
+            g = from_axes(g, options.in_axes)
         n_in = len(g)
-        if args.min_opacity > 0:
-            g = g.filter_opacity(args.min_opacity)
-        if args.budget is not None:
-            g = g.prune(args.budget)
-        save_splats(args.output, g, axes=args.axes)
+        if options.min_opacity > 0:
+            g = g.filter_opacity(options.min_opacity)
+        if options.budget is not None:
+            g = g.prune(options.budget)
+        save_splats(options.output, g, axes=options.axes)
     for w in caught:
         if issubclass(w.category, UserWarning):  # SplatNote and validation warnings
             note(str(w.message))
-    print(f"wrote {args.output}: {len(g)} Gaussians (of {n_in} read), SH degree {g.sh_degree}, axes {args.axes}")
+    print(f"wrote {options.output}: {len(g)} Gaussians (of {n_in} read), SH degree {g.sh_degree}, axes {options.axes}")
     return 0
 
 

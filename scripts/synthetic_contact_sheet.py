@@ -8,10 +8,8 @@ dark) and a top view of the scene (objects' footprints grey, walkable area outli
 sampled Matrix-Pano-style path in red). Saved as a palette PNG to stay small.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +17,24 @@ import torch
 from matrix_world.datasets.scenes import make_scene
 from matrix_world.datasets.trajectories import sample_trajectory
 
-from matrix_world.app.cli import positive_int, run_main
+from matrix_world.app.cli import parse_options, require_positive, run_main
 
 KINDS = ("forest", "city", "beach", "snow", "harbour", "room", "hall")
+
+
+@dataclass
+class SheetOptions:
+    """Options of scripts/synthetic_contact_sheet.py."""
+
+    out: Path = Path("docs/synthetic_scenes.png")
+    """Output PNG (relative to the current folder; its folder is created)."""
+    height: int = 112
+    """Panorama height of each tile in pixels (a row is 5 x height wide)."""
+    seed: int = 1
+    """Seed of the first scene; row k uses seed + k."""
+
+    def check(self) -> None:
+        require_positive(self, "height")
 
 
 def top_view(scene, path_xz: np.ndarray, size: int) -> np.ndarray:
@@ -49,16 +62,12 @@ def main(argv=None) -> int:
     import cv2
     from PIL import Image
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("docs/synthetic_scenes.png"))
-    p.add_argument("--height", type=positive_int, default=112, help="panorama height of each tile")
-    p.add_argument("--seed", type=int, default=1)
-    args = p.parse_args(argv)
-    h = args.height
+    options = parse_options(SheetOptions, argv, prog="synthetic_contact_sheet.py", doc=__doc__)
+    h = options.height
     rows = []
     for k, kind in enumerate(KINDS):
-        scene = make_scene(kind, args.seed + k)
-        traj = sample_trajectory(scene, args.seed + k, frames=41)
+        scene = make_scene(kind, options.seed + k)
+        traj = sample_trajectory(scene, options.seed + k, frames=41)
         rgb, dist, sky = scene.render(traj.c2w[:1], h)
         d = np.where(np.isfinite(dist[0]), dist[0], 0.0)
         d = np.clip(np.log1p(d) / np.log1p(160.0), 0, 1)
@@ -72,9 +81,9 @@ def main(argv=None) -> int:
         rows.append(tile)
         print(label, flush=True)
     sheet = np.concatenate(rows, 0)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(sheet).quantize(colors=192, method=Image.Quantize.MEDIANCUT).save(args.out, optimize=True)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB, {sheet.shape[1]}x{sheet.shape[0]})")
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sheet).quantize(colors=192, method=Image.Quantize.MEDIANCUT).save(options.out, optimize=True)
+    print(f"wrote {options.out} ({options.out.stat().st_size / 1024:.0f} KB, {sheet.shape[1]}x{sheet.shape[0]})")
     return 0
 
 

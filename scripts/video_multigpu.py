@@ -10,14 +10,63 @@ writes RUN_DIR/video.npz (frames uint8 [F, H, W, 3]) and RUN_DIR/video.mp4 from 
 Same output as one GPU up to numerical noise (docs/video.md, section 'Several GPUs').
 """
 
-from __future__ import annotations
-
-import argparse
 import json
 import os
 import socket
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from matrix_world.app.cli import (
+    choices_metavar,
+    parse_options,
+    require_finite,
+    require_one_of,
+    require_positive,
+    run_main,
+)
+from matrix_world.errors import InputError
+
+RESOLUTIONS = ("480p", "720p")
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+@dataclass
+class VideoOptions:
+    """Options of scripts/video_multigpu.py."""
+
+    run_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
+    """Run directory with scaffold.npz and trajectory.json (video.npz and video.mp4 are written into it)."""
+    prompt: str
+    """Text prompt of the video."""
+    resolution: Annotated[str, choices_metavar(RESOLUTIONS)] = "480p"
+    """Wan model variant: 480p (480 x 960) or 720p (720 x 1440)."""
+    model: str | None = None
+    """Hub id or folder of the Wan2.1-I2V-14B diffusers model; None = the one for --resolution."""
+    lora: str = "matrix3d"
+    """'matrix3d' (the official LoRA for the resolution), a converted .safetensors file, or 'none'."""
+    steps: int = 50
+    """Denoising steps."""
+    guidance: float = 5.0
+    """Classifier-free guidance scale."""
+    seed: int = 0
+    """Seed of the video noise."""
+    dtype: Annotated[str, choices_metavar(DTYPES)] = "bfloat16"
+    """dtype of the model weights (the VAE and the image encoder stay float32)."""
+    height: int | None = None
+    """Video height in pixels, width = 2 x height; None = the --resolution's (480 or 720)."""
+    cpu: bool = False
+    """gloo on CPU, one process (checks the files and the code path)."""
+
+    def check(self) -> None:
+        require_one_of(self, "resolution", RESOLUTIONS)
+        require_one_of(self, "dtype", DTYPES)
+        require_positive(self, "steps", "height")
+        require_finite(self, "guidance")
 
 
 def _free_port() -> int:
@@ -26,26 +75,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--resolution", default="480p", choices=["480p", "720p"])
-    parser.add_argument("--model", default=None, help="hub id or folder (default: Wan2.1-I2V-14B for the resolution)")
-    parser.add_argument("--lora", default="matrix3d", help="'matrix3d' (official), a file, or 'none'")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance", type=float, default=5.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--height", type=int, default=None,
-                        help="video height in pixels, width = 2 x height (default: the --resolution's, 480 or 720)")
-    parser.add_argument("--cpu", action="store_true", help="gloo on CPU, one process (checks the files and the code path)")
-    args = parser.parse_args(argv)
-    if args.cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        print(f"error: --cpu runs one process (diffusers' context parallelism needs a GPU per process), got "
-              f"WORLD_SIZE={os.environ['WORLD_SIZE']}; use torchrun --nproc_per_node 1, or GPUs without --cpu",
-              file=sys.stderr)
-        return 2
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_options(VideoOptions, argv, prog="video_multigpu.py", doc=__doc__)
+    if options.cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError(f"--cpu runs one process (diffusers' context parallelism needs a GPU per process), got "
+                         f"WORLD_SIZE={os.environ['WORLD_SIZE']}; use torchrun --nproc_per_node 1, or GPUs without --cpu")
     if "RANK" not in os.environ:  # started without torchrun: a world of one process
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
@@ -53,28 +87,24 @@ def main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
     from matrix_world.generation.video import VideoConfig, generate_video_distributed
 
-    from matrix_world.errors import InputError
-    from matrix_world.io import load_npz, save_npz, write_video
+    from matrix_world.io import save_npz, write_video
     from matrix_world.rundir import jsonable
+    from matrix_world.scaffold.build import load_scaffold
     from matrix_world.trajectory import Trajectory
 
-    try:
-        scaffold = load_npz(args.run_dir / "scaffold.npz", keys=("rgb", "mask"))
-        trajectory = Trajectory.from_json(args.run_dir / "trajectory.json")
-        config = VideoConfig(backend="wan", resolution=args.resolution, height=args.height, model=args.model,
-                             lora=None if args.lora == "none" else args.lora, num_inference_steps=args.steps,
-                             guidance_scale=args.guidance, seed=args.seed, dtype=args.dtype)
-        result = generate_video_distributed(
-            config, scaffold_rgb=scaffold["rgb"].astype("float32") / 255.0, scaffold_mask=scaffold["mask"],
-            prompt=args.prompt, c2w=trajectory.c2w.numpy(), seed=args.seed, dist_backend="gloo" if args.cpu else "nccl",
-        )
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    scaffold = load_scaffold(options.run_dir / "scaffold.npz")
+    trajectory = Trajectory.from_json(options.run_dir / "trajectory.json")
+    config = VideoConfig(backend="wan", resolution=options.resolution, height=options.height, model=options.model,
+                         lora=None if options.lora == "none" else options.lora, num_inference_steps=options.steps,
+                         guidance_scale=options.guidance, seed=options.seed, dtype=options.dtype)
+    result = generate_video_distributed(
+        config, scaffold_rgb=scaffold.rgb.astype("float32") / 255.0, scaffold_mask=scaffold.mask,
+        prompt=options.prompt, c2w=trajectory.c2w.numpy(), seed=options.seed, dist_backend="gloo" if options.cpu else "nccl",
+    )
     if dist.get_rank() == 0:
         frames = (result.frames * 255.0 + 0.5).clip(0, 255).astype("uint8")
-        save_npz(args.run_dir / "video.npz", frames=frames)
-        write_video(args.run_dir / "video.mp4", frames, fps=float(trajectory.fps))
+        save_npz(options.run_dir / "video.npz", frames=frames)
+        write_video(options.run_dir / "video.mp4", frames, fps=float(trajectory.fps))
         print(json.dumps(jsonable({k: v for k, v in result.info.items() if k != "lora"}, strict=False)))
     dist.barrier()
     dist.destroy_process_group()
@@ -82,4 +112,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -3,48 +3,63 @@
     python scripts/view.py RUN_DIR            # or path/to/world.ply
     python scripts/view.py RUN_DIR --port 8090 --max-gaussians 1000000
 
-Then open the printed URL in a browser. Navigation: mouse drag looks around (or orbits,
-switch in the panel), right-drag pans, wheel zooms; W/S/A/D move, Q/E down/up, arrow keys
-turn. Serves on 127.0.0.1 only unless --host says otherwise. Ctrl-C stops it.
+    Then open the printed URL in a browser. Navigation: mouse drag looks around (or orbits,
+    switch in the panel), right-drag pans, wheel zooms; W/S/A/D move, Q/E down/up, arrow keys
+    turn. Serves on 127.0.0.1 only unless --host says otherwise. Ctrl-C stops it.
+
+Bad input prints `error: ...` and exits with code 2.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 import time
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated
 
-from matrix_world.errors import InputError, MissingDependencyError
-from matrix_world.splat_io import SplatNote
+import tyro
+
+from matrix_world.app.cli import (
+    parse_options,
+    require_in_range,
+    require_positive,
+    run_main,
+)
 from matrix_world.app.viewer import DEFAULT_MAX_GAUSSIANS, ViewerConfig, start_viewer
+from matrix_world.splat_io import SplatNote
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("world", help="a run directory (with world.ply, trajectory.json, manifest.json) "
-                                      "or a splat file (.ply, .spz, .splat)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
-    parser.add_argument("--port", type=int, default=8080,
-                        help="port to serve on (default 8080; the next free one if taken; 0 = any)")
-    parser.add_argument("--max-gaussians", type=int, default=DEFAULT_MAX_GAUSSIANS,
-                        help="most splats sent to the browser; bigger worlds keep the most opaque x largest "
-                             f"(default {DEFAULT_MAX_GAUSSIANS:,})")
-    parser.add_argument("--max-frustums", type=int, default=40, help="camera frustums drawn per trajectory (default 40)")
-    parser.add_argument("--frustum-scale", type=float, default=None,
-                        help="frustum size in scene units (default: 4%% of the world's median radius)")
-    args = parser.parse_args(argv)
+@dataclass
+class ViewOptions:
+    """Options of scripts/view.py."""
 
-    config = ViewerConfig(host=args.host, port=args.port, max_gaussians=args.max_gaussians,
-                          max_frustums=args.max_frustums, frustum_scale=args.frustum_scale)
-    try:
-        with warnings.catch_warnings(record=True) as notes:
-            warnings.simplefilter("always", SplatNote)
-            viewer = start_viewer(args.world, config)
-    except (InputError, MissingDependencyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    world: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_OR_PLY")]
+    """A run directory (with world.ply, trajectory.json, manifest.json) or a splat file (.ply, .spz, .splat)."""
+    host: str = "127.0.0.1"
+    """Address to bind (127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)."""
+    port: int = 8080
+    """Port to serve on (the next free one if taken; 0 = any)."""
+    max_gaussians: int = DEFAULT_MAX_GAUSSIANS
+    """Most splats sent to the browser; bigger worlds keep the most opaque x largest."""
+    max_frustums: int = 40
+    """Camera frustums drawn per trajectory."""
+    frustum_scale: float | None = None
+    """Frustum size in scene units; None = 4% of the world's median radius."""
+
+    def check(self) -> None:
+        require_in_range(self, "port", 0, 65535)
+        require_positive(self, "max_gaussians", "max_frustums", "frustum_scale")
+
+
+def view(argv: Sequence[str] | None = None) -> int:
+    options = parse_options(ViewOptions, argv, prog="view.py", doc=__doc__)
+    config = ViewerConfig(host=options.host, port=options.port, max_gaussians=options.max_gaussians,
+                          max_frustums=options.max_frustums, frustum_scale=options.frustum_scale)
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", SplatNote)
+        viewer = start_viewer(options.world, config)
     try:
         for note in notes:
             print(f"note: {note.message}")
@@ -52,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"showing {len(s):,} of {s.total:,} Gaussians, {len(viewer.paths)} trajectory(ies)")
         if len(s) < s.total:
             print(f"  ({s.total - len(s):,} dropped: invisible, or over the --max-gaussians budget)")
-        if args.host not in ("127.0.0.1", "localhost", "::1"):
-            print(f"warning: serving on {args.host}: other machines on the network can open it")
+        if options.host not in LOCAL_HOSTS:
+            print(f"warning: serving on {options.host}: other machines on the network can open it")
         print(f"viewer at {viewer.url}  (Ctrl-C to stop)", flush=True)
         while True:
             time.sleep(3600)
@@ -62,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         viewer.stop()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command: ``error: <one line>`` and exit code 2 on bad input; serves until Ctrl-C."""
+    return run_main(view, argv)
 
 
 if __name__ == "__main__":

@@ -174,3 +174,71 @@ def assert_offline_backends(manifest: dict, panorama: str, depth: str) -> None:
     assert backends["video"] == "fill"  # no Wan weights in the empty cache
     assert backends["reconstruction"] == ("optimize" if CUDA else "lift")
 
+
+
+# --------------------------------------------------------------------------- --help of the tyro scripts
+
+
+def load_script(path: Path, name: str):
+    """Import a script file as a module (registered, so that its dataclasses resolve their annotations)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def help_rows(text: str) -> list[tuple[str, str, str]]:
+    """(box title, invocation, description) of each argument row of tyro's --help (UTF-8 boxes):
+    a row starts at the box's left edge with the invocation (``--flag METAVAR`` or a positional's
+    metavar), the description follows after 2+ spaces and/or on the indented lines below."""
+    rows: list[list[str]] = []
+    box = None
+    for line in text.splitlines():
+        if line.startswith("╭─ "):
+            box = line[3:].split(" ─")[0]
+        elif line.startswith("╰"):
+            box = None
+        elif box is not None and line.startswith("│ "):
+            inner = line[2:].removesuffix("│").rstrip()
+            if inner and not inner[0].isspace():
+                invocation, _, description = re.split(r"(\s{2,}|$)", inner, maxsplit=1)
+                rows.append([box, invocation, description.strip()])
+            elif inner and rows:
+                rows[-1][2] = (rows[-1][2] + " " + inner.strip()).strip()
+    return [(b, i, d) for b, i, d in rows]
+
+
+def without_hint(description: str) -> str:
+    """A help description without tyro's trailing ``(default: ...)`` / ``(required)``."""
+    if description.endswith("(required)"):
+        return description[: -len("(required)")].strip()
+    at = description.rfind("(default: ")
+    return description[:at].strip() if at >= 0 else description
+
+
+def expected_arguments(cls) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """{field name: (its spellings, one of which names its --help row; its aliases, all in that row)}:
+    a tyro.conf.Positional field is its metavar, any other ``--name`` (a bool flag: or ``--no-name``)."""
+    import dataclasses
+    import typing
+
+    import tyro
+
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out = {}
+    for field in dataclasses.fields(cls):
+        hint, meta = hints[field.name], ()
+        if typing.get_origin(hint) is typing.Annotated:
+            hint, *meta = typing.get_args(hint)
+        arg = next((m for m in meta if hasattr(m, "metavar") and hasattr(m, "aliases")), None)
+        name = arg.name if arg is not None and arg.name else field.name
+        aliases = tuple(arg.aliases or ()) if arg is not None else ()
+        if any(m is tyro.conf.Positional for m in meta):
+            out[field.name] = ((arg.metavar if arg is not None and arg.metavar else name.upper(),), ())
+        else:
+            flag = "--" + name.replace("_", "-")
+            out[field.name] = ((flag, "--no-" + flag[2:]) if hint is bool else (flag,), aliases)
+    return out

@@ -2,19 +2,23 @@
 video_multigpu) as a new user runs them: each a subprocess with its DEFAULT options (no --device,
 the default preset; only sizes made small), checked by what it wrote, not only its exit code.
 Offline with an empty model cache; the shared runs are fixtures in conftest.py, the helpers
-in script_helpers.py."""
+in script_helpers.py. Also: --help of every script (tyro) documents every option, and values out of
+range are one-line errors."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from script_helpers import (  # helpers and constants of the script tests
-    PROMPT, FRAMES, run_script, one_line_error, sha256, read_ply, check_world_ply,
+    PROMPT, FRAMES, ROOT, SCRIPTS, run_script, one_line_error, sha256, read_ply, check_world_ply,
+    load_script, help_rows, without_hint, expected_arguments,
 )
 
 
@@ -217,3 +221,127 @@ def test_video_multigpu_tiny_model_one_cpu_process(world_run, env, tmp_path):
     frames = np.load(run / "video.npz")["frames"]
     assert frames.shape == (FRAMES, 32, 64, 3) and frames.dtype == np.uint8 and frames.std() > 0
     assert (run / "video.mp4").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- --help and bad values (tyro)
+
+TYRO_SCRIPTS = sorted(SCRIPTS.glob("*.py")) + [ROOT / "benchmarks" / "build_benchmark_split.py"]
+
+
+@pytest.fixture
+def script(monkeypatch):
+    """Load a script as a module (benchmarks/ on the path for benchmarks' own imports)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+
+    def load(path):
+        return load_script(path, f"cli_script_{path.stem}")
+
+    return load
+
+
+@pytest.mark.parametrize("path", TYRO_SCRIPTS, ids=[p.name for p in TYRO_SCRIPTS])
+def test_help_documents_every_option(path, script, monkeypatch):
+    """--help of every script (in-process, the options class caught on its way to tyro.cli) lists
+    every field of that class, and nothing else, each with a description of its own."""
+    import tyro
+
+    module = script(path)
+    parsed, real_cli = [], tyro.cli
+    monkeypatch.setattr(tyro, "cli", lambda f, **kw: (parsed.append(f), real_cli(f, **kw))[1])
+    monkeypatch.setenv("COLUMNS", "100")
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # tyro draws UTF-8 boxes on a utf-8 stream
+    monkeypatch.setattr(sys, "stdout", out)
+    with pytest.raises(SystemExit) as exited:
+        module.main(["--help"])
+    monkeypatch.undo()
+    out.flush()
+    text = out.buffer.getvalue().decode()
+    assert exited.value.code in (0, None) and len(parsed) == 1, text
+    assert text.startswith(f"usage: {path.name} ")
+
+    rows = {invocation: (box, without_hint(description)) for box, invocation, description in help_rows(text)}
+    assert rows.pop("-h, --help")[1] == "show this help message and exit"
+    for field, (spellings, aliases) in expected_arguments(parsed[0]).items():
+        row = next((r for r in rows if set(spellings) & set(r.replace(",", " ").split())), None)
+        assert row is not None, f"{path.name}: {spellings[0]} ({field}) is not in --help:\n{text}"
+        box, description = rows.pop(row)
+        assert all(a in row.replace(",", " ").split() for a in aliases), (row, aliases)
+        assert box == ("positional arguments" if not spellings[0].startswith("-") else "options"), (row, box)
+        assert len(description) >= 8 and any(c.isalpha() for c in description), \
+            f"{path.name}: {row} has no description: {description!r}"
+    assert not rows, f"{path.name}: --help rows without an options field: {sorted(rows)}"
+
+
+def _argv(path):
+    """Valid values for each script's required arguments (nothing is read before the checks)."""
+    return {"build_synthetic_dataset.py": ["--out", "unused", "--clips", "1"],
+            "convert_splats.py": ["in.ply", "out.ply"],
+            "render_scaffold.py": ["--panorama", "p.png", "--distance", "d.npy", "--trajectory", "straight",
+                                   "--out", "unused"],
+            "view.py": ["world.ply"],
+            "video_multigpu.py": ["unused", "--prompt", "p"]}.get(path.name, [])
+
+
+BAD_VALUES = [  # (script, bad options, words of the one-line error)
+    ("build_synthetic_dataset.py", ["--frames", "-3"], ["--frames", "expected a positive integer, got -3"]),
+    ("build_synthetic_dataset.py", ["--clips", "0"], ["--clips", "positive integer"]),
+    ("build_synthetic_dataset.py", ["--look-around", "nan"], ["--look-around", "finite number"]),
+    ("build_synthetic_dataset.py", ["--backend", "gpu"], ["--backend", "one of auto, cpu, cuda", "'gpu'"]),
+    ("build_synthetic_dataset.py", ["--distance-dtype", "float64"], ["--distance-dtype", "float16, float32"]),
+    ("convert_splats.py", ["--budget", "0"], ["--budget", "positive integer"]),
+    ("convert_splats.py", ["--axes", "maya"], ["--axes", "opencv, opengl", "'maya'"]),
+    ("convert_splats.py", ["--opacity", "sigmoid"], ["--opacity", "auto, logit, linear"]),
+    ("convert_splats.py", ["--min-opacity", "inf"], ["--min-opacity", "finite"]),
+    ("render_scaffold.py", ["--frames", "0"], ["--frames", "positive integer"]),
+    ("render_scaffold.py", ["--move", "0"], ["--move", "expected a number > 0"]),
+    ("render_scaffold.py", ["--fps", "nan"], ["--fps", "expected a number > 0"]),
+    ("render_scaffold.py", ["--yaw", "inf"], ["--yaw", "finite"]),
+    ("render_scaffold.py", ["--occlusion-threshold", "-0.1"], ["--occlusion-threshold", "> 0"]),
+    ("render_scaffold.py", ["--mesh-out", "obj"], ["--mesh-out", "ply, glb"]),
+    ("render_scaffold.py", ["--custom-scale", "stretch"], ["--custom-scale", "auto, fit, keep"]),
+    ("synthetic_contact_sheet.py", ["--height", "0"], ["--height", "positive integer"]),
+    ("view.py", ["--port", "70000"], ["--port", "from 0 to 65535, got 70000"]),
+    ("view.py", ["--max-frustums", "0"], ["--max-frustums", "positive integer"]),
+    ("view.py", ["--frustum-scale", "0"], ["--frustum-scale", "> 0"]),
+    ("video_multigpu.py", ["--steps", "0"], ["--steps", "positive integer"]),
+    ("video_multigpu.py", ["--resolution", "1080p"], ["--resolution", "480p, 720p"]),
+    ("video_multigpu.py", ["--guidance", "nan"], ["--guidance", "finite"]),
+    ("build_benchmark_split.py", ["--threads", "0"], ["--threads", "positive integer"]),
+    ("build_benchmark_split.py", ["--heldout", "-1"], ["--heldout", "positive integer"]),
+]
+
+
+@pytest.mark.parametrize("case", BAD_VALUES, ids=[f"{c[0]} {' '.join(c[1])}" for c in BAD_VALUES])
+def test_bad_value_one_line_error(case, script, capsys, tmp_path, monkeypatch):
+    """A value that parses but is out of range: ``error: --option: ...`` (one line), exit code 2,
+    before anything is read or written."""
+    from matrix_world.app.cli import run_main
+
+    name, bad, words = case
+    path = next(p for p in TYRO_SCRIPTS if p.name == name)
+    module = script(path)
+    monkeypatch.chdir(tmp_path)
+    assert run_main(module.main, _argv(path) + bad) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    for word in words:
+        assert word in captured.err, (word, captured.err)
+    assert captured.out == "" and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name,argv,words", [
+    ("view.py", ["world.ply", "--port", "70000"], ["--port", "70000"]),
+    ("build_synthetic_dataset.py", ["--out", "dataset", "--clips", "2", "--frames", "-3"], ["--frames", "-3"]),
+])
+def test_bad_value_exit_code_from_the_script(name, argv, words, env, tmp_path):
+    proc = run_script(name, *argv, env=env, cwd=tmp_path, expect=2)
+    error = one_line_error(proc)
+    assert proc.stderr == error + "\n" and all(w in error for w in words), proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unparsable_value_is_tyros_error(env, tmp_path):
+    """What does not parse at all (as for the world CLIs): tyro's message naming the option, exit code 2,
+    no traceback."""
+    proc = run_script("view.py", "world.ply", "--port", "eighty", env=env, cwd=tmp_path, expect=2)
+    assert "Traceback" not in proc.stderr and "--port" in proc.stderr and proc.stdout == ""
