@@ -22,6 +22,12 @@ for j in "$@"; do
     gsplat_build)  # compile gsplat once and keep the .so for later calls (carried as .ext/)
       job gsplat_build 300 "python -c 'import torch, gsplat; from gsplat.cuda._backend import _C; print(_C)' && \
         cp \$(python -c 'import torch.utils.cpp_extension as c; print(c._get_build_directory(\"gsplat_cuda\", False))')/gsplat_cuda.so $FINAL/gsplat_cuda.so && ls -la $FINAL" ;;
+    world_default) # the README's main command on a GPU with its defaults (17 frames): each stage's choose() and
+                   # the GPU probes (nvdiffrast, gsplat) on real hardware; plan, manifest check and contact sheet
+      job world_default 420 "python scripts/text2world.py 'a quiet harbour town at sunset' --frames 17 --out /tmp/world_gpu && \
+        python .ci/check_world.py /tmp/world_gpu 'a quiet harbour town at sunset' && \
+        python -c 'import json; m = json.load(open(\"/tmp/world_gpu/manifest.json\")); print(json.dumps(m[\"plan\"], indent=1)); print({k: (v[\"backend\"], v[\"seconds\"]) for k, v in m[\"stages\"].items()})' && \
+        cp /tmp/world_gpu/contact_sheet.png $FINAL/world_gpu_contact_sheet.png" ;;
     splat_tests)   job splat_tests 300 "python -m pytest -q -rs tests/test_splat_render.py tests/test_gaussians.py tests/test_axes.py tests/test_splat_io.py" ;;
     splat_bench)   job splat_bench 300 "python benchmarks/splat_render.py" ;;
     pano_bench)    job pano_bench 360 "python benchmarks/panorama.py" ;;
