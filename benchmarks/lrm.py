@@ -111,7 +111,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="measured calls per row")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dpt-frames-per-chunk", type=int, default=None,
-                        help="run the DPT heads on this many latent frames at a time (less memory, same values)")
+                        help="run the DPT heads on this many latent frames at a time (default: as many as keep "
+                        "every map under 2^31 elements; fewer: less memory, same values)")
     parser.add_argument("--frame-stride", type=int, default=2, help="frames kept by lrm_to_gaussians (2: official)")
     parser.add_argument("--smoke", action="store_true", help="tiny network on CPU (checks the code path)")
     args = parser.parse_args(argv)
@@ -143,14 +144,14 @@ def main(argv=None) -> int:
             row = run_row(model, res, grid, args, device, dtype)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
-            row = {"resolution": res, "skipped": "CUDA out of memory (try --dpt-frames-per-chunk 7)"}
+            row = {"resolution": res, "skipped": "CUDA out of memory (try --dpt-frames-per-chunk 4)"}
         result["rows"].append(row)
         print(json.dumps(row), flush=True)
         write_results("lrm", result)
     result["total_s"] = round(time.perf_counter() - start, 1)
 
     print(f"\nPanoLRM {params / 1e6:.1f}M params (random {result['dtype']}), device {result['device']}, "
-          f"{args.latent_frames} latent frames, SDPA attention, DPT frames per chunk: {args.dpt_frames_per_chunk or 'all'}")
+          f"{args.latent_frames} latent frames, SDPA attention, DPT frames per chunk: {args.dpt_frames_per_chunk or 'auto'}")
     print(f"{'res':5} {'video':>10} {'frames':>6} {'tokens':>7} {'output':>8} {'plucker s':>9} {'network s':>9} "
           f"{'gauss. s':>8} {'total s':>8} {'peak GB':>8} {'Gaussians':>10}")
     for r in result["rows"]:

@@ -263,8 +263,9 @@ class PanoLRM(nn.Module):
 
         latents: Tensor  # [B, T, 16, h, w] normalised Wan-VAE latents
         plucker: Tensor  # [B, F, H, W, 6] from :func:`lrm_plucker`, F = 4(T-1)+1, H = 8h, W = 8w
-        dpt_frames_per_chunk: run the DPT heads on this many latent frames at a time (memory;
-            the values do not depend on it)
+        dpt_frames_per_chunk: run the DPT heads on this many latent frames at a time (None: as
+            many as keep every map under 2^31 elements; fewer save memory; the values do not
+            depend on it)
         returns: LRMOutput(gaussians_raw [B, F, H/2, W/2, 14], depth_raw [B, F, H/2, W/2, 3])
         """
         t, gh, gw = self.check_inputs(latents, plucker)
@@ -301,6 +302,8 @@ class PanoLRM(nn.Module):
         outside ``gs_decoder1.`` and the official tensors the network never reads are listed
         in ONE :class:`LRMLoadNote` warning line (also kept as ``model.load_note``).
         """
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise InputError(f"dtype must be a floating torch dtype (float32, bfloat16, float16), got {dtype}")
         config, state, note = read_lrm_checkpoint(path, config=config)
         if note:
             warnings.warn(note, LRMLoadNote, stacklevel=2)

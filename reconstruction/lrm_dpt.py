@@ -19,7 +19,8 @@ unused tensors.
 
 Differences from the official code, none of which changes a number at 480p: the tokens are
 reshaped from the actual grid and batch (the official forward hard-codes 21 frames, a 30 x 60
-token grid and a batch of one); frames can be processed in chunks (the head is per frame).
+token grid and a batch of one); frames are processed in chunks (the head is per frame), by
+default small enough that no full-resolution map passes 2^31 elements.
 
 Shapes: ``tokens`` are 4 tensors [B, T*gh*gw, D] (the outputs of the 4 hooked transformer
 layers, token order (t, y, x)); the head returns [B*T, last_dim // 2, 8*gh, 8*gw].
@@ -130,6 +131,7 @@ class DPTAdapter(nn.Module):
             nn.Conv2d(last_dim, last_dim // 2, kernel_size=1),
         )
         self.out_channels = last_dim // 2
+        self.feature_dim = feature_dim  # the widest map at full resolution (refinenet1's output)
 
     def forward(self, maps: Sequence[Tensor]) -> Tensor:
         """maps: 4 x [N, D, gh, gw] -> [N, last_dim // 2, 8 gh, 8 gw]."""
@@ -158,8 +160,10 @@ class DPTHead(nn.Module):
 
         tokens: 4 x Tensor  # [B, T*gh*gw, D], token order (t, y, x)
         grid: (T, gh, gw)
-        frames_per_chunk: run the head on this many of the B*T frames at a time (None: all);
-            the head is per frame, so the result does not depend on it
+        frames_per_chunk: run the head on this many of the B*T frames at a time; None: as many
+            as keep a full-resolution feature map under 2^31 elements (480p: 18, 720p: 8 frames
+            of the official width), so no kernel meets the int32 index limit. The head is per
+            frame: the result does not depend on it.
         returns: Tensor  # [B*T, last_dim // 2, 8*gh, 8*gw]
         """
         t, gh, gw = grid
@@ -167,7 +171,8 @@ class DPTHead(nn.Module):
         if n != t * gh * gw:
             raise ValueError(f"DPT head got {n} tokens, expected T*gh*gw = {t}*{gh}*{gw}")
         maps = [x.reshape(b * t, gh, gw, d).permute(0, 3, 1, 2) for x in tokens]  # 4 x [B*T, D, gh, gw]
-        step = b * t if frames_per_chunk is None else max(1, int(frames_per_chunk))
+        per_frame = self.dpt.feature_dim * 64 * gh * gw  # elements of one frame's map at 8 gh x 8 gw
+        step = max(1, _MAX_ELEMENTS // per_frame) if frames_per_chunk is None else max(1, int(frames_per_chunk))
         if step >= b * t:
             return self.dpt(maps)
         return torch.cat([self.dpt([m[i : i + step] for m in maps]) for i in range(0, b * t, step)], dim=0)

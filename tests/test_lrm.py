@@ -5,7 +5,8 @@ grid too), the official checkpoint layout (a fake ``{'module': {'gs_decoder1.' +
 file with the official aliases and unused tensors) and our folder round trip bit-identically,
 strict loading, bad inputs, the ray / distance / raw-channel conventions, and the official
 network's size from the config on the meta device. The numbers were also checked once against
-Matrix-3D's own code (not vendored): equal to float rounding (~3e-6) at the full 480p shapes.
+Matrix-3D's own code (not vendored): equal to float rounding (~5e-6) at the full 480p shapes
+(T = 21, 81 frames, 960 x 480; widths reduced to run on a CPU) and on tiny grids.
 """
 
 from __future__ import annotations
@@ -130,6 +131,18 @@ def test_720p_grid_on_a_tiny_network_and_batches(model):
     assert torch.allclose(both.gaussians_raw[:1], first.gaussians_raw, atol=1e-5)
     assert torch.allclose(chunked.gaussians_raw, first.gaussians_raw, atol=1e-6)
     assert torch.allclose(chunked.depth_raw, first.depth_raw, atol=1e-6)
+
+
+def test_dpt_chunks_below_the_int32_limit_give_the_same_values(model, monkeypatch):
+    from matrix_world.reconstruction import lrm_dpt
+
+    latents, plucker, _ = _inputs(TINY, 3, 2, 4)
+    with torch.no_grad():
+        whole = model(latents, plucker)
+        monkeypatch.setattr(lrm_dpt, "_MAX_ELEMENTS", 1000)  # one frame per chunk, interpolation split by channels
+        split = model(latents, plucker)
+    assert torch.allclose(split.gaussians_raw, whole.gaussians_raw, atol=1e-6)
+    assert torch.allclose(split.depth_raw, whole.depth_raw, atol=1e-6)
 
 
 def test_official_network_size_and_shapes_on_meta():
