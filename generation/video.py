@@ -81,6 +81,7 @@ class VideoConfig:
 class VideoResult:
     frames: np.ndarray  # [F, H, W, 3] float32 in [0, 1]
     info: dict = field(default_factory=dict)
+    latents: torch.Tensor | None = None  # [T, 16, h, w] float32 normalised Wan-VAE latents (wan only)
 
 
 # --------------------------------------------------------------------------- validation and resizing
@@ -209,9 +210,12 @@ def _run_wan(config: VideoConfig, rgb, mask, c2w, *, prompt: str, device, genera
             prompt + suffix, scaffold=scaffold, mask=masks, negative_prompt=negative,
             num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale, generator=generator,
             cfg_batch=config.cfg_batch, seam=config.seam, seam_pad_cols=config.seam_pad_cols,
-            late_roll_fraction=config.late_roll_fraction, output_type="pt",
+            late_roll_fraction=config.late_roll_fraction, output_type="latent",
         )
-    frames = out.frames[0].permute(1, 2, 3, 0).float().cpu().numpy()  # [F, H, W, 3]
+        latents = out.frames  # [1, 16, T, h, w] normalised Wan-VAE latents (what the lrm backend reads)
+        video = pipeline.decode_latents(latents, seam=config.seam, seam_pad_cols=config.seam_pad_cols)
+    frames = video[0].permute(1, 2, 3, 0).float().cpu().numpy()  # [F, H, W, 3]
+    info["latents"] = latents[0].transpose(0, 1).float().cpu()  # [T, 16, h, w]; generate_video moves it to the result
     info.update({"steps": config.num_inference_steps, "guidance_scale": config.guidance_scale, "shift": config.shift,
                  "seam": config.seam, "peak_gpu_gb": peak_memory_gb(device)})
     return frames, info
@@ -268,9 +272,10 @@ def generate_video(
     frames, extra = VIDEO_BACKENDS[backend](
         config, rgb, mask, poses, prompt=prompt, device=device, generator=generator, pipeline=pipeline, scene=scene, yaw=yaw
     )
+    latents = extra.pop("latents", None)
     info = {"backend": backend, "height": height, "width": 2 * height,
             "frames": int(frames.shape[0]), "seconds": round(time.perf_counter() - start, 3), **extra}
-    return VideoResult(frames=np.ascontiguousarray(frames, dtype=np.float32), info=info)
+    return VideoResult(frames=np.ascontiguousarray(frames, dtype=np.float32), info=info, latents=latents)
 
 
 # --------------------------------------------------------------------------- several GPUs

@@ -5,6 +5,8 @@ One entry point, :func:`reconstruct`, with a backend chosen by name:
 * ``lift``: one Gaussian per keyframe pixel, no training (:mod:`.lift`); CPU-fast, the
   offline default;
 * ``optimize``: Matrix-3D's gsplat optimisation over 12 crops per keyframe (:mod:`.optimize`);
+* ``lrm``: Matrix-3D's feed-forward panoramic LRM on the video's Wan-VAE latents
+  (:mod:`.lrm_backend`; needs ``latents``, no keyframes, no depth_fn);
 
 ``auto`` is resolved by the pipeline (:func:`matrix_world.pipeline.reconstruction.choose`, the one rule).
 
@@ -26,19 +28,21 @@ from matrix_world.errors import InputError
 from matrix_world.gaussians import Gaussians
 from matrix_world.reconstruction.keyframes import DepthFn, KeyframeConfig, prepare_keyframes
 from matrix_world.reconstruction.lift import LiftConfig, lift_keyframes
+from matrix_world.reconstruction.lrm_backend import LRMBackendConfig, reconstruct_lrm
 from matrix_world.reconstruction.optimize import OptimizeConfig, optimize_keyframes
 
-RECON_BACKENDS = ("lift", "optimize")
+RECON_BACKENDS = ("lift", "optimize", "lrm")
 
 
 @dataclass
 class ReconConfig:
-    """backend: "lift" or "optimize"; the rest configures each step."""
+    """backend: "lift", "optimize" or "lrm"; the rest configures each step."""
 
     backend: str = "lift"
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
     lift: LiftConfig = field(default_factory=LiftConfig)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
+    lrm: LRMBackendConfig = field(default_factory=LRMBackendConfig)
 
     def __post_init__(self):
         if self.backend not in RECON_BACKENDS:
@@ -57,6 +61,8 @@ def reconstruct(
     depth_fn: DepthFn | None = None,
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
+    latents=None,  # [T, 16, h, w] Wan-VAE latents of the frames (the lrm backend)
+    lrm_model=None,  # an already loaded PanoLRM (lrm)
 ) -> tuple[Gaussians, dict]:
     """Reconstruct 3D Gaussians from a panoramic clip (see the module docstring).
 
@@ -67,6 +73,10 @@ def reconstruct(
     """
     device = torch.device(device)
     backend = config.backend
+    if backend == "lrm":
+        if latents is None:
+            raise InputError("the lrm backend needs the video's Wan-VAE latents (latents=...)")
+        return reconstruct_lrm(config.lrm, latents=latents, c2w=torch.as_tensor(c2w), device=device, model=lrm_model)
     t0 = time.perf_counter()
     keyframes = prepare_keyframes(frames, c2w, distance0, masks=masks, sky0=sky0, depth_fn=depth_fn,
                                   config=config.keyframes, device=device)

@@ -39,7 +39,7 @@ class WorldConfig:
     video_backend: str = "auto"
     """auto | wan | fill | oracle"""
     recon_backend: str = "auto"
-    """auto | optimize | lift"""
+    """auto | optimize | lift | lrm"""
     scaffold_backend: str = "auto"
     """The scaffold's rasteriser: auto | cpu | cuda (nvdiffrast; auto takes it on a GPU where it works)."""
     trajectory: str = "straight"
@@ -76,6 +76,9 @@ class WorldConfig:
     """Wan2.1-I2V-14B-480P/720P-Diffusers: hub id or local folder."""
     wan_lora: str | None = None
     """Video LoRA: "matrix3d" (official, from Skywork/Matrix-3D; the default), a converted .safetensors, or "none"."""
+    lrm_model: str | None = None
+    """Panoramic LRM for --recon-backend lrm: Matrix-3D's pano_lrm_480p.pt (the default, from the hub cache:
+    Skywork/Matrix-3D checkpoints/pano_lrm_480p.pt) or a folder written by scripts/convert_matrix3d_lrm.py."""
     exports: tuple[str, ...] = ("spz",)
     """Extra splat formats written beside world.ply (spz, splat)."""
 
@@ -169,3 +172,7 @@ def check_input_files(config: WorldConfig) -> None:
         validate_flux_lora(config.flux_lora, what="--flux-lora")
     if config.wan_lora is not None:
         validate_wan_lora(config.wan_lora, what="--wan-lora")
+    if config.lrm_model is not None:
+        from matrix_world.generation.weights import check_weights_spec
+
+        check_weights_spec(config.lrm_model, what="--lrm-model")

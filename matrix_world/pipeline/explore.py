@@ -306,7 +306,7 @@ def _keep_base(run: RunDir) -> None:
 def _merged_world(run: RunDir):
     from matrix_world.splat_io import load_splats
 
-    return load_splats(run.path / "world.ply")
+    return load_splats(run.path / "world.ply", opacity="logit")  # our own file: logits
 
 
 def _start_distance(plan, rendered: np.ndarray, covered: np.ndarray, rgb: np.ndarray, c2w: torch.Tensor,
@@ -367,7 +367,7 @@ def _merge_into_world(run: RunDir, exports, log) -> int:
             kept: list[Gaussians] = []
             ids, counts = [], {}
             for seg_id, (seg_name, path) in enumerate(parts):
-                g = load_splats(path)
+                g = load_splats(path, opacity="logit")  # our own files: logits
                 if kept:
                     g = drop_covered(Gaussians.concatenate(kept), g)
                 kept.append(g)

@@ -74,3 +74,19 @@ def check_plan(config: WorldConfig, plan: Plan) -> None:
     """What the chosen backends need of the inputs (still before anything is written)."""
     if plan.backends["video"] == "wan" and (config.frames - 1) % 4:
         raise InputError(f"the Wan video model needs 4k+1 frames (e.g. 81, 49, 17), got --frames {config.frames}")
+    if plan.backends["reconstruction"] == "lrm":
+        if (config.frames - 1) % 4:
+            raise InputError(f"the lrm reconstruction reads Wan-VAE latents: it needs 4k+1 frames (e.g. 81, 49, 17), "
+                             f"got --frames {config.frames}")
+        if plan.height % 16:
+            raise InputError(f"the lrm reconstruction needs a video height divisible by 16 (an even latent grid), "
+                             f"got {plan.height}")
+        if plan.recon.lrm.model is None:
+            from matrix_world.reconstruction.lrm import OFFICIAL_FILE, OFFICIAL_REPO
+
+            where = config.lrm_model or f"{OFFICIAL_REPO} {OFFICIAL_FILE}"
+            raise InputError(f"--recon-backend lrm: the LRM checkpoint {where} is not on this machine; download it "
+                             f"(huggingface-cli download {OFFICIAL_REPO} {OFFICIAL_FILE}) or pass --lrm-model PATH")
+        if plan.backends["video"] != "wan" and plan.recon.lrm.vae is None:
+            raise InputError("--recon-backend lrm reads the video's Wan-VAE latents: the video backend is "
+                             f"{plan.backends['video']} and no Wan VAE is on this machine (pass --wan-model FOLDER)")

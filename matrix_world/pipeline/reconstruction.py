@@ -1,34 +1,68 @@
 """Stage 6, the 3D Gaussians: frames + poses + distances -> ``world.ply`` (+ ``world.spz`` / ``.splat``).
 
 :func:`choose` is the one ``auto`` rule of this stage; :func:`reconstruction_stage` runs
-:func:`matrix_world.reconstruction.stage.reconstruct` (``optimize``, ``lift``).
+:func:`matrix_world.reconstruction.stage.reconstruct` (``optimize``, ``lift``, ``lrm``). The
+``lrm`` backend reads the video stage's latents (``video_latents.npz``, written when the Wan
+model made the video) or encodes the frames with the Wan VAE.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from matrix_world.errors import InputError
 from matrix_world.pipeline.config import WorldConfig
 from matrix_world.pipeline.context import StageContext, log_stage, progress_bar
+from matrix_world.pipeline.video import LATENTS
 from matrix_world.reconstruction.stage import ReconConfig, reconstruct
 from matrix_world.scaffold.build import resize_nearest
 from matrix_world.splat_io import load_splats, save_splats
 from matrix_world.trajectory import Trajectory
 
 
+def lrm_checkpoint(config: WorldConfig) -> str | None:
+    """A local path of the LRM checkpoint (--lrm-model, or Matrix-3D's in the hub cache), or None."""
+    from matrix_world.generation.weights import WeightsNotFoundError, resolve_file
+    from matrix_world.reconstruction.lrm import OFFICIAL_FILE, OFFICIAL_REPO
+
+    if config.lrm_model is not None and Path(config.lrm_model).expanduser().exists():
+        return str(Path(config.lrm_model).expanduser())
+    repo, filename = (OFFICIAL_REPO, OFFICIAL_FILE) if config.lrm_model is None else (config.lrm_model, OFFICIAL_FILE)
+    try:
+        return resolve_file(repo, what="the panoramic LRM (--lrm-model)", filename=filename)
+    except WeightsNotFoundError:
+        return None
+
+
+def wan_folder(config: WorldConfig) -> str | None:
+    """The local Wan2.1 folder (its vae/ encodes the frames for the lrm backend), or None."""
+    from matrix_world.generation.wan_pipeline import HUB_IDS
+    from matrix_world.generation.weights import WeightsNotFoundError, resolve_pretrained
+
+    try:
+        return resolve_pretrained(config.wan_model or HUB_IDS["720p" if config.resolution == 720 else "480p"],
+                                  what="the Wan VAE (lrm latents)")
+    except WeightsNotFoundError:
+        return None
+
+
 def choose(config: WorldConfig, device: torch.device) -> tuple[str, str]:
-    """(backend, reason) of the reconstruction stage: gsplat optimisation on a GPU where gsplat's
-    kernels run, else one Gaussian per keyframe pixel."""
+    """(backend, reason) of the reconstruction stage: Matrix-3D's LRM on a GPU where its checkpoint and the
+    Wan VAE (for the latents) are on this machine, else gsplat optimisation on a GPU where gsplat's kernels
+    run, else one Gaussian per keyframe pixel."""
     from matrix_world.reconstruction.render import gsplat_problem
 
     if config.recon_backend != "auto":
         return config.recon_backend, "requested"
     if config.preset == "preview" or device.type != "cuda":
         return "lift", "preview preset or no GPU: one Gaussian per keyframe pixel (no training)"
+    if lrm_checkpoint(config) is not None and wan_folder(config) is not None:
+        return "lrm", "the panoramic LRM checkpoint and the Wan VAE found: feed-forward reconstruction"
     problem = gsplat_problem(device)
     if problem is not None:
         return "lift", f"gsplat cannot run on this GPU ({problem}): one Gaussian per keyframe pixel"
@@ -44,6 +78,8 @@ def configure(config: WorldConfig, backend: str) -> ReconConfig:
     # keyframe scale + shift fit is not applied on top of it
     recon.keyframes.align_distances = False
     recon.optimize.iterations = 3000 if config.preset == "quality" else 1500
+    if backend == "lrm":
+        recon.lrm.model, recon.lrm.vae = lrm_checkpoint(config), wan_folder(config)
     return recon
 
 
@@ -60,9 +96,16 @@ def reconstruction_stage(ctx: StageContext, config: ReconConfig, frames: np.ndar
     t0 = time.perf_counter()
     outputs = ["world.ply"] + [f"world.{ext}" for ext in exports]
     hashed = {**_hashed_config(config), "seed": ctx.seed, "keyframe_depth": depth_config}
-    with ctx.run.stage("reconstruction", hashed, inputs=["video.npz", "scaffold.npz", "depth.npz",
-                       "trajectory.json"], outputs=outputs, backend=config.backend) as st:
-        if not st.done:
+    inputs = ["video.npz", "scaffold.npz", "depth.npz", "trajectory.json"]
+    if config.backend == "lrm" and (ctx.run.path / LATENTS).is_file():
+        inputs.append(LATENTS)
+    with ctx.run.stage("reconstruction", hashed, inputs=inputs, outputs=outputs, backend=config.backend) as st:
+        if not st.done and config.backend == "lrm":
+            latents, source = video_latents(ctx, config, frames)
+            gaussians, info = reconstruct(config, frames=None, distance0=None, c2w=traj.c2w, device=ctx.device,
+                                          latents=latents, lrm_model=ctx.models.get("lrm"))
+            info["latents"] = source
+        elif not st.done:
             height = frames.shape[1]
             distance0 = resize_nearest(depth["distance"], height)
             sky0 = resize_nearest(depth["sky"].astype(np.float32), height) > 0.5
@@ -76,14 +119,32 @@ def reconstruction_stage(ctx: StageContext, config: ReconConfig, frames: np.ndar
                 gaussians, info = reconstruct(config, frames=frames.astype(np.float32) / 255.0, distance0=distance0,
                                               c2w=traj.c2w, masks=None, sky0=sky0, depth_fn=counted,
                                               device=ctx.device, generator=ctx.generator(6))
+        if not st.done:
             gaussians = gaussians.to("cpu")
             for name in outputs:
                 save_splats(st.path(name), gaussians)
             st.backend = info.get("backend", config.backend)
             st.info.update(num_gaussians=len(gaussians), keyframes=info.get("keyframes"),
-                           seconds=info.get("seconds"))
+                           seconds=info.get("seconds"), **({"latents": info["latents"]} if "latents" in info else {}))
     log_stage(ctx, st, "reconstruction", t0)
-    return load_splats(ctx.run.path / "world.ply")
+    return load_splats(ctx.run.path / "world.ply", opacity="logit")  # our own file: logits, whatever their range
+
+
+def video_latents(ctx: StageContext, config: ReconConfig, frames: np.ndarray) -> tuple[torch.Tensor, str]:
+    """The video's latents [T, 16, h, w]: the video stage's own (``video_latents.npz``), else the
+    frames [F, H, W, 3] uint8 encoded by the Wan VAE of ``config.lrm.vae``."""
+    from matrix_world.io import load_npz
+
+    path = ctx.run.path / LATENTS
+    if path.is_file():
+        return torch.from_numpy(load_npz(path, keys=("latents",))["latents"]), "the video stage's (Wan)"
+    from matrix_world.reconstruction.lrm_latents import make_latent_encoder
+
+    if not config.lrm.vae:
+        raise InputError("the lrm backend needs the video's Wan-VAE latents: the video was not made by the Wan "
+                         "model and no Wan VAE is on this machine (--wan-model FOLDER)")
+    encoder = make_latent_encoder(f"wan:{config.lrm.vae}", device=ctx.device)
+    return encoder.encode(frames.astype(np.float32) / 255.0), f"encoded by the Wan VAE of {config.lrm.vae}"
 
 
 def _hashed_config(config: ReconConfig) -> dict:

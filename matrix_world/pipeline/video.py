@@ -22,6 +22,7 @@ from matrix_world.scaffold.build import Scaffold
 from matrix_world.trajectory import Trajectory
 
 PREVIEW_HEIGHT = 256  # frame height of the no-weight video backends unless --resolution says otherwise
+LATENTS = "video_latents.npz"  # latents [T, 16, h, w] float32 of the Wan model's video (normalised Wan-VAE space)
 
 
 def choose(config: WorldConfig, device: torch.device) -> tuple[str, str]:
@@ -71,9 +72,9 @@ def configure(config: WorldConfig, backend: str) -> VideoConfig:
 def video_stage(ctx: StageContext, config: VideoConfig, scaffold: Scaffold, traj: Trajectory, prompt: str) -> np.ndarray:
     """Scaffold video + mask -> ``video.npz`` (frames [F, H, 2H, 3] uint8) and ``video.mp4``."""
     t0 = time.perf_counter()
+    outputs = ["video.npz", "video.mp4"] + ([LATENTS] if config.backend == "wan" else [])
     with ctx.run.stage("video", {"prompt": prompt, **config.to_dict(), "generator_seed": ctx.seed},
-                       inputs=["scaffold.npz", "trajectory.json"],
-                       outputs=["video.npz", "video.mp4"], backend=config.backend) as st:
+                       inputs=["scaffold.npz", "trajectory.json"], outputs=outputs, backend=config.backend) as st:
         if not st.done:
             result = generate_video(config, scaffold_rgb=scaffold.rgb.astype(np.float32) / 255.0,
                                     scaffold_mask=scaffold.mask, prompt=prompt, c2w=traj.c2w,
@@ -81,6 +82,8 @@ def video_stage(ctx: StageContext, config: VideoConfig, scaffold: Scaffold, traj
             frames = to_uint8(result.frames)
             save_npz(st.path("video.npz"), frames=frames)
             write_video(st.path("video.mp4"), frames, fps=traj.fps)
+            if LATENTS in outputs:  # the lrm reconstruction reads them: no second VAE encode
+                save_npz(st.path(LATENTS), latents=result.latents.numpy().astype(np.float32))
             st.backend = result.info.get("backend", config.backend)
             st.info.update(small_info(result.info))
     log_stage(ctx, st, "video", t0)
