@@ -115,6 +115,21 @@ def build_moge(smoke: bool, device: torch.device):
     return LoadedMoGe(model, 2, True, "random MoGe-2 (benchmarks/e2e.py)"), {"moge2": params_b(model)}
 
 
+def build_lrm(smoke: bool, device: torch.device):
+    """Matrix-3D's panoramic LRM (official size unless smoke), random weights, bf16 on CUDA."""
+    from matrix_world.reconstruction.lrm import LRMConfig, PanoLRM
+
+    dtype = torch.float32 if smoke else torch.bfloat16
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = PanoLRM(LRMConfig.tiny() if smoke else LRMConfig.official()).eval().requires_grad_(False)
+    finally:
+        torch.set_default_dtype(previous)
+    return model, {"lrm": params_b(model)}
+
+
 def build_wan(smoke: bool, device: torch.device):
     """PanoVideoPipeline: Wan2.1-I2V-14B transformer, UMT5-XXL, CLIP ViT-H/14, Wan VAE (tiny when smoke)."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
@@ -214,6 +229,8 @@ class StageMonitor:
             pipe, sizes = build_flux(self.smoke, self.device, dtype)
         elif name == "depth":
             pipe, sizes = build_moge(self.smoke, self.device)
+        elif name == "lrm":
+            pipe, sizes = build_lrm(self.smoke, self.device)
         else:
             pipe, sizes = build_wan(self.smoke, self.device)
         sync(self.device)
@@ -245,6 +262,8 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=None, help="video frames, 4k+1 (default 81; smoke 9)")
     p.add_argument("--pano-height", type=int, default=None, help="panorama rows (default 1024 = quality preset; smoke 64)")
     p.add_argument("--run-dir", default=None, help="run directory (default /tmp/matrix_world_e2e[_smoke])")
+    p.add_argument("--recon", choices=("optimize", "lrm"), default="optimize",
+                   help="reconstruction backend: gsplat optimisation, or the panoramic LRM on the video's latents")
     args = p.parse_args(argv)
 
     from matrix_world.pipeline import WorldConfig, WorldPipeline
@@ -277,18 +296,22 @@ def main(argv=None) -> int:
     monitor = StageMonitor(models, device, smoke, results)
     monitor.build("panorama")
     monitor.build("depth")
+    if args.recon == "lrm":
+        monitor.build("lrm")
 
     def adjust(plan):
         plan.panorama.steps, plan.panorama.height = steps["panorama"], pano_height
         plan.video.num_inference_steps, plan.video.lora = steps["video"], None
         plan.recon.optimize.iterations = steps["reconstruction"]
+        if args.recon == "lrm":
+            plan.recon.lrm.model = "injected (random official-size network)"  # models["lrm"] is used
         if smoke:
             plan.depth.view_size = 56  # ViT-S MoGe on the CPU
         return plan
 
     # 2. The run: text2world with the backends forced (quality preset's sizes, fewer steps).
     config = WorldConfig(prompt="a quiet harbour town at sunset", out=str(run_dir), preset="quality",
-                         panorama_backend="flux", depth_backend="moge", video_backend="wan", recon_backend="optimize",
+                         panorama_backend="flux", depth_backend="moge", video_backend="wan", recon_backend=args.recon,
                          resolution=64 if smoke else 480, frames=frames, device=str(device), resume=False,
                          exports=("spz",))
     monitor.start()
