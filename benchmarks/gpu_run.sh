@@ -41,6 +41,7 @@ for j in "$@"; do
     video_lowvram720) job video_lowvram720 400 "python benchmarks/video.py --resolutions 720p --modes lowvram --no-stock --steps 2 --warmup 1 --budget-s 380" ;;
     video_bench)   job video_bench 590 "python benchmarks/video.py" ;;
     recon_bench)   job recon_bench 590 "python benchmarks/recon.py" ;;
+    lrm_bench)     job lrm_bench 590 "python benchmarks/lrm.py" ;;
     e2e_bench)     job e2e_bench 560 "python benchmarks/e2e.py" ;;
     split_bench)   job split_bench 300 "python benchmarks/build_benchmark_split.py --backend cuda --out /tmp/split_gpu" ;;
     *) echo "unknown job $j"; status+=("$j unknown") ;;
