@@ -287,7 +287,7 @@ def _stage2(output, batch, generator, crops, crop_size, fov_range, pitch_range, 
             kind = kinds[int(torch.randint(len(kinds), (1,), generator=generator))]
             picks.append(pool[kind][int(torch.randint(len(pool[kind]), (1,), generator=generator))])
         views = random_crops(generator, crops, crop_size, fov_range, pitch_range)
-        cams = crop_cameras(views, torch.stack([p[0] for p in picks]))
+        cams = crop_cameras(views, torch.stack([p[0].detach().cpu() for p in picks]))
         rendered.append(render(gaussians, cams, backend=backend).rgb)  # [crops, 3, s, s]
         targets.append(torch.cat([crop_perspective(p[1].to(batch.rgb.device, torch.float32)[None], v)[0]
                                   for p, v in zip(picks, views)]).clamp(0, 1))

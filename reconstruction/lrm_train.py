@@ -31,7 +31,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -165,7 +165,7 @@ class TrainConfig:
     resume: bool = False
     """Continue the run in --output from its newest checkpoint (refused without this flag)."""
     max_minutes: float | None = None
-    """Stop (and save) after this much wall time in this process; None: run all steps."""
+    """Stop (and save) after this many minutes of training steps in this process (data preparation not counted); None: all steps."""
     device: str = "auto"
     """auto (accelerate's choice: the GPU when there is one), cpu or cuda."""
     num_workers: int = 0
@@ -480,7 +480,7 @@ def train(config: TrainConfig, train_data: SampleSource, eval_data: SampleSource
             stop = deadline is not None and time.perf_counter() > deadline
             if world > 1:
                 flag = torch.tensor([float(stop)], device=device)
-                stop = bool(accelerator.reduce(flag, "max").item())
+                stop = bool(accelerator.reduce(flag, "sum").item() > 0)  # any rank out of time: all stop
             if stop:
                 stopped = "time"
                 break
@@ -547,7 +547,3 @@ def train(config: TrainConfig, train_data: SampleSource, eval_data: SampleSource
         f"weights in {output / 'model'}")
     return TrainResult(step, stopped, output, output / "model", metrics_path, last_eval)
 
-
-def config_fields() -> list[str]:
-    """Names of TrainConfig's fields (the CLI lists them all)."""
-    return [f.name for f in fields(TrainConfig)]
