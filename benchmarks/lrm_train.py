@@ -194,7 +194,7 @@ def main(argv=None) -> int:
         from matrix_world.reconstruction.lrm import PanoLRM
 
         model = PanoLRM.from_pretrained(stages[-1]["model"], device=device)
-        configs = backend_configs(args.stride, args.iterations, 4, min(256, 2 * args.height), 1, 1)
+        configs = backend_configs(args.stride, args.iterations, 4, args.height, 1, 1)  # crops of the panorama's height
         rows = []
         for clip in load_benchmark_split(split_dir):
             data = benchmark_clip(clip, args.frames)

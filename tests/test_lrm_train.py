@@ -267,6 +267,14 @@ def test_stage1_depth_and_colour_losses_fall(dataset, tmp_path):
     assert PanoLRM.from_pretrained(result.model_dir).config == LRMConfig.tiny()
 
 
+def test_time_budget_stops_and_saves(dataset, tmp_path):
+    train_src, _ = _sources(dataset, tmp_path / "cache")
+    result = train(_config(tmp_path / "run", steps=100_000, max_minutes=0.02, eval_every=0), train_src, log=lambda _m: None)
+    assert result.stopped == "time" and 0 < result.step < 100_000
+    assert len(_lines(result.metrics)) == result.step
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == f"step-{result.step:07d}"
+
+
 def test_stage2_freezes_the_depth_branch_and_trains_the_gaussian_branch(dataset, tmp_path):
     torch.manual_seed(1)
     start = PanoLRM(LRMConfig.tiny())
