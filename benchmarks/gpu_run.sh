@@ -42,6 +42,8 @@ for j in "$@"; do
     video_bench)   job video_bench 590 "python benchmarks/video.py" ;;
     recon_bench)   job recon_bench 590 "python benchmarks/recon.py" ;;
     lrm_bench)     job lrm_bench 590 "python benchmarks/lrm.py" ;;
+    lrm_train_bench) # train a small LRM from scratch for 5 min (stand-in latents), then lrm vs lift vs optimize
+      job lrm_train_bench 590 "python benchmarks/lrm_train.py --minutes 5 && cp \$OUT/lrm_train_stage*_metrics.jsonl $FINAL/" ;;
     e2e_bench)     job e2e_bench 560 "python benchmarks/e2e.py" ;;
     e2e_lrm)       job e2e_lrm 560 "python benchmarks/e2e.py --recon lrm --run-dir /tmp/matrix_world_e2e_lrm" ;;
     split_bench)   job split_bench 300 "python benchmarks/build_benchmark_split.py --backend cuda --out /tmp/split_gpu" ;;

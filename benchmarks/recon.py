@@ -101,6 +101,20 @@ def evaluate(gaussians, heldout_c2w: torch.Tensor, heldout_rgb: np.ndarray, size
     return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "crops": len(psnrs)}
 
 
+def backend_configs(stride: int, iterations: int, batch_size: int, crop_size: int, init_downsample: int,
+                    lift_downsample: int) -> dict[str, ReconConfig]:
+    """The ``lift`` and ``optimize`` configs of this benchmark (also used by benchmarks/lrm_train.py)."""
+    return {
+        "lift": ReconConfig(backend="lift", keyframes=KeyframeConfig(stride=stride),
+                            lift=LiftConfig(sky="shell", downsample=lift_downsample)),
+        "optimize": ReconConfig(backend="optimize", keyframes=KeyframeConfig(stride=stride), optimize=OptimizeConfig(
+            iterations=iterations, batch_size=batch_size, crop_size=crop_size,
+            densify_start=min(500, iterations // 6), densify_stop=min(1500, iterations // 2),
+            densify_every=min(100, max(1, iterations // 30)),
+            init=LiftConfig(sky="shell", downsample=init_downsample, opacity=0.9), progress=sys.stderr.isatty())),
+    }
+
+
 def run_backend(name: str, clip: dict, config: ReconConfig, device: torch.device, seed: int, eval_size: int) -> dict:
     rgb, dist, sky = clip["rgb"], clip["distance"], clip["sky"]
     depth_fn = lambda i, _rgb: (dist[i], sky[i])  # (the oracle's distance for keyframe i)
@@ -170,16 +184,8 @@ def main(argv=None) -> int:
         if b not in TARGETS:
             raise InputError(f"unknown backend {b!r}; expected lift and/or optimize")
 
-    densify_stop = min(1500, args.iterations // 2)
-    config_for = {
-        "lift": ReconConfig(backend="lift", keyframes=KeyframeConfig(stride=args.stride),
-                            lift=LiftConfig(sky="shell", downsample=args.lift_downsample)),
-        "optimize": ReconConfig(backend="optimize", keyframes=KeyframeConfig(stride=args.stride), optimize=OptimizeConfig(
-            iterations=args.iterations, batch_size=args.batch_size, crop_size=args.crop_size,
-            densify_start=min(500, args.iterations // 6), densify_stop=densify_stop,
-            densify_every=min(100, max(1, args.iterations // 30)),
-            init=LiftConfig(sky="shell", downsample=args.init_downsample, opacity=0.9), progress=sys.stderr.isatty())),
-    }
+    config_for = backend_configs(args.stride, args.iterations, args.batch_size, args.crop_size, args.init_downsample,
+                                 args.lift_downsample)
     print(f"[recon] device {device}; {args.frames} frames at {args.height}x{2 * args.height}; backends {backends}", flush=True)
     warm_up(device)
     rows, clips_meta = [], []

@@ -22,10 +22,19 @@ TINY_TEXT_DIM = 32
 TINY_IMAGE_DIM = 8
 
 
+def tiny_wan_vae():
+    """A tiny random ``AutoencoderKLWan`` with Wan2.1's 16 latent channels, its 8x spatial and 4x
+    temporal compression and its config's (real) latents_mean / latents_std; built from the
+    global torch seed."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True])
+
+
 def tiny_wan_components(seed: int = 0) -> dict:
     """Fresh tiny components (eval mode) for ``PanoVideoPipeline(**components)``."""
     from diffusers import (
-        AutoencoderKLWan,
         FlowMatchEulerDiscreteScheduler,
         WanTransformer3DModel,
     )
@@ -55,7 +64,7 @@ def tiny_wan_components(seed: int = 0) -> dict:
         added_kv_proj_dim=TINY_INNER_DIM,
         rope_max_seq_len=64,
     )
-    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+    vae = tiny_wan_vae()
     text_encoder = UMT5EncoderModel(
         UMT5Config(vocab_size=64, d_model=TINY_TEXT_DIM, d_kv=8, d_ff=32, num_layers=2, num_heads=2, relative_attention_num_buckets=8)
     )
