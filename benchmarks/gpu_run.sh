@@ -43,6 +43,7 @@ for j in "$@"; do
     recon_bench)   job recon_bench 590 "python benchmarks/recon.py" ;;
     lrm_bench)     job lrm_bench 590 "python benchmarks/lrm.py" ;;
     e2e_bench)     job e2e_bench 560 "python benchmarks/e2e.py" ;;
+    train_bench)   job train_bench 560 "python benchmarks/train.py --what flux" ;;
     e2e_lrm)       job e2e_lrm 560 "python benchmarks/e2e.py --recon lrm --run-dir /tmp/matrix_world_e2e_lrm" ;;
     split_bench)   job split_bench 300 "python benchmarks/build_benchmark_split.py --backend cuda --out /tmp/split_gpu" ;;
     *) echo "unknown job $j"; status+=("$j unknown") ;;
