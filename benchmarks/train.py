@@ -25,6 +25,7 @@ Random weights prove wiring, memory and speed, nothing about quality. Writes ``$
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import sys
@@ -101,6 +102,19 @@ def bench_flux(args: argparse.Namespace) -> dict:
     model = accelerator.prepare(transformer)
 
     # 2. rows: gradient checkpointing on/off x batch sizes, each a fresh AdamW over the LoRA
+    def train_step(optimizer, pixels, prompt_embeds, pooled, text_ids, g) -> tuple[float, float]:
+        """One optimizer step as scripts/train_pano_lora.py takes it -> (loss, gradient norm before clipping).
+        A function, so that an out-of-memory error frees its activations with its frame."""
+        latents = encode_latents(vae, pixels, g).to(dtype)
+        loss = flow_matching_loss(model, latents, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled,
+                                  text_ids=text_ids, scheduler=scheduler, guidance=3.5, generator=g,
+                                  vae_scale_factor=vae_scale)
+        accelerator.backward(loss)
+        norm = accelerator.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach()), float(norm)
+
     for batch in args.batch_sizes:
         for checkpointing in (True, False):
             row: dict[str, Any] = {"gradient_checkpointing": checkpointing, "batch": batch}
@@ -108,7 +122,7 @@ def bench_flux(args: argparse.Namespace) -> dict:
                 transformer.enable_gradient_checkpointing()
             else:
                 transformer.disable_gradient_checkpointing()
-            optimizer = accelerator.prepare(torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4))
+            optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
             g = torch.Generator("cpu").manual_seed(0)
             pixels = torch.rand(batch, 3, height, 2 * height, generator=g) * 2 - 1
             prompt_embeds = torch.randn(batch, t5_len, t5_dim, generator=g).to(device, dtype)
@@ -117,32 +131,28 @@ def bench_flux(args: argparse.Namespace) -> dict:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-            times, losses = [], []
+            times, losses, norms = [], [], []
             try:
                 for _ in range(args.warmup + args.steps):
                     sync(device)
                     start = time.perf_counter()
-                    latents = encode_latents(vae, pixels, g).to(dtype)
-                    loss = flow_matching_loss(model, latents, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled,
-                                              text_ids=text_ids, scheduler=scheduler, guidance=3.5, generator=g,
-                                              vae_scale_factor=vae_scale)
-                    accelerator.backward(loss)
-                    accelerator.clip_grad_norm_(params, 1.0)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    losses.append(float(loss.detach()))
+                    loss, norm = train_step(optimizer, pixels, prompt_embeds, pooled, text_ids, g)
                     sync(device)
                     times.append(time.perf_counter() - start)
+                    losses.append(loss)
+                    norms.append(norm)
                 row.update(s_per_step=round(_median(times[args.warmup:]), 4), first_step_s=round(times[0], 3),
                            peak_gb=round(torch.cuda.max_memory_allocated(device) / GB, 2) if device.type == "cuda" else None,
-                           loss_finite=all(math.isfinite(v) for v in losses))
+                           loss_finite=all(math.isfinite(v) for v in losses),
+                           lora_grad_norm=round(_median(norms), 5))  # > 0: the LoRA is in the graph
             except torch.OutOfMemoryError:
                 row.update(oom=True, message=oom_message(config, height=height, processes=1, what="in the benchmark"))
-            finally:
-                optimizer.zero_grad(set_to_none=True)
-                del optimizer
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+            del optimizer
+            for p in params:
+                p.grad = None
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
             write_results("train_flux", results)
