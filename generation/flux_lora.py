@@ -92,8 +92,12 @@ def load_lora(pipe, lora: str, *, weight_name: str | None = None, scale: float =
     state = read_lora_state_dict(path)
     shapes = _weight_shapes(pipe)
     _check_lora_fits(pipe, state, path)
+    # A LoRA saved by diffusers' trainers (and scripts/train_pano_lora.py) carries its LoraConfig
+    # (lora_alpha, rank pattern) in the safetensors header; diffusers reads it only from a file,
+    # a dict would load with alpha = rank. Such files are loaded by path, others as the dict.
+    source, where = (str(Path(path).parent), {"weight_name": Path(path).name}) if _has_adapter_metadata(path) else (state, {})
     try:
-        pipe.load_lora_weights(state, adapter_name=adapter_name)
+        pipe.load_lora_weights(source, adapter_name=adapter_name, **where)
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         unload_lora(pipe)
         raise InputError(f"LoRA {path} does not fit the FLUX transformer ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
@@ -107,6 +111,16 @@ def load_lora(pipe, lora: str, *, weight_name: str | None = None, scale: float =
                          f"(keys look like {list(state)[:2]}); expected a FLUX LoRA (diffusers/peft, kohya or BFL layout)")
     pipe.set_adapters([adapter_name], adapter_weights=[float(scale)])
     return path
+
+
+def _has_adapter_metadata(path: str) -> bool:
+    """The .safetensors header holds diffusers' ``lora_adapter_metadata`` (the LoraConfig of the LoRA)."""
+    if Path(path).suffix.lower() != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return "lora_adapter_metadata" in (f.metadata() or {})
 
 
 def unload_lora(pipe) -> None:
