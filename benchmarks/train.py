@@ -64,6 +64,7 @@ def bench_flux(args: argparse.Namespace) -> dict:
     from matrix_world.generation.train_pano_lora import (
         PanoLoraTrainConfig,
         add_lora,
+        avoid_cudnn_attention_backward,
         encode_latents,
         flow_matching_loss,
         oom_message,
@@ -71,6 +72,7 @@ def bench_flux(args: argparse.Namespace) -> dict:
 
     smoke = args.smoke
     accelerator = Accelerator(cpu=smoke, mixed_precision="no" if smoke else "bf16")
+    avoid_cudnn_attention_backward()  # as the trainer does
     device = accelerator.device
     dtype = torch.float32 if smoke else torch.bfloat16
     height = args.height or (32 if smoke else 512)

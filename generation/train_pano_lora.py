@@ -333,6 +333,14 @@ def _resolve_device(name: str) -> str:
 # --------------------------------------------------------------------------- training
 
 
+def avoid_cudnn_attention_backward() -> None:
+    """Training runs SDPA without its cuDNN kernel: on an H200 (torch 2.11, 2026-12-01) cuDNN's
+    attention BACKWARD failed on FLUX.1-dev's shapes ("mha_graph.execute ... is_good()", an illegal
+    memory access without CUDA_LAUNCH_BLOCKING); flash / memory-efficient attention take over."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def train(config: PanoLoraTrainConfig, *, say: Callable[[str], None] | None = None) -> TrainResult:
     """Train (or resume) a panorama LoRA; see the module doc. Returns what was written.
 
@@ -354,6 +362,7 @@ def train(config: PanoLoraTrainConfig, *, say: Callable[[str], None] | None = No
     device_type = _resolve_device(config.device)
     bf16 = device_type == "cuda" and not config.tiny and config.dtype != "float32"
     accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision="bf16" if bf16 else "no")
+    avoid_cudnn_attention_backward()
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     dtype = torch.bfloat16 if bf16 else torch.float32
     log = say or (lambda message: _say(accelerator, message))
