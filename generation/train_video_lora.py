@@ -343,7 +343,8 @@ def validation_video(pipe, item: dict, *, config: VideoLoraTrainConfig, device, 
         path.parent.mkdir(parents=True, exist_ok=True)
         write_video(path, result.frames)
         truth = item["video"].permute(0, 2, 3, 1).numpy()
-        rows = [np.concatenate([scaffold[f], result.frames[f], truth[f]], axis=1) for f in sorted({0, len(scaffold) // 2, len(scaffold) - 1})]
+        shown = np.where(item["mask"].numpy()[..., None], scaffold, np.array([1.0, 0.0, 1.0], np.float32))  # unknown: magenta
+        rows = [np.concatenate([shown[f], result.frames[f], truth[f]], axis=1) for f in sorted({0, len(scaffold) // 2, len(scaffold) - 1})]
         write_image(path.with_suffix(".png"), np.concatenate(rows, axis=0))
     return {k: v for k, v in result.info.items() if isinstance(v, (int, float, str))}
 
@@ -394,6 +395,10 @@ def train_video_lora(config: VideoLoraTrainConfig, data, *, validation_item: dic
     except torch.OutOfMemoryError:
         raise _oom(config, acc, "loading the base model") from None
     transformer = pipe.transformer
+
+    # 3. LoRA (float32) on the target layers, gradient checkpointing; resumed LoRA weights before sharding;
+    #    the run's config (written once the options are known to work).
+    names = add_lora(transformer, rank=config.rank, alpha=config.alpha, targets=config.targets, seed=config.seed)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps({**config.to_dict(), "data": data_info or {}}, indent=1) + "\n")
@@ -402,9 +407,6 @@ def train_video_lora(config: VideoLoraTrainConfig, data, *, validation_item: dic
             from matrix_world.generation.wan_pipeline import PanoVideoPipeline
 
             PanoVideoPipeline(**tiny_wan_components(seed=config.seed)).save_pretrained(str(out / "tiny_base"))
-
-    # 3. LoRA (float32) on the target layers, gradient checkpointing; resumed LoRA weights before sharding.
-    names = add_lora(transformer, rank=config.rank, alpha=config.alpha, targets=config.targets, seed=config.seed)
     if config.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     transformer.train()

@@ -227,8 +227,8 @@ def encoder_fingerprint(pipe, *, source: str, dtype: torch.dtype, prompt_suffix:
     configs = {}
     for name in ("vae", "text_encoder", "image_encoder"):
         config = getattr(getattr(pipe, name, None), "config", None)
-        config = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
-        configs[name] = {k: str(v) for k, v in sorted(config.items()) if not k.startswith("_")}
+        values = dict(config.to_dict()) if config is not None and hasattr(config, "to_dict") else dict(config or {})
+        configs[name] = {k: str(v) for k, v in sorted(values.items()) if not k.startswith("_")}
     return content_hash({"source": source, "dtype": str(dtype), "suffix": prompt_suffix, "configs": configs})
 
 

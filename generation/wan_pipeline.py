@@ -414,14 +414,14 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
         do_cfg = guidance_scale > 1.0
 
         # 2-4. Text embeddings, CLIP tokens of frame 0, the scaffold condition (the one function training calls too).
-        cond = self.prepare_condition(
+        prepared = self.prepare_condition(
             prompt, scaffold=scaffold, mask=mask, negative_prompt=negative_prompt, do_classifier_free_guidance=do_cfg,
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, image_embeds=image_embeds,
             condition=condition, extra_condition=extra_condition, max_sequence_length=max_sequence_length,
             device=device, dtype=dtype,
         )
-        prompt_embeds, negative_prompt_embeds = cond.prompt_embeds, cond.negative_prompt_embeds
-        image_embeds, condition = cond.image_embeds, cond.condition
+        prompt_embeds, negative_prompt_embeds = prepared.prompt_embeds, prepared.negative_prompt_embeds
+        image_embeds, condition = prepared.image_embeds, prepared.condition
         batch = prompt_embeds.shape[0]
         _, _, num_latent_frames, h, w = condition.shape
 

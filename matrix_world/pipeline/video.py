@@ -83,6 +83,7 @@ def video_stage(ctx: StageContext, config: VideoConfig, scaffold: Scaffold, traj
             save_npz(st.path("video.npz"), frames=frames)
             write_video(st.path("video.mp4"), frames, fps=traj.fps)
             if LATENTS in outputs:  # the lrm reconstruction reads them: no second VAE encode
+                assert result.latents is not None  # the wan backend always returns its latents
                 save_npz(st.path(LATENTS), latents=result.latents.numpy().astype(np.float32))
             st.backend = result.info.get("backend", config.backend)
             st.info.update(small_info(result.info))
