@@ -423,6 +423,7 @@ def train_video_lora(config: VideoLoraTrainConfig, data, *, validation_item: dic
     model, optimizer, lr_scheduler = acc.prepare(transformer, optimizer, lr_scheduler)
     fsdp = str(acc.distributed_type).endswith("FSDP")  # FSDP2 shards in place: pipe.transformer is the sharded model
     # (DDP: the pipeline keeps the module itself for validation; the wrapper is for training)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # FSDP2 replaced them by sharded DTensors
 
     # 5. Resume: optimizer, schedule, step, RNG (the LoRA was loaded in step 3).
     generator = torch.Generator().manual_seed(config.seed + 7919 * acc.process_index)  # noise and sigmas (CPU)
@@ -541,6 +542,8 @@ def train_video_lora(config: VideoLoraTrainConfig, data, *, validation_item: dic
     info = {"trainable_parameters": sum(p.numel() for p in trainable), "lora_layers": len(names),
             "processes": acc.num_processes, "mixed_precision": mixed, "device": str(device),
             "distributed": str(acc.distributed_type), "peak_gpu_gib": peak, "resumed_from": str(resume_from or "")}
+    if main:
+        (out / "summary.json").write_text(json.dumps({"step": step, "losses": losses, **info}, indent=1) + "\n")
     acc.end_training()
     return TrainResult(out=out, step=step, lora=lora_file if lora_file.is_file() else None, losses=losses, info=info,
                        main_process=main)
