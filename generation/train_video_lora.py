@@ -295,8 +295,9 @@ def save_checkpoint(acc, *, transformer, model, optimizer, lr_scheduler, generat
     return final
 
 
-def _check_out(out: Path, config: VideoLoraTrainConfig) -> Path | None:
-    """The checkpoint to resume from (None: a fresh run); refuses a used folder without --resume."""
+def _check_out(out: Path, config: VideoLoraTrainConfig, processes: int) -> Path | None:
+    """The checkpoint to resume from (None: a fresh run); refuses a used folder without --resume, and a
+    resume with other options, another process count or no step left."""
     saved = out / "train_config.json"
     if not config.resume:
         if out.exists() and any(out.iterdir()):
@@ -314,6 +315,12 @@ def _check_out(out: Path, config: VideoLoraTrainConfig) -> Path | None:
     ckpt = latest_checkpoint(out)
     if ckpt is None:
         raise InputError(f"--resume: {out} has no checkpoint yet (checkpoints/step-N); start a new run")
+    meta = json.loads((ckpt / "meta.json").read_text())
+    if meta["processes"] != processes:
+        raise InputError(f"--resume: {ckpt} was written by {meta['processes']} process(es), this run has {processes}; "
+                         "resume with the same number (the data order and the noise depend on it)")
+    if meta["step"] >= config.steps:
+        raise InputError(f"--resume: the run in {out} is at step {meta['step']} already; raise --steps above it to train further")
     return ckpt
 
 
@@ -383,7 +390,7 @@ def train_video_lora(config: VideoLoraTrainConfig, data, *, validation_item: dic
     acc = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=config.gradient_accumulation, cpu=not cuda)
     device, main = acc.device, acc.is_main_process
     dtype = torch.bfloat16 if mixed == "bf16" else torch.float32
-    resume_from = _check_out(out, config)
+    resume_from = _check_out(out, config, acc.num_processes)
     acc.wait_for_everyone()
     suffix = PROMPT_SUFFIX if config.prompt_suffix is None else config.prompt_suffix
     if len(data) < 1:
@@ -429,10 +436,6 @@ def train_video_lora(config: VideoLoraTrainConfig, data, *, validation_item: dic
     generator = torch.Generator().manual_seed(config.seed + 7919 * acc.process_index)  # noise and sigmas (CPU)
     start = 0
     if resume_from is not None:
-        meta = json.loads((resume_from / "meta.json").read_text())
-        if meta["processes"] != acc.num_processes:
-            raise InputError(f"--resume: {resume_from} was written by {meta['processes']} process(es), this run has "
-                             f"{acc.num_processes}; resume with the same number (the data order and noise depend on it)")
         state = torch.load(resume_from / "optimizer.pt", map_location="cpu", weights_only=True)
         _optimizer_state(model, optimizer.optimizer, save=state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -442,8 +445,6 @@ def train_video_lora(config: VideoLoraTrainConfig, data, *, validation_item: dic
         if "cuda" in rng and device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], device)
         start = int(rng["step"])
-    if start >= config.steps:
-        raise InputError(f"--resume: the run in {out} is at step {start} already; raise --steps above it to train further")
 
     # 6. Data for every remaining step (a function of the step: resumes draw the same), the cache.
     sigmas_grid = training_sigmas(config.shift)

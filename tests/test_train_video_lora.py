@@ -246,6 +246,7 @@ def test_bad_inputs_are_one_line_errors(argv, words, dataset, tmp_path, capsys):
 
     module = load_script(ROOT / "scripts" / "train_video_lora.py", "train_video_lora_script")
     assert run_main(module.main, ["--data", str(dataset), "--out", str(tmp_path / "out"), *argv]) == 2
+    assert not (tmp_path / "out").exists()  # refused before anything is written
     err = capsys.readouterr().err
     error = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(error) == 1 and "Traceback" not in err, err
@@ -265,6 +266,8 @@ def test_bad_folders_and_reuse_are_one_line_errors(dataset, script_run, tmp_path
         (["--data", str(dataset), "--out", str(out), "--resume", "--lora-rank", "8", "--learning-rate", "1e-3"],
          ["--resume", "rank differ", "rank=16"]),
         (["--data", str(dataset), "--out", str(tmp_path / "new"), "--resume"], ["--resume", "no training run"]),
+        (["--data", str(dataset), "--out", str(out), "--resume", "--learning-rate", "1e-3", "--lora-rank", "16"],
+         ["--resume", "at step 4 already", "raise --steps"]),
     ]
     for argv, words in cases:
         assert run_main(module.main, [*argv, "--steps", "4", *TINY]) == 2, argv
@@ -327,3 +330,34 @@ def test_benchmark_smoke_runs_both_parts_on_cpu(tmp_path):
     assert b["steps"] >= 2 and b["heldout_clips"] >= 1 and {"wan_small", "fill"} <= set(b["psnr_unknown_db"])
     assert (tmp_path / "train_video_loss.png").is_file() and (tmp_path / "train_video_loss.json").is_file()
     assert "PSNR" in proc.stdout
+
+
+def test_clips_of_other_sizes_are_resized_to_the_training_resolution(tmp_path):
+    from matrix_world.datasets.build import build_dataset
+    from matrix_world.datasets.pairs import open_training_pairs
+
+    build_dataset(tmp_path / "a", 1, seed=0, frames=FRAMES, height=H, backend="cpu", progress=False)
+    build_dataset(tmp_path / "b", 1, seed=1, frames=FRAMES, height=48, backend="cpu", progress=False)
+    (tmp_path / "b" / "00000").rename(tmp_path / "a" / "00001")
+    data = open_training_pairs(tmp_path / "a", frames=FRAMES, height=H)
+    shapes = {tuple(data[i][k].shape) for i in range(2) for k in ("video", "scaffold")}
+    assert shapes == {(FRAMES, 3, H, 2 * H)} and data[1]["mask"].shape == (FRAMES, H, 2 * H)
+
+
+def test_two_processes_ddp_on_cpu(dataset, tmp_path):
+    """torchrun (what accelerate launch starts) with 2 CPU processes (gloo): DDP on the LoRA, one RNG state per process."""
+    from script_helpers import SCRIPTS
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    out = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(SCRIPTS / "train_video_lora.py"), "--data", str(dataset), "--out", str(out), "--steps", "2",
+                           *TINY, "--validation-every", "0", "--checkpoint-every", "2"],
+                          capture_output=True, text=True, timeout=240, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("trained to step 2") == 1  # printed by the main process only
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["distributed"].endswith("MULTI_CPU") and np.isfinite(summary["losses"]).all()
+    assert {p.name for p in (out / "checkpoints" / "step-00000002").glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
