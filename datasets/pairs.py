@@ -10,6 +10,7 @@ with a full mask). The target is the clip's ground-truth frames.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,27 +100,135 @@ class PairDataset(torch.utils.data.Dataset):
     """Training pairs over a :class:`clips.ClipDataset` (rendered on the fly).
 
     Item: ``video`` [F, 3, H, W] float32 (target), ``scaffold`` [F, 3, H, W] float32
-    (condition, 0 where unknown), ``mask`` [F, H, W] bool, ``c2w`` [F, 4, 4], ``prompt``.
+    (condition, 0 where unknown), ``mask`` [F, H, W] bool, ``c2w`` [F, 4, 4], ``prompt``,
+    ``source``.
+
+    depth: for clips without distance, a :class:`~matrix_world.generation.depth.DepthConfig`
+    whose backend gives frame 0's distance (``prior``: the ground-plane + far-dome heuristic,
+    offline; ``moge``: MoGe, loaded once); None refuses such clips. backend / device: the
+    scaffold rasteriser (``cpu``, or ``cuda`` with a CUDA device, in the main process).
     """
 
-    def __init__(self, clips, *, config=None, backend: str = "cpu"):
-        self.clips, self.config, self.backend = clips, config, backend
+    def __init__(self, clips, *, config=None, backend: str = "cpu", depth=None, device="cpu"):
+        self.clips, self.config, self.backend, self.depth, self.device = clips, config, backend, depth, device
+        self._moge = None
 
     def __len__(self) -> int:
         return len(self.clips)
 
+    def _distance0(self, item: dict) -> tuple[np.ndarray, np.ndarray | None]:
+        """Frame 0's (distance [H, W] float32, sky [H, W] bool or None): the clip's, else the depth backend's."""
+        if "distance" in item:
+            return item["distance"][0].numpy(), (item["sky"][0].numpy() if "sky" in item else None)
+        if self.depth is None:
+            raise InputError(f"{item['source']} has no distance; training pairs need distance (or a depth backend)")
+        from matrix_world.generation.depth import estimate_depth, panorama_depth_from_model
+
+        rgb0 = np.ascontiguousarray(item["rgb"][0].permute(1, 2, 0).numpy())
+        if self.depth.backend == "moge":
+            if self._moge is None:
+                from matrix_world.generation.moge_backend import load_moge
+
+                self._moge = load_moge(self.depth.model, device=self.device)
+            result = panorama_depth_from_model(rgb0, self._moge, self.depth, device=self.device)
+        else:
+            result = estimate_depth(rgb0, self.depth, device=self.device)
+        return result.distance.astype(np.float32), result.sky
+
+    def key(self, i: int) -> str:
+        """sha256 of what item ``i`` is made from (frames, frame 0's distance or the depth backend that
+        gives it, poses, prompt, scaffold options), without rendering it: a cache key."""
+        import hashlib
+        import json
+
+        item = self.clips[i]
+        h = hashlib.sha256()
+        for key in ("rgb", "distance", "sky", "c2w"):
+            if key in item:
+                value = item[key][:1] if key in ("distance", "sky") else item[key]
+                h.update(key.encode() + str(tuple(value.shape)).encode() + np.ascontiguousarray(value.numpy()).tobytes())
+        options = {"prompt": item["prompt"], "backend": self.backend,
+                   "scaffold": dataclasses.asdict(self.config) if self.config is not None else None,
+                   "depth": None if "distance" in item or self.depth is None else self.depth.to_dict()}
+        h.update(json.dumps(options, sort_keys=True, default=str).encode())
+        return h.hexdigest()
+
     def __getitem__(self, i: int) -> dict:
         item = self.clips[i]
-        for key in ("distance", "c2w"):
-            if key not in item:
-                raise InputError(f"{item['source']} has no {key}; training pairs need distance and poses")
+        if "c2w" not in item:
+            raise InputError(f"{item['source']} has no poses; training pairs need the camera poses of the clip")
         rgb = item["rgb"].permute(0, 2, 3, 1).numpy()
-        sky0 = item["sky"][0].numpy() if "sky" in item else None
-        pair = make_training_pair(rgb, item["distance"][0].numpy(), item["c2w"].numpy(), sky0=sky0,
-                                  prompt=item["prompt"], config=self.config, backend=self.backend, device="cpu")
+        distance0, sky0 = self._distance0(item)
+        pair = make_training_pair(rgb, distance0, item["c2w"].numpy(), sky0=sky0, prompt=item["prompt"],
+                                  config=self.config, backend=self.backend, device=self.device)
         to_chw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
         return {"video": to_chw(pair.video), "scaffold": to_chw(pair.scaffold), "mask": torch.from_numpy(pair.mask),
-                "c2w": torch.from_numpy(pair.c2w), "prompt": pair.prompt}
+                "c2w": torch.from_numpy(pair.c2w), "prompt": pair.prompt, "source": item["source"]}
+
+
+DEPTH_FOR_CLIPS = ("auto", "prior", "moge", "none")
+
+
+def depth_for_clips(backend: str = "auto", *, model: str | None = None, device="cpu"):
+    """The depth backend for clips without distance -> (DepthConfig or None, reason).
+
+    ``auto``: MoGe where its weights are on this machine and a CUDA device is used, else the
+    ``prior`` heuristic (ground plane + far dome: offline, not a measurement); ``none`` refuses
+    clips without distance.
+    """
+    from matrix_world.generation.depth import DepthConfig
+    from matrix_world.generation.moge_backend import moge_available
+
+    if backend not in DEPTH_FOR_CLIPS:
+        raise InputError(f"depth backend for clips without distance must be one of {', '.join(DEPTH_FOR_CLIPS)}, got {backend!r}")
+    if backend == "none":
+        return None, "clips without distance are refused"
+    config = DepthConfig(backend="prior", **({"model": model} if model else {}))
+    if backend == "auto":
+        if torch.device(device).type == "cuda" and moge_available(config.model):
+            return dataclasses.replace(config, backend="moge"), f"MoGe weights {config.model} and a GPU found"
+        return config, "prior heuristic (ground plane + far dome): no GPU or no MoGe weights on this machine"
+    return dataclasses.replace(config, backend=backend), "requested"
+
+
+def open_training_pairs(root, *, frames: int = 81, frame_stride: int = 1, height: int | None = None,
+                        depth=None, config=None, backend: str = "cpu", device="cpu") -> PairDataset:
+    """The training pairs of every clip under ``root`` with at least one ``frames``-frame window.
+
+    Clips come from the dataset readers (:func:`clips.find_sequences`: our layout, Matrix-Pano-style
+    folders, videos); every window of ``frames`` frames ``frame_stride`` apart, non-overlapping, is
+    one item; frames of every size are resized to ``height`` x 2*``height`` (area average for
+    colours, nearest for distance; a frame that is not 2:1 is stretched to 2:1). Sequences without
+    camera poses (plain videos, frame folders) cannot make a scaffold and are skipped; clips without
+    distance need ``depth`` (:func:`depth_for_clips`). One-line InputErrors: a missing or empty
+    folder, or no clip long enough.
+    """
+    from pathlib import Path
+
+    from matrix_world.datasets.clips import CAMERA_FILES, ClipDataset, find_sequences, sequence_length
+
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"training data folder {root} does not exist")
+    if root.is_dir() and not any(p for p in root.iterdir() if not p.name.startswith(".")):
+        raise InputError(f"training data folder {root} is empty; expected clip folders (rgb/ + meta.json + poses.json, "
+                         "e.g. from scripts/build_synthetic_dataset.py) or Matrix-Pano-style folders")
+    sequences = find_sequences(root)
+    if not sequences:
+        raise InputError(f"{root} holds no clips; expected clip folders (rgb/ + meta.json + poses.json) or "
+                         "Matrix-Pano-style folders (video + depth + camera JSON)")
+    posed = [p for p, layout in sequences if layout == "matrix_world" and (p / "poses.json").is_file()
+             or layout == "matrix_pano" and any((p / n).is_file() for n in CAMERA_FILES)]
+    if not posed:
+        raise InputError(f"none of the {len(sequences)} sequence(s) under {root} has camera poses; "
+                         "training pairs need poses (poses.json or a camera JSON) to render the scaffold")
+    span = (frames - 1) * frame_stride + 1
+    longest = max(sequence_length(p, detect) for p, detect in sequences if p in posed)
+    if longest < span:
+        raise InputError(f"no clip under {root} is long enough: {frames} frames at stride {frame_stride} need {span}, "
+                         f"the longest has {longest} (lower --frames or --frame-stride)")
+    clips = ClipDataset(posed, clip_length=frames, frame_stride=frame_stride, height=height)
+    return PairDataset(clips, config=config, backend=backend, depth=depth, device=device)
 
 
 def masked_agreement(pair: TrainingPair) -> Tensor:

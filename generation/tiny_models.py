@@ -1,15 +1,18 @@
-"""Tiny randomly initialised FLUX / FLUX-Fill pipelines of the real classes, saved like a hub snapshot.
+"""Tiny randomly initialised instances of the real model classes, for CPU tests and ``--tiny`` runs.
 
-Used by the tests (``tests/tiny_flux.py`` re-exports it), by ``scripts/train_pano_lora.py
---tiny`` (LoRA training on a CPU without weights) and by the benchmarks' smoke runs. The
-classes are the real diffusers/transformers ones (FluxTransformer2DModel, AutoencoderKL,
-CLIPTextModel, T5EncoderModel, FlowMatchEulerDiscreteScheduler); only the sizes are tiny, so
-a saved folder loads back with the same ``from_pretrained`` code users run on FLUX.1-dev.
+The same classes as the full-size checkpoints, only with tiny widths (FACTS §B), so code that
+runs on them runs the real loading, LoRA and training code paths. Nothing is downloaded:
+tokenizers are built in memory. Random weights: wiring, not quality. Library code (the
+scripts' ``--tiny`` options, the benchmarks' smoke runs) and tests share this ONE copy
+(``tests/tiny_flux.py`` and ``tests/tiny_wan.py`` import from here).
 
-Sizes: VAE with 3 blocks (8x down-scaling is replaced by 4x: ``vae_scale_factor = 4``),
-4 latent channels (packed 2x2 -> 16 transformer channels), a 1 + 1 layer transformer
-with 2 heads x 16 (RoPE axes 4 + 6 + 6 = 16), 1-layer CLIP and T5 encoders of width 32,
-character-level tokenizers (ids < 200). Random weights: wiring, not quality.
+FLUX / FLUX-Fill (FluxTransformer2DModel, AutoencoderKL, CLIPTextModel, T5EncoderModel): VAE
+with 3 blocks (``vae_scale_factor = 4``), 4 latent channels (packed 2x2 -> 16 transformer
+channels), a 1 + 1 layer transformer with 2 heads x 16 (RoPE axes 4 + 6 + 6 = 16), 1-layer
+CLIP and T5 encoders of width 32, character-level tokenizers (ids < 200).
+
+Wan2.1 I2V (WanTransformer3DModel with 36 input channels and the image cross-attention
+branch, AutoencoderKLWan with 16 latent channels, UMT5, CLIP vision): 2 layers of 2 heads x 12.
 """
 
 from __future__ import annotations
@@ -97,3 +100,88 @@ def build_tiny_flux(folder: str | Path, *, fill: bool = False, seed: int = 0) ->
     folder = Path(folder)
     pipe.save_pretrained(folder)
     return folder
+
+
+# --------------------------------------------------------------------------- Wan2.1 I2V
+
+TINY_INNER_DIM = 24  # 2 heads x 12
+TINY_TEXT_DIM = 32
+TINY_IMAGE_DIM = 8
+TINY_IMAGE_SIZE = 32  # CLIP input size of the tiny image encoder (17 tokens: 16 patches + class)
+
+
+def tiny_wan_vae():
+    """A tiny random ``AutoencoderKLWan`` with Wan2.1's 16 latent channels, its 8x spatial and 4x
+    temporal compression and its config's (real) latents_mean / latents_std; built from the
+    global torch seed."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True])
+
+
+def tiny_wan_components(seed: int = 0) -> dict:
+    """Fresh tiny Wan2.1 image-to-video components (eval mode) for ``PanoVideoPipeline(**components)``.
+
+    Same classes as ``Wan-AI/Wan2.1-I2V-14B-*-Diffusers`` (WanTransformer3DModel with 36 input
+    channels and the image cross-attention branch, AutoencoderKLWan with 16 latent channels,
+    UMT5 text encoder, CLIP vision encoder). Text length stays 512: with ``added_kv_proj_dim``
+    (Wan2.1's image cross-attention) the attention processor splits the context into
+    ``len - 512`` image tokens and 512 text tokens. Weights depend only on ``seed``.
+    """
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanTransformer3DModel,
+    )
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        T5Tokenizer,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
+
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=36,
+        out_channels=16,
+        text_dim=TINY_TEXT_DIM,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        image_dim=TINY_IMAGE_DIM,
+        added_kv_proj_dim=TINY_INNER_DIM,
+        rope_max_seq_len=64,
+    )
+    vae = tiny_wan_vae()
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(vocab_size=64, d_model=TINY_TEXT_DIM, d_kv=8, d_ff=32, num_layers=2, num_heads=2, relative_attention_num_buckets=8)
+    )
+    image_encoder = CLIPVisionModel(
+        CLIPVisionConfig(hidden_size=TINY_IMAGE_DIM, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                         image_size=TINY_IMAGE_SIZE, patch_size=8)
+    )
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(chr(ord("a") + i), -float(i + 1)) for i in range(26)]
+    pieces += [("\u2581" + chr(ord("a") + i), -float(i + 1)) for i in range(26)]
+    tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": TINY_IMAGE_SIZE},
+                                         crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)
+    for module in (transformer, vae, text_encoder, image_encoder):
+        module.eval()
+    return {
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "vae": vae,
+        "scheduler": scheduler,
+        "image_processor": image_processor,
+        "image_encoder": image_encoder,
+        "transformer": transformer,
+    }

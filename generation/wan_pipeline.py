@@ -28,6 +28,7 @@ masks ``[B, F, H, W]`` (bool or float, 1 = known); latents ``[B, C, T, h, w]``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -56,6 +57,22 @@ WAN_I2V_14B_CONFIG = {
 }
 BASE_IN_CHANNELS = 36  # noise 16 + mask 4 + scaffold latent 16
 SEAM_MODES = ("wrap", "blend", "none")
+
+
+@dataclass
+class PanoCondition:
+    """What the transformer takes besides the noisy latents (:meth:`PanoVideoPipeline.prepare_condition`).
+
+    condition: Tensor  # [B, 20 (+E), T, h, w] mask 4 | normalised scaffold latent 16 (| extra channels)
+    image_embeds: Tensor  # [B, tokens, image_dim] CLIP tokens of frame 0
+    prompt_embeds: Tensor  # [B, 512, text_dim]
+    negative_prompt_embeds: Tensor | None  # [B, 512, text_dim] under classifier-free guidance
+    """
+
+    condition: Tensor
+    image_embeds: Tensor
+    prompt_embeds: Tensor
+    negative_prompt_embeds: Tensor | None = None
 
 
 # --------------------------------------------------------------------------- conditioning (pure functions)
@@ -168,11 +185,22 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
         h, w = scaffold.shape[-2] // s, scaffold.shape[-1] // s
         vae_device = self._module_device(self.vae, device)
         video = scaffold_to_vae_input(scaffold.to(vae_device, torch.float32), mask.to(vae_device))
-        latent = self.vae.encode(video.to(self.vae.dtype)).latent_dist.mode()  # argmax, as the stock pipeline
-        mean, std = vae_latent_stats(self.vae, latent.device, torch.float32)
-        latent = (latent.float() - mean) / std
+        latent = self.encode_latents(video)
         latent_mask = mask_to_latent_mask(mask.to(latent.device), h, w, temporal=self.vae_scale_factor_temporal)
         return torch.cat([latent_mask, latent], dim=1).to(device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def encode_latents(self, video: Tensor) -> Tensor:
+        """A video in the VAE's range -> normalised Wan-VAE latents (the scaffold condition and the
+        training target use this one encoding).
+
+        video: Tensor  # [B, 3, F, H, W] float in [-1, 1], F = 4k + 1
+        returns: Tensor  # [B, 16, T, H/8, W/8] float32 on the VAE's device, (mode - latents_mean) / latents_std
+        """
+        vae_device = self._module_device(self.vae, video.device)
+        latent = self.vae.encode(video.to(vae_device, self.vae.dtype)).latent_dist.mode()  # argmax, as the stock pipeline
+        mean, std = vae_latent_stats(self.vae, latent.device, torch.float32)
+        return (latent.float() - mean) / std
 
     @torch.no_grad()
     def encode_frame0(self, frame0: Tensor, *, device) -> Tensor:
@@ -228,6 +256,75 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
         else:
             raise InputError(f"seam must be one of {SEAM_MODES}, got {seam!r}")
         return ((video + 1.0) * 0.5).clamp(0.0, 1.0)
+
+    # ---- the transformer's condition (inference and training)
+
+    @torch.no_grad()
+    def prepare_condition(
+        self,
+        prompt: str | list[str] | None = None,
+        *,
+        scaffold: Tensor | None = None,  # [B, 3, F, H, W] in [0, 1]
+        mask: Tensor | None = None,  # [B, F, H, W], 1 = known
+        negative_prompt: str | list[str] | None = NEGATIVE_PROMPT,
+        do_classifier_free_guidance: bool = False,
+        prompt_embeds: Tensor | None = None,
+        negative_prompt_embeds: Tensor | None = None,
+        image_embeds: Tensor | None = None,  # [B, tokens, image_dim]
+        condition: Tensor | None = None,  # [B, 20, T, h, w] precomputed encode_scaffold output
+        extra_condition: Tensor | None = None,  # [B, E, T, h, w] for a widened transformer
+        max_sequence_length: int = 512,
+        device=None,
+        dtype: torch.dtype | None = None,
+    ) -> PanoCondition:
+        """(scaffold rgb, mask, prompt) -> what the transformer takes besides the noisy latents.
+
+        The ONE function that turns the scaffold and its mask into the transformer's extra input
+        channels and the text / image embeddings: :meth:`__call__` (inference) and
+        :mod:`matrix_world.generation.train_video_lora` (training) both call it, so the model is
+        trained on exactly the condition it sees at inference. Precomputed parts are passed through
+        (cast to ``dtype``). ``device`` / ``dtype`` default to the execution device and the
+        transformer's dtype.
+        """
+        self._check_call_inputs(scaffold, mask, condition, image_embeds, extra_condition, prompt, prompt_embeds)
+        device = self._execution_device if device is None else torch.device(device)
+        dtype = self.transformer.dtype if dtype is None else dtype
+
+        # 1. Text embeddings (prompt, negative prompt).
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            do_classifier_free_guidance=do_classifier_free_guidance,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            max_sequence_length=max_sequence_length,
+            device=device,
+        )
+        batch = prompt_embeds.shape[0]
+        prompt_embeds = prompt_embeds.to(dtype)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.to(dtype)
+
+        # 2. CLIP image tokens of frame 0.
+        if image_embeds is None:
+            assert scaffold is not None  # _check_call_inputs: scaffold or image_embeds
+            image_embeds = self.encode_frame0(scaffold[:, :, 0], device=device)
+        image_embeds = image_embeds.to(device=device, dtype=dtype)
+        if image_embeds.shape[0] != batch:
+            image_embeds = image_embeds.repeat(batch // image_embeds.shape[0], 1, 1)
+
+        # 3. Scaffold condition [mask 4, latent 16] (+ extra channels of a widened model).
+        if condition is None:
+            assert scaffold is not None and mask is not None  # _check_call_inputs: scaffold + mask or condition
+            condition = self.encode_scaffold(scaffold, mask, device=device, dtype=torch.float32)
+        condition = condition.to(device=device, dtype=torch.float32)
+        if condition.shape[0] != batch:
+            condition = condition.repeat(batch // condition.shape[0], 1, 1, 1, 1)
+        if extra_condition is not None:
+            condition = torch.cat([condition, extra_condition.to(device=device, dtype=torch.float32)], dim=1)
+        condition = condition.to(dtype)
+        return PanoCondition(condition=condition, image_embeds=image_embeds, prompt_embeds=prompt_embeds,
+                             negative_prompt_embeds=negative_prompt_embeds)
 
     # ---- generation
 
@@ -316,39 +413,16 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
         self._interrupt = False
         do_cfg = guidance_scale > 1.0
 
-        # 2. Text embeddings (prompt, negative prompt).
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            do_classifier_free_guidance=do_cfg,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            max_sequence_length=max_sequence_length,
-            device=device,
+        # 2-4. Text embeddings, CLIP tokens of frame 0, the scaffold condition (the one function training calls too).
+        prepared = self.prepare_condition(
+            prompt, scaffold=scaffold, mask=mask, negative_prompt=negative_prompt, do_classifier_free_guidance=do_cfg,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, image_embeds=image_embeds,
+            condition=condition, extra_condition=extra_condition, max_sequence_length=max_sequence_length,
+            device=device, dtype=dtype,
         )
+        prompt_embeds, negative_prompt_embeds = prepared.prompt_embeds, prepared.negative_prompt_embeds
+        image_embeds, condition = prepared.image_embeds, prepared.condition
         batch = prompt_embeds.shape[0]
-        prompt_embeds = prompt_embeds.to(dtype)
-        if negative_prompt_embeds is not None:
-            negative_prompt_embeds = negative_prompt_embeds.to(dtype)
-
-        # 3. CLIP image tokens of frame 0.
-        if image_embeds is None:
-            assert scaffold is not None  # _check_call_inputs: scaffold or image_embeds
-            image_embeds = self.encode_frame0(scaffold[:, :, 0], device=device)
-        image_embeds = image_embeds.to(device=device, dtype=dtype)
-        if image_embeds.shape[0] != batch:
-            image_embeds = image_embeds.repeat(batch // image_embeds.shape[0], 1, 1)
-
-        # 4. Scaffold condition [mask 4, latent 16] (+ extra channels of a widened model).
-        if condition is None:
-            assert scaffold is not None and mask is not None  # _check_call_inputs: scaffold + mask or condition
-            condition = self.encode_scaffold(scaffold, mask, device=device, dtype=torch.float32)
-        condition = condition.to(device=device, dtype=torch.float32)
-        if condition.shape[0] != batch:
-            condition = condition.repeat(batch // condition.shape[0], 1, 1, 1, 1)
-        if extra_condition is not None:
-            condition = torch.cat([condition, extra_condition.to(device=device, dtype=torch.float32)], dim=1)
-        condition = condition.to(dtype)
         _, _, num_latent_frames, h, w = condition.shape
 
         # 5. Timesteps: flow matching, shifted by the scheduler (Matrix-3D's sigma grid for Euler).

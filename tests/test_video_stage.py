@@ -165,6 +165,7 @@ class _FakeScene:
 
 
 def test_oracle_renders_the_scene_along_the_trajectory_from_its_start_camera():
+    from matrix_world.datasets import synthetic_backends  # noqa: F401  (registers oracle; not only via other tests' imports)
     from matrix_world.generation.video import VideoConfig, generate_video
 
     rgb, mask, c2w = _stage_inputs()
@@ -224,6 +225,7 @@ def test_memory_mode_choice_estimates_and_oom_message():
 
 def test_oracle_with_a_real_synthetic_scene_reproduces_the_panorama_at_frame_0():
     procedural = pytest.importorskip("matrix_world.datasets.procedural")
+    from matrix_world.datasets import synthetic_backends  # noqa: F401  (registers oracle)
     from matrix_world.generation.video import VideoConfig, generate_video
 
     prompt = "a snowy forest at dusk"
