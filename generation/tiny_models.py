@@ -130,7 +130,6 @@ def tiny_wan_components(seed: int = 0) -> dict:
     ``len - 512`` image tokens and 512 text tokens. Weights depend only on ``seed``.
     """
     from diffusers import (
-        AutoencoderKLWan,
         FlowMatchEulerDiscreteScheduler,
         WanTransformer3DModel,
     )
