@@ -1,4 +1,5 @@
-"""Process-level settings of a run: how many CPU threads torch uses.
+"""Process-level settings of a run: how many CPU threads torch uses, and the one ``auto`` rule
+of the two GPU kernels that have a CPU reference (nvdiffrast for the scaffold, gsplat for splats).
 
 torch's default is one intra-op thread per core. On a machine that other processes keep
 busy, that oversubscribes the cores: OpenMP threads wait for each other at every parallel
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -50,3 +52,33 @@ def apply_threads(requested: int | None) -> tuple[int, str]:
     count, why = (int(requested), "--threads") if requested is not None else default_threads()
     torch.set_num_threads(count)
     return count, why
+
+
+RASTERISERS = ("cpu", "cuda")
+RASTERISER_CHOICES = ("auto", *RASTERISERS)
+
+
+def pick_rasteriser(backend: str, device, *, problem: Callable[[torch.device], str | None], what: str,
+                    kernel: str, reference: str) -> tuple[str, str]:
+    """(rasteriser, reason) of a CUDA kernel with a CPU reference.
+
+    ``auto`` -> ``cuda`` for tensors on a CUDA device where ``problem(device)`` (a test render,
+    once per process) finds none, else ``cpu``; ``cuda`` asked for off CUDA is refused.
+    what: the tensors' name in errors; kernel / reference: the two rasterisers' names in reasons.
+    """
+    from matrix_world.errors import InputError
+
+    if backend not in RASTERISER_CHOICES:
+        raise InputError(f"the {what} rasteriser (backend) must be 'auto', 'cpu' or 'cuda', got {backend!r}")
+    device = torch.device(device)
+    if backend == "auto":
+        if device.type != "cuda":
+            return "cpu", f"no CUDA device: {reference}"
+        found = problem(device)
+        if found is not None:
+            return "cpu", f"{kernel} cannot run here ({found}): {reference}"
+        return "cuda", f"CUDA device: {kernel}"
+    if backend == "cuda" and device.type != "cuda":
+        raise InputError(f"backend 'cuda' needs the {what} on a CUDA device (move the tensors with .to('cuda')), "
+                         f"got {device}")
+    return backend, "requested"

@@ -74,6 +74,8 @@ class SplatNote(UserWarning):
     """Something a reader converted or ignored (not an error)."""
 
 
+OPACITY_MODES = ("auto", "logit", "linear")  # how a .ply's opacity column is read (see the module docstring)
+
 def _note(message: str) -> None:
     warnings.warn(message, SplatNote, stacklevel=3)
 
@@ -151,7 +153,7 @@ def _read_vertex(path: Path):
 def read_ply(path: str | os.PathLike, *, opacity: str = "auto", fuse_filter_3d: bool = True) -> Gaussians:
     """Read a 3DGS .ply (standard, Matrix-3D variants, or other tools' with extra properties)."""
     path = Path(path)
-    if opacity not in ("auto", "logit", "linear"):
+    if opacity not in OPACITY_MODES:
         raise InputError(f"opacity must be 'auto', 'logit' or 'linear', got {opacity!r}")
     if not path.is_file():
         raise InputError(f"{path}: no such file")

@@ -45,6 +45,7 @@ from torch import Tensor
 from matrix_world.cameras import CUBE_FACE_NAMES, PerspectiveView, c2w_to_w2c, cube_faces, depth_to_distance, project_to_view, sample_image
 from matrix_world.equirect import equirect_directions
 from matrix_world.errors import InputError, one_line, require
+from matrix_world.runtime import pick_rasteriser
 from matrix_world.gaussians import Gaussians
 
 ALPHA_THRESHOLD = 1.0 / 255.0
@@ -154,21 +155,10 @@ def gsplat_problem(device: torch.device | str = "cuda") -> str | None:
 
 
 def rasteriser_for(backend: str, device: torch.device) -> tuple[str, str]:
-    """(rasteriser, reason): ``auto`` -> ``cuda`` for CUDA tensors where gsplat's kernels work (a
-    test render, once per process), else ``cpu``; checks that ``cuda`` can run."""
-    if backend not in ("auto", "cpu", "cuda"):
-        raise InputError(f"render backend must be 'auto', 'cpu' or 'cuda', got {backend!r}")
-    device = torch.device(device)
-    if backend == "auto":
-        if device.type != "cuda":
-            return "cpu", "no CUDA device: the PyTorch reference rasteriser"
-        problem = gsplat_problem(device)
-        if problem is not None:
-            return "cpu", f"gsplat cannot run on this GPU ({problem}): the PyTorch reference rasteriser"
-        return "cuda", "CUDA device: gsplat"
-    if backend == "cuda" and device.type != "cuda":
-        raise InputError(f"backend='cuda' needs the Gaussians and cameras on a CUDA device, got {device}")
-    return backend, "requested"
+    """(rasteriser, reason) of the splats: gsplat where its kernels work on the CUDA device (a test
+    render, once per process), else the PyTorch reference (:func:`matrix_world.runtime.pick_rasteriser`)."""
+    return pick_rasteriser(backend, device, problem=gsplat_problem, what="Gaussians and cameras", kernel="gsplat",
+                           reference="the PyTorch reference rasteriser")
 
 
 # --------------------------------------------------------------------------- compositor

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated
 
 from matrix_world.datasets.scenes import KINDS
+from matrix_world.runtime import RASTERISER_CHOICES
 
 from matrix_world.app.cli import (
     choices_metavar,
@@ -26,7 +27,7 @@ from matrix_world.app.cli import (
     run_main,
 )
 
-BACKENDS = ("auto", "cpu", "cuda")
+BACKENDS = RASTERISER_CHOICES
 DISTANCE_DTYPES = ("float16", "float32")
 
 

@@ -29,9 +29,8 @@ from matrix_world.app.cli import (
     require_positive,
     run_main,
 )
-from matrix_world.splat_io import load_splats, save_splats
+from matrix_world.splat_io import OPACITY_MODES, load_splats, save_splats
 
-OPACITY_MODES = ("auto", "logit", "linear")
 
 
 @dataclass

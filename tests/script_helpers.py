@@ -190,6 +190,29 @@ def load_script(path: Path, name: str):
     return module
 
 
+def capture_help(module, monkeypatch) -> tuple[str, list, object]:
+    """Run ``module.main(["--help"])`` in-process -> (help text, the options classes handed to
+    tyro.cli, the exit code). stdout is a UTF-8 stream (tyro draws UTF-8 boxes), 100 columns."""
+    import io
+
+    import tyro
+
+    parsed, real_cli = [], tyro.cli
+    monkeypatch.setattr(tyro, "cli", lambda f, **kw: (parsed.append(f), real_cli(f, **kw))[1])
+    monkeypatch.setenv("COLUMNS", "100")
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", out)
+    try:
+        module.main(["--help"])
+        code = None
+    except SystemExit as exited:
+        code = exited.code
+    finally:
+        monkeypatch.undo()
+    out.flush()
+    return out.buffer.getvalue().decode(), parsed, code
+
+
 def help_rows(text: str) -> list[tuple[str, str, str]]:
     """(box title, invocation, description) of each argument row of tyro's --help (UTF-8 boxes):
     a row starts at the box's left edge with the invocation (``--flag METAVAR`` or a positional's

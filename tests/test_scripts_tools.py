@@ -7,16 +7,15 @@ range are one-line errors."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from script_helpers import (  # helpers and constants of the script tests
+    capture_help,
     PROMPT, FRAMES, ROOT, SCRIPTS, run_script, one_line_error, sha256, read_ply, check_world_ply,
     load_script, help_rows, without_hint, expected_arguments,
 )
@@ -243,20 +242,8 @@ def script(monkeypatch):
 def test_help_documents_every_option(path, script, monkeypatch):
     """--help of every script (in-process, the options class caught on its way to tyro.cli) lists
     every field of that class, and nothing else, each with a description of its own."""
-    import tyro
-
-    module = script(path)
-    parsed, real_cli = [], tyro.cli
-    monkeypatch.setattr(tyro, "cli", lambda f, **kw: (parsed.append(f), real_cli(f, **kw))[1])
-    monkeypatch.setenv("COLUMNS", "100")
-    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # tyro draws UTF-8 boxes on a utf-8 stream
-    monkeypatch.setattr(sys, "stdout", out)
-    with pytest.raises(SystemExit) as exited:
-        module.main(["--help"])
-    monkeypatch.undo()
-    out.flush()
-    text = out.buffer.getvalue().decode()
-    assert exited.value.code in (0, None) and len(parsed) == 1, text
+    text, parsed, code = capture_help(script(path), monkeypatch)
+    assert code in (0, None) and len(parsed) == 1, text
     assert text.startswith(f"usage: {path.name} ")
 
     rows = {invocation: (box, without_hint(description)) for box, invocation, description in help_rows(text)}

@@ -2,7 +2,6 @@
 tiny random FLUX on a CPU: the script end to end, the LoRA in the panorama stage, bit-exact
 resume, the objective's wiring, the data rules, one-line errors, --help."""
 
-import io
 import json
 import shutil
 import sys
@@ -16,7 +15,8 @@ from matrix_world.app.cli import run_main
 from matrix_world.errors import InputError
 from matrix_world.io import read_image, to_uint8, write_image
 
-from script_helpers import ROOT, SCRIPTS, expected_arguments, help_rows, load_script, run_script, without_hint
+from script_helpers import (ROOT, SCRIPTS, capture_help, expected_arguments, help_rows, load_script, run_script,
+                            without_hint)
 
 STEPS = 4
 
@@ -234,20 +234,9 @@ def test_oom_message_names_the_next_lever():
 
 
 def test_help_documents_every_option(monkeypatch):
-    import tyro
-
     module = load_script(SCRIPTS / "train_pano_lora.py", "cli_train_pano_lora_help")
-    parsed, real_cli = [], tyro.cli
-    monkeypatch.setattr(tyro, "cli", lambda f, **kw: (parsed.append(f), real_cli(f, **kw))[1])
-    monkeypatch.setenv("COLUMNS", "100")
-    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
-    monkeypatch.setattr(sys, "stdout", out)
-    with pytest.raises(SystemExit) as exited:
-        module.main(["--help"])
-    monkeypatch.undo()
-    out.flush()
-    text = out.buffer.getvalue().decode()
-    assert exited.value.code in (0, None) and text.startswith("usage: train_pano_lora.py ")
+    text, parsed, code = capture_help(module, monkeypatch)
+    assert code in (0, None) and text.startswith("usage: train_pano_lora.py ")
     rows = {invocation: without_hint(description) for _, invocation, description in help_rows(text)}
     assert rows.pop("-h, --help") == "show this help message and exit"
     for field, (spellings, _) in expected_arguments(parsed[0]).items():

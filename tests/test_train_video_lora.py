@@ -3,7 +3,6 @@ a few steps through the script on a tiny synthetic dataset, the saved LoRA in th
 training condition == the inference condition bit-exactly, resume, the objective, one-line errors,
 --help, the GPU benchmark's --smoke."""
 
-import io
 import json
 import os
 import shutil
@@ -13,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from script_helpers import ROOT, expected_arguments, help_rows, load_script, run_script, without_hint
+from script_helpers import ROOT, capture_help, expected_arguments, help_rows, load_script, run_script, without_hint
 
 FRAMES, H = 9, 32  # latent 3 x 4 x 8
 TINY = ["--tiny", "--height", str(H), "--frames", str(FRAMES)]
@@ -297,20 +296,9 @@ def test_out_of_memory_names_the_next_lever(pairs, tmp_path, monkeypatch):
 
 
 def test_help_documents_every_option(monkeypatch):
-    import tyro
-
     module = load_script(ROOT / "scripts" / "train_video_lora.py", "train_video_lora_help")
-    parsed, real_cli = [], tyro.cli
-    monkeypatch.setattr(tyro, "cli", lambda f, **kw: (parsed.append(f), real_cli(f, **kw))[1])
-    monkeypatch.setenv("COLUMNS", "100")
-    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
-    monkeypatch.setattr(sys, "stdout", out)
-    with pytest.raises(SystemExit) as exited:
-        module.main(["--help"])
-    monkeypatch.undo()
-    out.flush()
-    text = out.buffer.getvalue().decode()
-    assert exited.value.code in (0, None)
+    text, parsed, code = capture_help(module, monkeypatch)
+    assert code in (0, None)
     rows = {inv: without_hint(desc) for _, inv, desc in help_rows(text)}
     fields = expected_arguments(parsed[0])
     assert len(fields) >= 40

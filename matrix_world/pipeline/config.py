@@ -99,10 +99,10 @@ def backend_choices() -> dict[str, tuple[str, ...]]:
     from matrix_world.generation.panorama import PANORAMA_BACKENDS
     from matrix_world.generation.video import VIDEO_BACKENDS
     from matrix_world.reconstruction.stage import RECON_BACKENDS
-    from matrix_world.scaffold.render import RASTERISERS
+    from matrix_world.runtime import RASTERISER_CHOICES
 
     return {"panorama": ("auto", *PANORAMA_BACKENDS), "depth": ("auto", *DEPTH_BACKENDS),
-            "scaffold": ("auto", *RASTERISERS), "video": ("auto", *VIDEO_BACKENDS),
+            "scaffold": RASTERISER_CHOICES, "video": ("auto", *VIDEO_BACKENDS),
             "reconstruction": ("auto", *RECON_BACKENDS)}
 
 

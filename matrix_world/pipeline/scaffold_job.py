@@ -33,6 +33,7 @@ from matrix_world.errors import InputError
 from matrix_world.io import read_distance, read_image
 from matrix_world.pipeline.scaffold import choose, write_scaffold_videos
 from matrix_world.rundir import RunDir, run_lock
+from matrix_world.runtime import RASTERISER_CHOICES
 from matrix_world.trajectory import (
     PRESETS,
     Trajectory,
@@ -41,7 +42,7 @@ from matrix_world.trajectory import (
     turn_equirect,
 )
 
-BACKENDS = ("auto", "cpu", "cuda")  # the scaffold rasterisers (auto: the scaffold stage's choose)
+BACKENDS = RASTERISER_CHOICES  # the scaffold rasterisers (auto: the scaffold stage's choose)
 CUSTOM_SCALES = {"auto": None, "keep": False, "fit": True}
 MIN_HEIGHT = 4
 

@@ -29,6 +29,7 @@ from torch import Tensor
 from matrix_world.cameras import cube_faces, invert_pose
 from matrix_world.equirect import equirect_directions
 from matrix_world.errors import InputError
+from matrix_world.runtime import pick_rasteriser
 from matrix_world.scaffold.mesh import ScaffoldMesh
 
 _MARGIN = 2  # extra pixels on each side of a 90-degree cube face
@@ -119,27 +120,16 @@ def _resample(
     return attrs.reshape(f, height, w, c), distance.reshape(f, height, w), covered.reshape(f, height, w)
 
 
-RASTERISERS = ("cpu", "cuda")
-
-
 def rasteriser_for(backend: str, device: torch.device) -> tuple[str, str]:
-    """(rasteriser, reason): ``auto`` -> ``cuda`` for tensors on a CUDA device when nvdiffrast
-    works there (a test render, once per process), else ``cpu``; ``cuda`` is checked."""
-    if backend not in ("auto", *RASTERISERS):
-        raise InputError(f"the scaffold rasteriser (backend) must be 'auto', 'cpu' or 'cuda', got {backend!r}")
-    device = torch.device(device)
-    if backend == "auto":
-        if device.type != "cuda":
-            return "cpu", "no CUDA device: the CPU rasteriser"
+    """(rasteriser, reason) of the scaffold: nvdiffrast where it works on the mesh's CUDA device, else
+    the CPU rasteriser (:func:`matrix_world.runtime.pick_rasteriser`, the one rule)."""
+    def problem(device):
         from matrix_world.scaffold.raster_cuda import nvdiffrast_problem
 
-        problem = nvdiffrast_problem(device)
-        if problem is not None:
-            return "cpu", f"the CUDA rasteriser cannot run here ({problem}): the CPU rasteriser"
-        return "cuda", "CUDA device: nvdiffrast"
-    if backend == "cuda" and device.type != "cuda":
-        raise InputError("backend 'cuda' needs the mesh on a CUDA device (move the tensors with .to('cuda'))")
-    return backend, "requested"
+        return nvdiffrast_problem(device)
+
+    return pick_rasteriser(backend, device, problem=problem, what="scaffold mesh", kernel="the CUDA rasteriser",
+                           reference="the CPU rasteriser")
 
 
 def _clip_range(vertices: Tensor, centres: Tensor) -> tuple[float, float]:
