@@ -22,7 +22,7 @@ from matrix_world.errors import InputError
 from matrix_world.generation.depth import DepthConfig, DepthResult, fill_invalid, register_depth_backend
 from matrix_world.generation.panorama import PanoramaConfig, PanoramaResult, register_panorama_backend
 from matrix_world.generation.seamless import seam_score
-from matrix_world.generation.video import VideoConfig, register_video_backend
+from matrix_world.generation.video import VideoConfig, VideoResult, register_video_backend
 
 
 @register_panorama_backend("procedural")
@@ -60,7 +60,7 @@ def procedural_depth_backend(rgb: np.ndarray, config: DepthConfig, *, device) ->
 
 @register_video_backend("oracle")
 def oracle_video_backend(config: VideoConfig, rgb, mask, c2w, *, prompt: str, scene=None, yaw: float = 0.0,
-                         **_) -> tuple[np.ndarray, dict]:
+                         **_) -> VideoResult:
     """Video backend ``oracle``: the synthetic scene rendered along the trajectory.
 
     The trajectory's world is the frame-0 camera: the scene's start camera (where the
@@ -79,4 +79,5 @@ def oracle_video_backend(config: VideoConfig, rgb, mask, c2w, *, prompt: str, sc
     world_c2w = torch.as_tensor(start, dtype=torch.float64) @ torch.from_numpy(c2w)
     frames, _distance, _sky = scene.render(world_c2w, rgb.shape[1], backend="auto")
     frames = np.asarray(frames.cpu() if isinstance(frames, torch.Tensor) else frames, dtype=np.float32)
-    return frames, {"scene_kind": getattr(scene, "kind", None), "scene_seed": getattr(scene, "seed", None), "yaw_deg": yaw}
+    return VideoResult(frames, {"scene_kind": getattr(scene, "kind", None), "scene_seed": getattr(scene, "seed", None),
+                                "yaw_deg": yaw})

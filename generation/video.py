@@ -138,11 +138,11 @@ def resize_scaffold(rgb: np.ndarray, mask: np.ndarray, height: int) -> tuple[np.
 # --------------------------------------------------------------------------- backends
 
 
-def _run_fill(config: VideoConfig, rgb, mask, c2w, **_) -> tuple[np.ndarray, dict]:
+def _run_fill(config: VideoConfig, rgb, mask, c2w, **_) -> VideoResult:
     from matrix_world.generation.video_fill import fill_video
 
     frames, info = fill_video(rgb, mask, c2w, radius=config.fill_radius, method=config.fill_method, max_age=config.fill_max_age)
-    return frames, {"fill": info}
+    return VideoResult(frames, {"fill": info})
 
 
 def load_video_pipeline(config: VideoConfig, device, *, num_frames: int = 81) -> tuple[Any, dict]:
@@ -188,7 +188,7 @@ def load_video_pipeline(config: VideoConfig, device, *, num_frames: int = 81) ->
     return pipe, info
 
 
-def _run_wan(config: VideoConfig, rgb, mask, c2w, *, prompt: str, device, generator, pipeline=None, **_) -> tuple[np.ndarray, dict]:
+def _run_wan(config: VideoConfig, rgb, mask, c2w, *, prompt: str, device, generator, pipeline=None, **_) -> VideoResult:
     from matrix_world.generation.memory import oom_guard, peak_memory_gb
     from matrix_world.generation.wan_pipeline import NEGATIVE_PROMPT, PROMPT_SUFFIX
 
@@ -215,19 +215,18 @@ def _run_wan(config: VideoConfig, rgb, mask, c2w, *, prompt: str, device, genera
         latents = out.frames  # [1, 16, T, h, w] normalised Wan-VAE latents (what the lrm backend reads)
         video = pipeline.decode_latents(latents, seam=config.seam, seam_pad_cols=config.seam_pad_cols)
     frames = video[0].permute(1, 2, 3, 0).float().cpu().numpy()  # [F, H, W, 3]
-    info["latents"] = latents[0].transpose(0, 1).float().cpu()  # [T, 16, h, w]; generate_video moves it to the result
     info.update({"steps": config.num_inference_steps, "guidance_scale": config.guidance_scale, "shift": config.shift,
                  "seam": config.seam, "peak_gpu_gb": peak_memory_gb(device)})
-    return frames, info
+    return VideoResult(frames, info, latents=latents[0].transpose(0, 1).float().cpu())  # latents [T, 16, h, w]
 
 
-VideoBackend = Callable[..., tuple[np.ndarray, dict]]
+VideoBackend = Callable[..., VideoResult]
 VIDEO_BACKENDS: dict[str, VideoBackend] = {"wan": _run_wan, "fill": _run_fill}
 
 
 def register_video_backend(name: str):
     """Add a backend ``fn(config, rgb, mask, c2w, *, prompt, device, generator, pipeline, scene, yaw)
-    -> (frames [F, H, W, 3] float32, info)`` under ``name``."""
+    -> VideoResult`` (frames [F, H, W, 3] float32, its own info, latents where it has them) under ``name``."""
     def deco(fn: VideoBackend) -> VideoBackend:
         VIDEO_BACKENDS[name] = fn
         return fn
@@ -269,13 +268,12 @@ def generate_video(
         generator = torch.Generator().manual_seed(config.seed)
     start = time.perf_counter()
     rgb, mask = resize_scaffold(rgb, mask, height)
-    frames, extra = VIDEO_BACKENDS[backend](
+    out = VIDEO_BACKENDS[backend](
         config, rgb, mask, poses, prompt=prompt, device=device, generator=generator, pipeline=pipeline, scene=scene, yaw=yaw
     )
-    latents = extra.pop("latents", None)
     info = {"backend": backend, "height": height, "width": 2 * height,
-            "frames": int(frames.shape[0]), "seconds": round(time.perf_counter() - start, 3), **extra}
-    return VideoResult(frames=np.ascontiguousarray(frames, dtype=np.float32), info=info, latents=latents)
+            "frames": int(out.frames.shape[0]), "seconds": round(time.perf_counter() - start, 3), **out.info}
+    return VideoResult(frames=np.ascontiguousarray(out.frames, dtype=np.float32), info=info, latents=out.latents)
 
 
 # --------------------------------------------------------------------------- several GPUs
