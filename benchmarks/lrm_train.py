@@ -234,10 +234,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from matrix_world.errors import InputError
+    from matrix_world.app.cli import run_main
 
-    try:
-        sys.exit(main())
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_main(main))
