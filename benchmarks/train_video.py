@@ -21,7 +21,8 @@
 
 Random weights in (a) prove wiring, memory and speed, nothing about quality. Writes
 $OUT/train_video.json (after each part), $OUT/train_video_loss.png and $OUT/train_video_loss.json
-(the loss curve of (b)) when OUT is set, and prints a table.
+(the loss curve of (b)) and $OUT/train_video_heldout.png (last frame of held-out clips: scaffold with the
+unknown in magenta | fill | small Wan | ground truth) when OUT is set, and prints a table.
 """
 
 from __future__ import annotations
@@ -330,6 +331,7 @@ def small_from_scratch(args, device, deadline: float) -> dict:
 
     # 5. Held-out clips: the trained model through the video stage vs the fill backend, PSNR on unknown pixels.
     scores: dict[str, list[float]] = {"wan_small": [], "fill": [], "vae_standin_ceiling": []}
+    strips: list[np.ndarray] = []
     for k, p in enumerate(held):
         scaffold, mask = p["scaffold"].permute(0, 2, 3, 1).numpy(), p["mask"].numpy()
         truth = p["video"].permute(0, 2, 3, 1)
@@ -347,6 +349,10 @@ def small_from_scratch(args, device, deadline: float) -> dict:
         for name, pred in (("wan_small", torch.from_numpy(wan.frames)), ("fill", torch.from_numpy(fill.frames)),
                            ("vae_standin_ceiling", recon_frames)):
             scores[name].append(float(psnr(pred, truth, unknown[..., None])))
+        if len(strips) < 3:  # rows of the comparison picture: scaffold (unknown magenta), fill, small Wan, truth
+            f = len(truth) - 1
+            shown = np.where(mask[f][..., None], scaffold[f], np.array([1.0, 0.0, 1.0], np.float32))
+            strips.append(np.concatenate([shown, fill.frames[f], wan.frames[f], truth[f].numpy()], axis=1))
 
     # 6. The loss curve.
     out_dir = os.environ.get("OUT")
@@ -355,6 +361,10 @@ def small_from_scratch(args, device, deadline: float) -> dict:
         (Path(out_dir) / "train_video_loss.json").write_text(json.dumps({"step": list(range(1, len(losses) + 1)),
                                                                            "loss": losses}) + "\n")
         _loss_curve_png(Path(out_dir) / "train_video_loss.png", losses)
+        if strips:  # last frame of held-out clips: scaffold | fill | small Wan | ground truth
+            from matrix_world.io import write_image
+
+            write_image(Path(out_dir) / "train_video_heldout.png", np.clip(np.concatenate(strips, axis=0), 0.0, 1.0))
     tail = losses[-max(1, len(losses) // 10):]
     return {"model": f"WanTransformer3DModel {'(tiny, smoke)' if args.smoke else SMALL_CONFIG}, from scratch",
             "parameters": sum(p.numel() for p in transformer.parameters()),
