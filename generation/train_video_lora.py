@@ -68,52 +68,94 @@ from matrix_world.generation.wan_lora_training import (
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 MIXED_PRECISION = ("auto", "no", "bf16")
 # Options a resumed run must share with the run it continues (others, e.g. --steps, may change).
-RESUME_KEYS = ("model", "tiny", "height", "frames", "rank", "alpha", "targets", "learning_rate", "lr_scheduler",
+RESUME_KEYS = ("model", "tiny", "height", "frames", "rank", "lora_alpha", "lora_targets", "learning_rate", "lr_scheduler",
                "lr_warmup_steps", "weight_decay", "batch_size", "gradient_accumulation", "shift", "timestep_sampling",
                "loss_weighting", "mixed_precision", "prompt_suffix", "seed")
 
 
 @dataclass
 class VideoLoraTrainConfig:
-    """Options of :func:`train_video_lora` (the script's --help documents each)."""
+    """Options of :func:`train_video_lora`; scripts/train_video_lora.py adds the data options to
+    these, and its ``--help`` shows these docstrings."""
 
     out: str
+    """Output folder (new or empty; with --resume the run to continue)."""
     steps: int
-    model: str | None = None  # hub id / folder of a diffusers Wan2.1-I2V model; None -> Wan-AI/...-{480P,720P}-Diffusers
-    tiny: bool = False  # the tiny random-weight Wan (generation.tiny_models) instead of ``model``
-    height: int = 480  # frames are height x 2*height
+    """Optimizer steps in total (a resumed run continues up to this)."""
+    model: str | None = None
+    """Hub id or folder of a diffusers Wan2.1-I2V-14B model; None = Wan-AI/Wan2.1-I2V-14B-{480P,720P}-Diffusers."""
+    tiny: bool = False
+    """Train the tiny random-weight Wan (generation.tiny_models: CPU tests and smoke runs) instead of --model."""
+    height: int = 480
+    """Frame height in pixels: 480 (the 480P model) or 720 (720P), any multiple of 16; width = 2 x height; clips of other sizes are resized."""
     frames: int = 81
+    """Frames per training window (4k+1)."""
     rank: int = 16
-    alpha: float | None = None  # None -> rank (LoRA scale 1)
-    targets: tuple[str, ...] = MATRIX3D_LORA_TARGETS
+    """LoRA rank."""
+    lora_alpha: float | None = None
+    """LoRA alpha (scale = alpha / rank, folded into the saved file); None = the rank."""
+    lora_targets: tuple[str, ...] = MATRIX3D_LORA_TARGETS
+    """Linear layers to adapt (names or dotted suffixes, space- or comma-separated); default: the official Matrix-3D LoRA's."""
     learning_rate: float = 1e-4
+    """AdamW learning rate."""
     lr_scheduler: str = "constant"
+    """Learning-rate schedule (diffusers' get_scheduler): constant, constant_with_warmup, linear, cosine."""
     lr_warmup_steps: int = 0
+    """Warm-up steps of the schedule."""
     weight_decay: float = 1e-2
+    """AdamW weight decay."""
     max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 = off)."""
     batch_size: int = 1
+    """Windows per process and micro-step."""
     gradient_accumulation: int = 1
+    """Micro-steps per optimizer step."""
     shift: float = 5.0
+    """Flow-matching shift of the sigma grid (the video stage's: 5)."""
     timestep_sampling: str = "uniform"
+    """How sigmas are drawn over the shifted grid (finetrainers' schemes): uniform, logit_normal, mode."""
     logit_mean: float = 0.0
+    """Mean of the logit-normal timestep sampling."""
     logit_std: float = 1.0
+    """Standard deviation of the logit-normal timestep sampling."""
     mode_scale: float = 1.29
+    """Scale of the mode timestep sampling."""
     loss_weighting: str = "none"
+    """Per-sample loss weight: none, diffsynth (Matrix-3D's trainer), sigma_sqrt, cosmap."""
     gradient_checkpointing: bool = True
-    mixed_precision: str = "auto"  # auto: bf16 on a GPU (float32 for tiny), no on the CPU
-    prompt_suffix: str | None = None  # None -> the video stage's PROMPT_SUFFIX
+    """Recompute the transformer blocks in the backward pass (needed for the 14B at 81 frames)."""
+    mixed_precision: str = "auto"
+    """auto = bf16 on a GPU (float32 for --tiny), no (float32) on the CPU; or no, bf16."""
+    prompt_suffix: str | None = None
+    """Text appended to every caption; None = the video stage's PROMPT_SUFFIX."""
     cache: bool = False
-    cache_dir: str | None = None  # None -> out/cache
+    """Cache the VAE latents and text/image embeddings of each window (a folder keyed by content hash)."""
+    cache_dir: str | None = None
+    """Cache folder (shareable between runs with the same model); None = OUT/cache."""
     checkpoint_every: int = 500
+    """Write a checkpoint (and OUT/lora.safetensors) every this many steps, and at the end."""
     checkpoints_keep: int = 3
+    """Keep the newest this many checkpoints."""
     resume: bool = False
-    validation_every: int = 250  # 0: no validation video
+    """Continue the run in --out from its latest checkpoint (LoRA, optimizer, step, RNG)."""
+    validation_every: int = 250
+    """Write a validation video every this many steps (and at the end); 0 = never."""
     validation_steps: int = 30
+    """Denoising steps of the validation video."""
     validation_guidance: float = 5.0
+    """Classifier-free guidance of the validation video."""
     seed: int = 0
+    """Seed of the LoRA init, the data order, the noise and the sigmas."""
     num_workers: int = 0
+    """DataLoader worker processes that read clips and render scaffolds (0 = the main process)."""
     cpu: bool = False
+    """Train on the CPU even where a GPU is present."""
     allow_download: bool = False
+    """Let the hub download missing model weights."""
+
+    def targets(self) -> tuple[str, ...]:
+        """``lora_targets`` with comma-separated items split."""
+        return tuple(t.strip() for item in self.lora_targets for t in item.split(",") if t.strip())
 
     def check(self) -> None:
         """InputError (one line) for values no run can use; nothing is read or written."""
@@ -122,26 +164,39 @@ class VideoLoraTrainConfig:
         for name in ("steps", "height", "frames", "rank", "batch_size", "gradient_accumulation", "checkpoint_every",
                      "checkpoints_keep", "validation_steps"):
             if getattr(self, name) < 1:
-                raise InputError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                raise InputError(f"--{_flag(name)}: expected a positive integer, got {getattr(self, name)}")
         for name in ("lr_warmup_steps", "validation_every", "num_workers"):
             if getattr(self, name) < 0:
-                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("learning_rate", "shift", "logit_std", "validation_guidance"):
+                raise InputError(f"--{_flag(name)}: expected an integer >= 0, got {getattr(self, name)}")
+        for name in ("learning_rate", "shift", "logit_std", "mode_scale", "validation_guidance"):
             value = getattr(self, name)
             if not (np.isfinite(value) and value > 0):
-                raise InputError(f"{name} must be a number > 0, got {value}")
-        if self.alpha is not None and not (np.isfinite(self.alpha) and self.alpha > 0):
-            raise InputError(f"alpha must be a number > 0, got {self.alpha}")
+                raise InputError(f"--{_flag(name)}: expected a number > 0, got {value}")
+        for name in ("weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):
+                raise InputError(f"--{_flag(name)}: expected a number >= 0, got {value}")
+        if not np.isfinite(self.logit_mean):
+            raise InputError(f"--logit-mean: expected a finite number, got {self.logit_mean}")
+        if self.lora_alpha is not None and not (np.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise InputError(f"--lora-alpha: expected a number > 0, got {self.lora_alpha}")
         for name, allowed in (("lr_scheduler", LR_SCHEDULERS), ("mixed_precision", MIXED_PRECISION),
                               ("timestep_sampling", TIMESTEP_SAMPLING), ("loss_weighting", LOSS_WEIGHTING)):
             if getattr(self, name) not in allowed:
-                raise InputError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if not self.targets:
-            raise InputError("targets: give at least one LoRA target layer")
+                raise InputError(f"--{_flag(name)}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not self.targets():
+            raise InputError("--lora-targets: expected layer names (space- or comma-separated), got none")
         check_frames_and_size(self.frames, self.height, 2 * self.height)
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """The options as saved in train_config.json (only this class's fields, targets split)."""
+        names = [f.name for f in dataclasses.fields(VideoLoraTrainConfig)]
+        values = {name: getattr(self, name) for name in names} | {"lora_targets": list(self.targets())}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
 
 
 @dataclass
@@ -277,7 +332,7 @@ def save_checkpoint(acc, *, transformer, model, optimizer, lr_scheduler, generat
            **({"cuda": torch.cuda.get_rng_state(acc.device)} if acc.device.type == "cuda" else {})}
     torch.save(rng, tmp / f"rng-rank{acc.process_index}.pt")
     if acc.is_main_process:
-        lora = inference_lora_state(params, rank=config.rank, alpha=config.alpha)
+        lora = inference_lora_state(params, rank=config.rank, alpha=config.lora_alpha)
         save_safetensors(tmp / "lora.safetensors", lora, metadata={**metadata, "step": step})
         save_safetensors(tmp / "adapter.safetensors", params)
         torch.save({"optimizer": optim, "lr_scheduler": lr_scheduler.state_dict(), "step": step}, tmp / "optimizer.pt")
@@ -405,7 +460,7 @@ def train_video_lora(config: VideoLoraTrainConfig, data, *, validation_item: dic
 
     # 3. LoRA (float32) on the target layers, gradient checkpointing; resumed LoRA weights before sharding;
     #    the run's config (written once the options are known to work).
-    names = add_lora(transformer, rank=config.rank, alpha=config.alpha, targets=config.targets, seed=config.seed)
+    names = add_lora(transformer, rank=config.rank, alpha=config.lora_alpha, targets=config.targets(), seed=config.seed)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps({**config.to_dict(), "data": data_info or {}}, indent=1) + "\n")
@@ -465,8 +520,8 @@ def train_video_lora(config: VideoLoraTrainConfig, data, *, validation_item: dic
                 if line.strip() and json.loads(line)["step"] <= start]
         metrics_path.write_text("".join(line + "\n" for line in kept))
     metadata = {"format": "matrix_world.wan_lora", "layout": "diffusers", "rank": config.rank,
-                "alpha": config.alpha if config.alpha is not None else config.rank, "scale_folded_into_lora_B": True,
-                "targets": list(config.targets), "base": source, "height": config.height, "frames": config.frames}
+                "alpha": config.lora_alpha if config.lora_alpha is not None else config.rank, "scale_folded_into_lora_B": True,
+                "targets": list(config.targets()), "base": source, "height": config.height, "frames": config.frames}
 
     # 7. Training loop: encode (or read the cache), flow-matching velocity loss, backward, optimizer step;
     #    metrics.jsonl, checkpoints, validation videos.

@@ -262,10 +262,10 @@ def test_bad_folders_and_reuse_are_one_line_errors(dataset, script_run, tmp_path
         (["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")], ["does not exist"]),
         (["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], ["is empty"]),
         (["--data", str(dataset), "--out", str(out)], ["already holds a training run", "--resume"]),
-        (["--data", str(dataset), "--out", str(out), "--resume", "--lora-rank", "8", "--learning-rate", "1e-3"],
+        (["--data", str(dataset), "--out", str(out), "--resume", "--rank", "8", "--learning-rate", "1e-3"],
          ["--resume", "rank differ", "rank=16"]),
         (["--data", str(dataset), "--out", str(tmp_path / "new"), "--resume"], ["--resume", "no training run"]),
-        (["--data", str(dataset), "--out", str(out), "--resume", "--learning-rate", "1e-3", "--lora-rank", "16"],
+        (["--data", str(dataset), "--out", str(out), "--resume", "--learning-rate", "1e-3", "--rank", "16"],
          ["--resume", "at step 4 already", "raise --steps"]),
     ]
     for argv, words in cases:
