@@ -198,10 +198,10 @@ def _accessor(doc: dict, binary: bytes, index, *, what: str) -> np.ndarray:
     arr = np.ndarray((count, width), dtype=np.dtype(dtype).newbyteorder("<"), buffer=binary, offset=start,
                      strides=(stride, item)).astype(np.float64)
     if acc.get("normalized"):
-        if dtype in (np.int8, np.int16):
-            arr = np.maximum(arr / float(np.iinfo(dtype).max), -1.0)
-        elif dtype in (np.uint8, np.uint16):
-            arr = arr / float(np.iinfo(dtype).max)
+        top = {5120: 127.0, 5121: 255.0, 5122: 32767.0, 5123: 65535.0}.get(acc["componentType"])
+        if top is None:
+            raise InputError(f"{what}: normalized is defined for byte and short components only")
+        arr = np.maximum(arr / top, -1.0)  # glTF: signed max(c / MAX, -1), unsigned c / MAX
     return arr
 
 
