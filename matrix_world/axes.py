@@ -9,12 +9,15 @@ preset     target axes (expressed in ours)              handedness    det M     
 =========  ==========================================  ============  ========  =====
 opencv     x right, y down, z forward (no change)       right         +1        1
 opengl     x right, y up, z backward (three.js, Spark)  right         +1        1
+gltf       x left, y up, z forward (glTF 2.0)           right         +1        1
 blender    x right, y forward, z up                     right         +1        1
 unity      x right, y up, z forward                     left          -1        1
 unreal     x forward, y right, z up, centimetres        left          -1        100
 =========  ==========================================  ============  ========  =====
 
-``threejs`` / ``three.js`` are aliases of ``opengl``. The three right-handed presets are
+``threejs`` / ``three.js`` are aliases of ``opengl``. ``gltf`` is glTF 2.0's frame ("+Y up, +Z
+forward, -X right": our frame turned 180 degrees about z; the frame PlayCanvas splat-transform's
+.glb writer uses, and Niantic's spz library calls LUF). The four right-handed presets are
 proper rotations. The left-handed ones are reflections (det -1): a Gaussian's covariance
 still maps exactly as ``Sigma' = s^2 M Sigma M^T``, and its rotation is re-expressed as the
 proper rotation ``R' = M R diag(1, 1, -1)`` (flipping one local axis of a Gaussian changes
@@ -65,6 +68,7 @@ class AxisPreset:
 PRESETS: dict[str, AxisPreset] = {
     "opencv": AxisPreset("opencv", ((1, 0, 0), (0, 1, 0), (0, 0, 1)), 1.0, "x right, y down, z forward (ours; standard 3DGS .ply)"),
     "opengl": AxisPreset("opengl", ((1, 0, 0), (0, -1, 0), (0, 0, -1)), 1.0, "x right, y up, z backward (OpenGL, three.js, Spark)"),
+    "gltf": AxisPreset("gltf", ((-1, 0, 0), (0, -1, 0), (0, 0, 1)), 1.0, "x left, y up, z forward (glTF 2.0: -X right)"),
     "blender": AxisPreset("blender", ((1, 0, 0), (0, 0, 1), (0, -1, 0)), 1.0, "x right, y forward, z up (Blender)"),
     "unity": AxisPreset("unity", ((1, 0, 0), (0, -1, 0), (0, 0, 1)), 1.0, "x right, y up, z forward, left-handed (Unity)"),
     "unreal": AxisPreset("unreal", ((0, 0, 1), (1, 0, 0), (0, -1, 0)), 100.0, "x forward, y right, z up, left-handed, centimetres (Unreal)"),

@@ -1,4 +1,4 @@
-"""User-facing errors and lazy imports of heavy optional packages."""
+"""User-facing errors (and reader notes) and lazy imports of heavy optional packages."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ class InputError(ValueError):
 
     Command-line entry points catch it, print ``error: <message>`` and exit with code 2.
     """
+
+
+class SplatNote(UserWarning):
+    """Something a splat or mesh reader converted or ignored (not an error); the converter prints it."""
 
 
 class MissingDependencyError(ImportError):

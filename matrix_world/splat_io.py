@@ -33,13 +33,17 @@ arrays: positions as 24-bit signed fixed point, alphas uint8 (sigmoid * 255), co
 (dc * 0.15 * 255 + 127.5), scales uint8 ((log s + 10) * 16), rotations (v2: x y z of the
 w>=0 unit quaternion as q * 127.5 + 127.5; v3: "smallest three", 4 bytes), SH uint8
 (x * 128 + 128, degree-1 coefficients kept to 5 bits, higher ones to 4, colour channel
-fastest). SPZ stores RUB axes (x right, y up, z back): the writer converts from our frame
-and the reader converts back, so ``read_spz(write_spz(g)) ~= g`` and RUB viewers show it
-upright. We write version 2 with 12 fractional bits (fewer if the scene is too large for
+fastest). The SPZ spec stores RUB axes (x right, y up, z back); ``spz_axes="rub"`` (the
+default) converts from our frame on write and back on read, so ``read_spz(write_spz(g)) ~= g``.
+``spz_axes="rdf"`` stores our frame as is (x right, y down, z forward, like the .ply), for
+readers that take .spz raw (see README, "Exports": Spark, the Unity plug-in, splat-transform
+before 2.1); the file does not record which, so the reader must be told the same. We write version 2 with 12 fractional bits (fewer if the scene is too large for
 24 bits); we read versions 2 and 3 without extension records. Quantisation steps (the
 round-trip tolerances): position 2^-12 (0.24 mm at metric scale), log-scale 1/16, opacity
 1/255, DC colour 1/(0.15*255) ~= 0.026, quaternion components ~1/127.5, SH 1/16 (deg 1) and
 1/8 (higher).
+
+.glb (glTF 2.0 with the Khronos KHR_gaussian_splatting extension): :mod:`matrix_world.splat_gltf`.
 
 .splat (antimatter15's web viewer): 32 bytes per Gaussian, no header: position 3 x float32,
 linear scale 3 x float32, RGBA uint8 (colour = clamp(0.5 + C0 * dc), alpha = opacity),
@@ -60,18 +64,16 @@ import numpy as np
 import torch
 
 from matrix_world.axes import get_preset, to_axes
-from matrix_world.errors import InputError
+from matrix_world.errors import InputError, SplatNote
 from matrix_world.gaussians import SH_C0, Gaussians, sh_degree_from_rest
 from matrix_world.io import atomic_write
+from matrix_world.splat_gltf import read_glb, write_glb
 
-FORMATS = (".ply", ".spz", ".splat")
+FORMATS = (".ply", ".spz", ".splat", ".glb")
+SPZ_AXES = ("rub", "rdf")  # how a .spz stores its axes: the spec's RUB (converted) or our RDF frame raw
 SPZ_MAGIC = 0x5053474E
 SPZ_COLOR_SCALE = 0.15
 LINEAR_OPACITY_EPS = 1e-6
-
-
-class SplatNote(UserWarning):
-    """Something a reader converted or ignored (not an error)."""
 
 
 OPACITY_MODES = ("auto", "logit", "linear")  # how a .ply's opacity column is read (see the module docstring)
@@ -247,9 +249,15 @@ def _quantize_sh(x: np.ndarray, bits: int) -> np.ndarray:
     return np.clip(q, 0, 255).astype(np.uint8)
 
 
-def encode_spz(gaussians: Gaussians, *, antialiased: bool = False) -> bytes:
-    """Gaussians (our frame) -> .spz bytes (version 2, RUB axes, gzip)."""
-    g = to_axes(gaussians, "opengl")  # RDF (ours) -> RUB (SPZ's frame): a proper rotation
+def _check_spz_axes(spz_axes: str) -> None:
+    if spz_axes not in SPZ_AXES:
+        raise InputError(f"spz axes must be one of {', '.join(SPZ_AXES)}, got {spz_axes!r}")
+
+
+def encode_spz(gaussians: Gaussians, *, antialiased: bool = False, spz_axes: str = "rub") -> bytes:
+    """Gaussians (our frame) -> .spz bytes (version 2, gzip; RUB axes, or ours raw with ``spz_axes="rdf"``)."""
+    _check_spz_axes(spz_axes)
+    g = to_axes(gaussians, "opengl") if spz_axes == "rub" else gaussians  # RDF (ours) -> RUB: a proper rotation
     n, degree = len(g), g.sh_degree
     means = g.means.detach().cpu().to(torch.float64).numpy()
     bits = _spz_fractional_bits(means)
@@ -273,8 +281,9 @@ def encode_spz(gaussians: Gaussians, *, antialiased: bool = False) -> bytes:
     return gzip.compress(b"".join(parts), compresslevel=6, mtime=0)
 
 
-def decode_spz(blob: bytes, *, name: str = "spz") -> Gaussians:
-    """.spz bytes -> Gaussians in our frame (versions 2 and 3)."""
+def decode_spz(blob: bytes, *, name: str = "spz", spz_axes: str = "rub") -> Gaussians:
+    """.spz bytes -> Gaussians in our frame (versions 2 and 3; ``spz_axes`` as the file was written)."""
+    _check_spz_axes(spz_axes)
     try:
         raw = gzip.decompress(blob)
     except (OSError, EOFError, zlib.error) as exc:
@@ -322,7 +331,8 @@ def decode_spz(blob: bytes, *, name: str = "spz") -> Gaussians:
         sh_rest = torch.from_numpy((sh.reshape(n, k, 3).astype(np.float64) - 128.0) / 128.0).float()
     t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).float()
     g = Gaussians(t(means), t(quats), t(log_scales), t(logits), t(dc)[:, None, :], sh_rest)
-    g = g.transform(get_preset("opengl").transform().inverse())  # RUB -> ours
+    if spz_axes == "rub":
+        g = g.transform(get_preset("opengl").transform().inverse())  # RUB -> ours
     return g.validated(name=name)
 
 
@@ -344,19 +354,20 @@ def _unpack_smallest_three(r: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_spz(path: str | os.PathLike, gaussians: Gaussians, *, antialiased: bool = False) -> None:
-    """Write a .spz (version 2), atomically. Axes are SPZ's own (RUB); see the module doc."""
+def write_spz(path: str | os.PathLike, gaussians: Gaussians, *, antialiased: bool = False, spz_axes: str = "rub") -> None:
+    """Write a .spz (version 2), atomically. Axes: SPZ's RUB, or ours raw (``spz_axes="rdf"``); see the module doc."""
     path = Path(path)
-    blob = encode_spz(_check_exportable(gaussians, path), antialiased=antialiased)
+    _check_spz_axes(spz_axes)
+    blob = encode_spz(_check_exportable(gaussians, path), antialiased=antialiased, spz_axes=spz_axes)
     with atomic_write(path) as tmp:
         tmp.write_bytes(blob)
 
 
-def read_spz(path: str | os.PathLike) -> Gaussians:
+def read_spz(path: str | os.PathLike, *, spz_axes: str = "rub") -> Gaussians:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    return decode_spz(path.read_bytes(), name=str(path))
+    return decode_spz(path.read_bytes(), name=str(path), spz_axes=spz_axes)
 
 
 # --------------------------------------------------------------------------- .splat
@@ -409,28 +420,35 @@ def read_splat(path: str | os.PathLike) -> Gaussians:
 # --------------------------------------------------------------------------- dispatch
 
 
-def save_splats(path: str | os.PathLike, gaussians: Gaussians, *, axes: str = "opencv") -> None:
-    """Write .ply / .spz / .splat by extension. ``axes`` is an export preset (``matrix_world.axes``);
-    .spz always stores its own RUB frame, so only ``opencv`` (no extra change) is accepted for it."""
+def save_splats(path: str | os.PathLike, gaussians: Gaussians, *, axes: str = "opencv", spz_axes: str = "rub") -> None:
+    """Write .ply / .spz / .splat / .glb by extension. ``axes`` is an export preset (``matrix_world.axes``)
+    for .ply and .splat; .spz stores the axes ``spz_axes`` names and .glb glTF's own (both converted
+    automatically), so only ``opencv`` (no extra change) is accepted for them."""
     path = Path(path)
     fmt = _format_of(path)
-    get_preset(axes)
+    preset = get_preset(axes)
+    _check_spz_axes(spz_axes)
+    if fmt in (".spz", ".glb") and preset.name != "opencv":
+        raise InputError(f"{fmt} defines its own axes (converted automatically); axis presets apply to .ply and .splat only")
     if fmt == ".ply":
         write_ply(path, gaussians, axes=axes)
     elif fmt == ".splat":
         write_splat(path, gaussians, axes=axes)
+    elif fmt == ".glb":
+        write_glb(path, _check_exportable(gaussians, path))
     else:
-        if get_preset(axes).name != "opencv":
-            raise InputError(".spz defines its own axes (RUB, converted automatically); axis presets apply to .ply and .splat only")
-        write_spz(path, gaussians)
+        write_spz(path, gaussians, spz_axes=spz_axes)
 
 
-def load_splats(path: str | os.PathLike, *, opacity: str = "auto") -> Gaussians:
-    """Read .ply / .spz / .splat by extension into our frame (``opacity`` only matters for .ply)."""
+def load_splats(path: str | os.PathLike, *, opacity: str = "auto", spz_axes: str = "rub") -> Gaussians:
+    """Read .ply / .spz / .splat / .glb by extension into our frame (``opacity`` only matters for .ply,
+    ``spz_axes`` only for .spz)."""
     path = Path(path)
     fmt = _format_of(path)
     if fmt == ".ply":
         return read_ply(path, opacity=opacity)
     if fmt == ".spz":
-        return read_spz(path)
+        return read_spz(path, spz_axes=spz_axes)
+    if fmt == ".glb":
+        return read_glb(path)
     return read_splat(path)

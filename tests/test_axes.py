@@ -31,7 +31,7 @@ def anisotropic_gaussian():
 
 
 def test_presets_are_orthogonal_with_documented_handedness():
-    expected_det = {"opencv": 1, "opengl": 1, "blender": 1, "unity": -1, "unreal": -1}
+    expected_det = {"opencv": 1, "opengl": 1, "gltf": 1, "blender": 1, "unity": -1, "unreal": -1}
     for name, preset in PRESETS.items():
         m = torch.tensor(preset.matrix, dtype=F64)
         assert torch.allclose(m @ m.T, torch.eye(3, dtype=F64)), name

@@ -80,9 +80,14 @@ class WorldConfig:
     """Panoramic LRM for --recon-backend lrm: Matrix-3D's pano_lrm_480p.pt (the default, from the hub cache:
     Skywork/Matrix-3D checkpoints/pano_lrm_480p.pt) or a folder written by scripts/convert_matrix3d_lrm.py."""
     exports: tuple[str, ...] = ("spz",)
-    """Extra splat formats written beside world.ply (spz, splat)."""
+    """Extra files written beside world.ply: spz, splat, glb (glTF 2.0 KHR_gaussian_splatting) and/or
+    collider (world_collider.glb, a closed decimated mesh of the world for game-engine physics)."""
+    spz_axes: Literal["rub", "rdf"] = "rub"
+    """Axes of world.spz: rub (the SPZ spec; Niantic's library, splat-transform 2.1+ and SuperSplat convert
+    it) or rdf (our frame raw, like world.ply: for readers that take .spz raw, e.g. Spark, the Unity plug-in)."""
 
 
+EXPORT_CHOICES = ("spz", "splat", "glb", "collider")  # --exports: world.<ext>, and world_collider.glb
 MAX_FRAMES = 2000  # ~25 panoramic videos of 81 frames; longer walks are chained segments (explore.py)
 MAX_RESOLUTION = 2048
 MAX_PANORAMA_HEIGHT = 8192
@@ -150,8 +155,10 @@ def check_inputs(config: WorldConfig) -> None:
             flag = "--" + field_name.replace("_", "-")
             raise InputError(f"{flag} must be one of {', '.join(choices[stage])}, got {option!r}")
     for ext in config.exports:
-        if ext not in ("spz", "splat"):
-            raise InputError(f"--exports takes spz and/or splat, got {ext!r}")
+        if ext not in EXPORT_CHOICES:
+            raise InputError(f"--exports takes {', '.join(EXPORT_CHOICES)}, got {ext!r}")
+    if config.spz_axes not in ("rub", "rdf"):
+        raise InputError(f"--spz-axes must be rub or rdf, got {config.spz_axes!r}")
     if len(set(config.exports)) != len(config.exports):
         raise InputError(f"--exports names a format twice ({' '.join(config.exports)}); give each once")
     check_input_files(config)  # the files' contents and the LoRA specs (see below)

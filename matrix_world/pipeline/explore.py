@@ -288,7 +288,7 @@ def _explore(config: ExploreConfig, root: Path, log) -> SegmentResult:
     preview_stage(ctx, gaussians, traj, plan.height)
     contact_sheet_stage(ctx, rgb, scaffold, frames)
     # 6. merge into the world
-    merged = _merge_into_world(run, world_config.exports, log)
+    merged = _merge_into_world(run, world_config.exports, log, spz_axes=world_config.spz_axes)
     log(f"explore: segment {name} done in {time.perf_counter() - t0:.1f} s; {len(gaussians):,} Gaussians in the "
         f"segment, {merged:,} in the merged world -> {root / 'world.ply'}")
     return SegmentResult(name, seg.path, len(gaussians), merged, checks)
@@ -351,16 +351,18 @@ def _check_alignment(world, segment, traj: Trajectory, device, height: int = 128
     return checks
 
 
-def _merge_into_world(run: RunDir, exports, log) -> int:
+def _merge_into_world(run: RunDir, exports, log, spz_axes: str = "rub") -> int:
     """Rewrite ``world.ply`` (+ exports, ``world_segments.npz``) as base + all segments, deduplicated."""
     from matrix_world.gaussians import Gaussians
-    from matrix_world.splat_io import load_splats, save_splats
+    from matrix_world.splat_io import load_splats
 
     names = segment_names(run)
     parts = [("base", run.path / "world_base.ply")] + [(n, run.path / run.manifest["segments"][n] / "world.ply")
                                                         for n in names]
     parts = [(n, p) for n, p in parts if p.is_file()]
-    outputs = ["world.ply"] + [f"world.{ext}" for ext in exports] + ["world_segments.npz"]
+    from matrix_world.pipeline.reconstruction import export_outputs, write_exports
+
+    outputs = export_outputs(exports) + ["world_segments.npz"]
     files = {n: p for n, p in parts}
     with run.stage("merge", {"segments": [n for n, _ in parts]}, files=files, outputs=outputs, backend="kdtree") as st:
         if not st.done:
@@ -374,8 +376,7 @@ def _merge_into_world(run: RunDir, exports, log) -> int:
                 ids.append(np.full(len(g), seg_id, dtype=np.int32))
                 counts[seg_name] = len(g)
             merged = Gaussians.concatenate(kept)
-            for out in outputs[:-1]:
-                save_splats(st.path(out), merged)
+            st.info.update(write_exports(st, merged, exports, spz_axes=spz_axes, log=log))  # collider: sky shell found by its distances
             save_npz(st.path("world_segments.npz"), segment=np.concatenate(ids),
                      names=np.array([n for n, _ in parts]))
             st.info.update(gaussians_per_segment=counts, total=len(merged))

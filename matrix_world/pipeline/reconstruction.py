@@ -1,4 +1,5 @@
-"""Stage 6, the 3D Gaussians: frames + poses + distances -> ``world.ply`` (+ ``world.spz`` / ``.splat``).
+"""Stage 6, the 3D Gaussians: frames + poses + distances -> ``world.ply`` (+ exports: ``world.spz`` /
+``.splat`` / ``.glb``, the collider mesh ``world_collider.glb``; :func:`write_exports`).
 
 :func:`choose` is the one ``auto`` rule of this stage; :func:`reconstruction_stage` runs
 :func:`matrix_world.reconstruction.stage.reconstruct` (``optimize``, ``lift``, ``lrm``). The
@@ -83,10 +84,49 @@ def configure(config: WorldConfig, backend: str) -> ReconConfig:
     return recon
 
 
+COLLIDER = "world_collider.glb"
+
+
+def export_outputs(exports) -> list[str]:
+    """The files a world's exports write: ``world.ply``, ``world.<ext>`` per splat format, the collider."""
+    return ["world.ply"] + [COLLIDER if ext == "collider" else f"world.{ext}" for ext in exports]
+
+
+def collider_limit(depth: dict, traj: Trajectory) -> float:
+    """How far from the first camera the collider reaches (:func:`~matrix_world.collider.collider_radius`
+    of the panorama's non-sky distances, plus how far the camera path goes)."""
+    from matrix_world.collider import collider_radius
+
+    distance, sky = np.asarray(depth["distance"]), np.asarray(depth["sky"], bool)
+    reach = float(traj.c2w[:, :3, 3].double().norm(dim=-1).max())
+    return collider_radius(distance[~sky], reach)
+
+
+def write_exports(st, gaussians, exports, *, spz_axes: str = "rub", collider_max_distance: float | None = None,
+                  log=None) -> dict:
+    """Write :func:`export_outputs` of ``gaussians`` into the stage ``st``; returns what the collider took."""
+    from matrix_world.collider import ColliderConfig, collider_mesh, write_collider
+
+    info: dict = {}
+    for name in export_outputs(exports):
+        if name == COLLIDER:
+            t0 = time.perf_counter()
+            mesh = collider_mesh(gaussians, ColliderConfig(max_distance=collider_max_distance))
+            write_collider(st.path(name), mesh)
+            info = {"collider_faces": len(mesh.faces), "collider_voxel": round(mesh.voxel_size, 5),
+                    "collider_gaussians": mesh.gaussians_used}
+            if log is not None:
+                log(f"  collider: {len(mesh.faces):,} triangles (voxel {mesh.voxel_size:.3g}, "
+                    f"{mesh.gaussians_used:,} Gaussians) in {time.perf_counter() - t0:.1f} s")
+        else:
+            save_splats(st.path(name), gaussians, spz_axes=spz_axes)
+    return info
+
+
 def reconstruction_stage(ctx: StageContext, config: ReconConfig, frames: np.ndarray, depth: dict,
                          traj: Trajectory, depth_fn, *, exports: tuple[str, ...] = ("spz",),
-                         depth_config: dict | None = None):
-    """Frames [F, H, 2H, 3] uint8 + poses + distances -> ``world.ply`` (+ ``world.<ext>`` per export).
+                         depth_config: dict | None = None, spz_axes: str = "rub"):
+    """Frames [F, H, 2H, 3] uint8 + poses + distances -> ``world.ply`` (+ exports, :func:`write_exports`).
 
     depth_config: the configuration of the depth backend behind ``depth_fn`` (keyframe
     distances); it joins the stage hash with the seed, as both change the Gaussians.
@@ -94,8 +134,10 @@ def reconstruction_stage(ctx: StageContext, config: ReconConfig, frames: np.ndar
     from matrix_world.reconstruction.keyframes import select_keyframes
 
     t0 = time.perf_counter()
-    outputs = ["world.ply"] + [f"world.{ext}" for ext in exports]
+    outputs = export_outputs(exports)
     hashed = {**_hashed_config(config), "seed": ctx.seed, "keyframe_depth": depth_config}
+    if spz_axes != "rub":  # joins the hash only when not the default (earlier runs keep their hash)
+        hashed["spz_axes"] = spz_axes
     inputs = ["video.npz", "scaffold.npz", "depth.npz", "trajectory.json"]
     if config.backend == "lrm" and (ctx.run.path / LATENTS).is_file():
         inputs.append(LATENTS)
@@ -121,11 +163,12 @@ def reconstruction_stage(ctx: StageContext, config: ReconConfig, frames: np.ndar
                                               device=ctx.device, generator=ctx.generator(6))
         if not st.done:
             gaussians = gaussians.to("cpu")
-            for name in outputs:
-                save_splats(st.path(name), gaussians)
+            collider = write_exports(st, gaussians, exports, spz_axes=spz_axes, log=ctx.log,
+                                     collider_max_distance=collider_limit(depth, traj) if "collider" in exports else None)
             st.backend = info.get("backend", config.backend)
             st.info.update(num_gaussians=len(gaussians), keyframes=info.get("keyframes"),
-                           seconds=info.get("seconds"), **({"latents": info["latents"]} if "latents" in info else {}))
+                           seconds=info.get("seconds"), **({"latents": info["latents"]} if "latents" in info else {}),
+                           **collider)
     log_stage(ctx, st, "reconstruction", t0)
     return load_splats(ctx.run.path / "world.ply", opacity="logit")  # our own file: logits, whatever their range
 

@@ -83,7 +83,7 @@ def summarize(result, *, wall: float, log=print) -> None:
     for stage, seconds in result.seconds.items():
         log(f"  {stage:<15} {seconds:8.1f} s")
     log(f"  Gaussians: {result.num_gaussians:,}")
-    for name in ("world.ply", "world.spz", "world.splat", "preview.mp4", "video.mp4", "contact_sheet.png", "manifest.json"):
+    for name in ("world.ply", "world.spz", "world.splat", "world.glb", "world_collider.glb", "preview.mp4", "video.mp4", "contact_sheet.png", "manifest.json"):
         path = result.out / name
         if path.is_file():
             log(f"  {name:<18} {_size(path):>10}  {path}")

@@ -122,10 +122,11 @@ class WorldPipeline:
         scaffold = scaffold_stage(ctx, plan.backends["scaffold"], plan.height, rgb, depth, traj)
         # 6. panoramic video: the unknown parts of the scaffold generated
         frames = video_stage(ctx, plan.video, scaffold, traj, config.prompt)
-        # 7. 3D Gaussians from the video, exported as world.ply (+ .spz)
+        # 7. 3D Gaussians from the video, exported as world.ply (+ .spz / .splat / .glb / collider)
         depth_fn = make_depth_fn(plan.depth, plan.device, scaffold, traj, models=self.models)
         gaussians = reconstruction_stage(ctx, plan.recon, frames, depth, traj, depth_fn,
-                                         exports=tuple(config.exports), depth_config=plan.depth.to_dict())
+                                         exports=tuple(config.exports), depth_config=plan.depth.to_dict(),
+                                         spz_axes=config.spz_axes)
         # 8. what a person looks at: preview.mp4 fly-through and a contact sheet
         preview_stage(ctx, gaussians, traj, plan.height)
         contact_sheet_stage(ctx, rgb, scaffold, frames)
