@@ -22,6 +22,12 @@ from matrix_world.generation.weights import resolve_file
 MATRIX3D_REPO = "Skywork/Matrix-3D"
 MATRIX3D_PANO_LORA = "checkpoints/text2panoimage_lora.safetensors"
 LORA_ADAPTER = "panorama"
+# A public few-step LoRA of FLUX.1-dev (the turbo preset): alimama-creative's FLUX.1-Turbo-Alpha, 8 steps,
+# guidance 3.5, diffusers layout; stacked on the panorama LoRA under its own adapter.
+TURBO_REPO = "alimama-creative/FLUX.1-Turbo-Alpha"
+TURBO_FILE = "diffusion_pytorch_model.safetensors"
+TURBO_ADAPTER = "turbo"
+TURBO_STEPS, TURBO_GUIDANCE = 8, 3.5
 
 
 def validate_lora_spec(lora: str, weight_name: str | None = None, *, what: str = "panorama LoRA") -> str:
@@ -31,7 +37,7 @@ def validate_lora_spec(lora: str, weight_name: str | None = None, *, what: str =
     ``weight_name``)."""
     from matrix_world.generation.weights import check_weights_spec
 
-    kind = check_weights_spec(lora, what=what, aliases=("matrix3d",))
+    kind = check_weights_spec(lora, what=what, aliases=("matrix3d", "turbo-alpha"))
     if kind == "folder" and weight_name is None:
         _only_safetensors(Path(lora).expanduser(), what)
     return kind
@@ -52,6 +58,8 @@ def resolve_lora(lora: str, weight_name: str | None = None, *, allow_download: b
     validate_lora_spec(lora, weight_name, what=what)
     if lora == "matrix3d":
         lora, weight_name = MATRIX3D_REPO, weight_name or MATRIX3D_PANO_LORA
+    elif lora == "turbo-alpha":
+        lora, weight_name = TURBO_REPO, TURBO_FILE
     path = Path(lora).expanduser()
     if path.is_dir() and weight_name is None:
         return str(_only_safetensors(path, what))
@@ -109,7 +117,9 @@ def load_lora(pipe, lora: str, *, weight_name: str | None = None, scale: float =
     if adapter_name not in adapters:
         raise InputError(f"LoRA {path} holds no LoRA weights for the FLUX transformer or text encoder "
                          f"(keys look like {list(state)[:2]}); expected a FLUX LoRA (diffusers/peft, kohya or BFL layout)")
-    pipe.set_adapters([adapter_name], adapter_weights=[float(scale)])
+    strengths = {**getattr(pipe, "_lora_strengths", {}), adapter_name: float(scale)}  # several LoRAs stack
+    pipe._lora_strengths = strengths
+    pipe.set_adapters(list(strengths), adapter_weights=list(strengths.values()))
     return path
 
 
@@ -125,6 +135,7 @@ def _has_adapter_metadata(path: str) -> bool:
 
 def unload_lora(pipe) -> None:
     """Remove every LoRA from the pipeline: the base weights come back bit-exactly."""
+    pipe._lora_strengths = {}
     try:
         pipe.unload_lora_weights(reset_to_overwritten_params=True)  # also undoes FLUX's input expansion
     except TypeError:
@@ -198,10 +209,12 @@ def _lora_shape_mismatches(pipe, adapter_name: str, shapes: dict[str, tuple]) ->
     return bad
 
 
-def fuse_lora_for_offload(pipe, adapter_name: str = LORA_ADAPTER) -> None:
-    """Merge the loaded LoRA (at its set strength) into the base weights and drop the adapter.
+def fuse_lora_for_offload(pipe) -> None:
+    """Merge the loaded LoRAs (each at its set strength) into the base weights and drop the adapters.
 
     Group offloading keeps its own copies of the weights, so LoRAs are fused before it.
     """
-    pipe.fuse_lora(adapter_names=[adapter_name], lora_scale=1.0)
+    names = list(getattr(pipe, "_lora_strengths", {})) or [LORA_ADAPTER]
+    pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
     pipe.unload_lora_weights()  # removes the LoRA layers; the fused weights stay
+    pipe._lora_strengths = {}

@@ -176,9 +176,13 @@ def load_flux_pipeline(config: PanoramaConfig, device, *, fill: bool | None = No
         info["lora"] = load_lora(pipe, config.lora, weight_name=config.lora_weight_name, scale=config.lora_scale,
                                  allow_download=config.allow_download)
         info["lora_scale"] = float(config.lora_scale)
+    if config.turbo_lora:
+        from matrix_world.generation.flux_lora import TURBO_ADAPTER
+
+        info["turbo_lora"] = load_lora(pipe, config.turbo_lora, adapter_name=TURBO_ADAPTER, allow_download=config.allow_download)
     estimate = estimate_flux_memory_gb(pipe, height=config.height)
     mode, reason = choose_memory_mode(config.memory, estimate_gb=estimate, free_gb=free_gpu_gb(device))
-    if config.lora and mode == "lowvram":  # group offloading keeps its own weight copies: fuse first
+    if (config.lora or config.turbo_lora) and mode == "lowvram":  # group offloading keeps its own weight copies: fuse first
         fuse_lora_for_offload(pipe)
         info["lora_fused"] = True
     info.update(apply_memory_mode(pipe, mode, device, vae_tiling=False))

@@ -30,6 +30,7 @@ class PanoramaConfig:
     lora: str | None = None  # LoRA .safetensors file, folder, hub id, or "matrix3d"
     lora_weight_name: str | None = None  # file inside a LoRA folder / hub repo
     lora_scale: float = 1.0  # adapter weight (strength)
+    turbo_lora: str | None = None  # a few-step LoRA stacked on ``lora`` ("turbo-alpha" = FLUX.1-Turbo-Alpha, 8 steps)
     height: int = 512  # output is height x 2*height
     steps: int = 50
     guidance: float | None = None  # None -> 7.0 (flux, Matrix-3D) / 30.0 (flux-fill)

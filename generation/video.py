@@ -59,6 +59,18 @@ class VideoConfig:
     late_roll_fraction: float = 0.0
     widen_input: int = 0  # extra zero-initialised input channels (training experiments)
     allow_download: bool = False
+    # speed (generation.wan_speed: plan_speed is the auto rule; cfg_stop in PanoVideoPipeline)
+    attention: str = "auto"  # auto | native | cudnn | flash | flash3 | sage
+    compile: str = "auto"  # auto | off | blocks
+    fp8: str = "auto"  # auto | off | rowwise
+    cache: str = "off"  # off | fbc | taylorseer
+    cache_threshold: float | None = None
+    cfg_stop: float = 1.0  # guidance in the first cfg_stop fraction of the steps only
+    approximate: bool = False  # auto may pick approximations (Sage attention, FP8): the fast / turbo presets
+    # few-step distillation (the turbo preset): a distilled LoRA stacked on ``lora``, its sampler
+    distill_lora: str | None = None  # "lightx2v" (4 steps, guidance 1) or a file; None = none
+    distill_strength: float = 1.0
+    sigma_schedule: str = "matrix3d"  # matrix3d | lightx2v (4 steps) | scheduler
     # fill
     fill_method: str = "telea"  # telea | ns
     fill_radius: float = 3.0
@@ -179,13 +191,37 @@ def load_video_pipeline(config: VideoConfig, device, *, num_frames: int = 81) ->
             pipe, source, filename=config.lora_filename, strength=config.lora_strength, fuse=config.fuse_lora,
             allow_download=config.allow_download,
         )
+    if config.distill_lora:  # stacked: its own adapter, fused after the first
+        info["distill_lora"] = load_lora(
+            pipe, config.distill_lora, adapter_name="distill", strength=config.distill_strength, fuse=config.fuse_lora,
+            alphas=True, allow_download=config.allow_download,
+        )
     estimate = estimate_memory_gb(pipe, height=height, width=2 * height, num_frames=num_frames, cfg_batch=config.cfg_batch)
     free = free_gpu_gb(device)
     mode, reason = choose_memory_mode(config.memory, estimate_gb=estimate, free_gb=free)
     info.update(apply_memory_mode(pipe, mode, device, vae_tiling=config.vae_tiling))
     info.update({"memory_reason": reason, "memory_estimate_gb": {k: round(v, 1) for k, v in estimate.items()},
                  "free_gpu_gb": None if free is None else round(free, 1)})
+    info["speed"] = apply_video_speed(pipe, config, device, memory_mode=info.get("memory_mode", mode))
     return pipe, info
+
+
+def transformer_passes(config: VideoConfig) -> int:
+    """Transformer passes of one video: the steps, twice in the guided ones (CFG)."""
+    import math
+
+    guided = math.ceil(config.cfg_stop * config.num_inference_steps) if config.guidance_scale > 1.0 else 0
+    return config.num_inference_steps + guided
+
+
+def apply_video_speed(pipe, config: VideoConfig, device, *, memory_mode: str) -> dict:
+    """The speed options of ``config`` (generation.wan_speed) planned for this device and applied -> info."""
+    from matrix_world.generation.wan_speed import apply_speed, plan_speed
+
+    plan = plan_speed(attention=config.attention, compile=config.compile, fp8=config.fp8, cache=config.cache,
+                      cache_threshold=config.cache_threshold, device=torch.device(device),
+                      passes=transformer_passes(config), memory_mode=memory_mode, approximate=config.approximate)
+    return apply_speed(pipe, plan)
 
 
 def _run_wan(config: VideoConfig, rgb, mask, c2w, *, prompt: str, device, generator, pipeline=None, **_) -> VideoResult:
@@ -210,13 +246,15 @@ def _run_wan(config: VideoConfig, rgb, mask, c2w, *, prompt: str, device, genera
             prompt + suffix, scaffold=scaffold, mask=masks, negative_prompt=negative,
             num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale, generator=generator,
             cfg_batch=config.cfg_batch, seam=config.seam, seam_pad_cols=config.seam_pad_cols,
-            late_roll_fraction=config.late_roll_fraction, output_type="latent",
+            late_roll_fraction=config.late_roll_fraction, sigma_schedule=config.sigma_schedule, cfg_stop=config.cfg_stop,
+            output_type="latent",
         )
         latents = out.frames  # [1, 16, T, h, w] normalised Wan-VAE latents (what the lrm backend reads)
         video = pipeline.decode_latents(latents, seam=config.seam, seam_pad_cols=config.seam_pad_cols)
     frames = video[0].permute(1, 2, 3, 0).float().cpu().numpy()  # [F, H, W, 3]
     info.update({"steps": config.num_inference_steps, "guidance_scale": config.guidance_scale, "shift": config.shift,
-                 "seam": config.seam, "peak_gpu_gb": peak_memory_gb(device)})
+                 "sigma_schedule": config.sigma_schedule, "cfg_stop": config.cfg_stop, "seam": config.seam,
+                 "peak_gpu_gb": peak_memory_gb(device)})
     return VideoResult(frames, info, latents=latents[0].transpose(0, 1).float().cpu())  # latents [T, 16, h, w]
 
 

@@ -55,6 +55,10 @@ _LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_down|lora_
 _AB = {"lora_A": "lora_A", "lora_down": "lora_A", "lora_B": "lora_B", "lora_up": "lora_B"}
 OFFICIAL_FILES = {"480p": "checkpoints/pano_video_gen_480p.ckpt", "720p": "checkpoints/pano_video_gen_720p.bin"}
 OFFICIAL_REPO = "Skywork/Matrix-3D"
+# lightx2v's step- and CFG-distilled LoRA of Wan2.1-I2V-14B-480P (4 steps, guidance 1; rank 64, original Wan
+# key layout with lora_down/lora_up, .alpha, .diff_b and zero norm .diff keys).
+DISTILL_REPO = "lightx2v/Wan2.1-I2V-14B-480P-StepDistill-CfgDistill-Lightx2v"
+DISTILL_FILE = "loras/Wan21_I2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors"
 
 
 # --------------------------------------------------------------------------- reading
@@ -113,17 +117,47 @@ def original_to_diffusers_module(module: str) -> str | None:
     return None
 
 
-def convert_original_wan_lora(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+def convert_original_wan_lora(state_dict: dict[str, Tensor], *, alphas: bool = False) -> dict[str, Tensor]:
     """Official Matrix-3D / original-Wan LoRA keys -> ``transformer.<diffusers module>.lora_{A,B}.weight``.
 
-    Strict: raises InputError listing every key that does not map (alpha keys included,
-    because DiffSynth ignores them and merges with scale 1) and every module missing its
-    A or B half. Tensors are passed through unchanged.
+    Strict: raises InputError listing every key that does not map and every module missing its
+    A or B half. Tensors are passed through unchanged, except:
+
+    * ``alphas`` (the kohya / ComfyUI / lightx2v convention): ``<module>.alpha`` scalars scale
+      that module by alpha / rank, folded into lora_B. Without it alpha keys are refused, because
+      DiffSynth (which Matrix-3D's LoRAs are made for) ignores them and merges with scale 1.
+    * ``<module>.diff_b`` (lightx2v's bias deltas) -> ``lora_B.bias`` (peft's lora_bias: the bias
+      delta is added with the LoRA), for a module that also has its lora pair;
+    * ``<module>.diff`` / ``.diff_b`` of norm layers (``norm*``, ``img_emb.proj.0/4``), which
+      lightx2v ships as zeros: dropped when all zero, refused otherwise (they are not applied).
     """
     converted: dict[str, Tensor] = {}
     unmapped: list[str] = []
+    alpha_of: dict[str, float] = {}
+    bias_of: dict[str, Tensor] = {}
+    nonzero_norm: list[str] = []
     for key, value in state_dict.items():
-        m = _LORA_KEY.match(key.removeprefix("diffusion_model."))
+        name = key.removeprefix("diffusion_model.")
+        if name.endswith((".diff", ".diff_b")):
+            module = name.rsplit(".", 1)[0]
+            if re.search(r"(^|\.)norm\w*$", module) or module in ("img_emb.proj.0", "img_emb.proj.4"):
+                if bool(torch.any(value != 0)):
+                    nonzero_norm.append(key)
+                continue
+            target = original_to_diffusers_module(module) if name.endswith(".diff_b") else None
+            if target is None:
+                unmapped.append(key)
+            else:
+                bias_of[target] = value
+            continue
+        if alphas and name.endswith(".alpha"):
+            target = original_to_diffusers_module(name.removesuffix(".alpha"))
+            if target is None or value.numel() != 1:
+                unmapped.append(key)
+            else:
+                alpha_of[target] = float(value.float().reshape(()))
+            continue
+        m = _LORA_KEY.match(name)
         target = original_to_diffusers_module(m.group("module")) if m else None
         if target is None:
             unmapped.append(key)
@@ -133,6 +167,20 @@ def convert_original_wan_lora(state_dict: dict[str, Tensor]) -> dict[str, Tensor
         if new_key in converted:
             raise InputError(f"LoRA key {key} maps to {new_key}, which another key already produced")
         converted[new_key] = value
+    if nonzero_norm:
+        raise InputError(f"{len(nonzero_norm)} non-zero norm-layer delta(s) (e.g. {', '.join(sorted(nonzero_norm)[:4])}) "
+                         "cannot be applied as a LoRA; expected them all zero, as lightx2v ships them")
+    for target, alpha in alpha_of.items():
+        a, b = converted.get(f"transformer.{target}.lora_A.weight"), f"transformer.{target}.lora_B.weight"
+        if a is None or b not in converted:
+            unmapped.append(f"{target}.alpha (no lora pair)")
+            continue
+        converted[b] = converted[b] * (alpha / a.shape[0])
+    for target, bias in bias_of.items():
+        if f"transformer.{target}.lora_B.weight" not in converted:
+            unmapped.append(f"{target}.diff_b (a bias delta without a lora pair)")
+            continue
+        converted[f"transformer.{target}.lora_B.bias"] = bias
     if unmapped:
         shown = ", ".join(sorted(unmapped)[:8])
         raise InputError(
@@ -197,10 +245,10 @@ def check_lora_tensors(state_dict: dict[str, Tensor], *, uniform_rank: bool = Tr
     return max(ranks)
 
 
-def to_diffusers_lora(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+def to_diffusers_lora(state_dict: dict[str, Tensor], *, alphas: bool = False) -> dict[str, Tensor]:
     """Either layout -> diffusers/peft keys prefixed ``transformer.`` (strict for the original layout)."""
     if detect_layout(state_dict) == "original":
-        return convert_original_wan_lora(state_dict)
+        return convert_original_wan_lora(state_dict, alphas=alphas)
     return {k if k.startswith("transformer.") else f"transformer.{k}": v for k, v in state_dict.items()}
 
 
@@ -225,7 +273,7 @@ def check_against_transformer(lora: dict[str, Tensor], transformer) -> None:
 # --------------------------------------------------------------------------- pipeline helpers
 
 
-OFFICIAL_ALIASES = ("matrix3d", "matrix3d-480p", "matrix3d-720p")  # "matrix3d": the one for the video resolution
+OFFICIAL_ALIASES = ("matrix3d", "matrix3d-480p", "matrix3d-720p", "lightx2v")  # "matrix3d": the one for the video resolution
 
 
 def validate_lora_spec(source: str, *, filename: str | None = None, what: str = "Wan LoRA") -> str:
@@ -250,6 +298,8 @@ def resolve_lora(source: str, *, filename: str | None = None, allow_download: bo
     alias = {"matrix3d-480p": "480p", "matrix3d-720p": "720p"}.get(source)
     if alias is not None:
         source, filename = OFFICIAL_REPO, OFFICIAL_FILES[alias]
+    elif source == "lightx2v":
+        source, filename = DISTILL_REPO, DISTILL_FILE
     return resolve_file(source, what="Wan LoRA", filename=filename, allow_download=allow_download)
 
 
@@ -261,12 +311,15 @@ def load_lora(
     adapter_name: str = "pano",
     strength: float = 1.0,
     fuse: bool = True,
+    alphas: bool = False,
     allow_download: bool = False,
 ) -> dict:
     """Load a Wan LoRA (either layout) into ``pipe.transformer`` through diffusers' loader.
 
     strength: LoRA scale (1.0 = Matrix-3D's merge). fuse: merge into the weights (no runtime
-    cost; undo with :func:`unload_lora`). Returns an info dict for the manifest.
+    cost; undo with :func:`unload_lora`). alphas: honour ``.alpha`` keys (scale alpha / rank, the
+    kohya / lightx2v convention; see :func:`convert_original_wan_lora`). Several LoRAs stack:
+    load each under its own ``adapter_name``. Returns an info dict for the manifest.
     """
     path = None
     if isinstance(source, dict):
@@ -275,16 +328,17 @@ def load_lora(
         path = resolve_lora(source, filename=filename, allow_download=allow_download)
         raw = read_lora_file(path)
     layout = detect_layout(raw)
-    lora = to_diffusers_lora(raw)
+    lora = to_diffusers_lora(raw, alphas=alphas)
     check_lora_tensors(raw, uniform_rank=False)
     check_against_transformer(lora, pipe.transformer)
-    pipe.load_lora_weights(lora, adapter_name=adapter_name)
+    pipe.load_lora_weights(lora, adapter_name=adapter_name)  # (peft unmerges fused adapters first)
+    strengths = {**getattr(pipe, "_lora_strengths", {}), adapter_name: float(strength)}  # every loaded LoRA, stacked
+    pipe._lora_strengths = strengths
+    pipe.set_adapters(list(strengths), adapter_weights=list(strengths.values()))
     if fuse:
-        pipe.fuse_lora(components=["transformer"], lora_scale=strength, adapter_names=[adapter_name])
-    else:
-        pipe.set_adapters([adapter_name], adapter_weights=[strength])
+        pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=list(strengths))
     rank = max(v.shape[0] for k, v in lora.items() if k.endswith("lora_A.weight"))
-    return {"lora": path or "<state dict>", "layout": layout, "modules": len(lora) // 2, "rank": int(rank),
+    return {"lora": path or "<state dict>", "layout": layout, "modules": sum(k.endswith("lora_A.weight") for k in lora), "bias_deltas": sum(k.endswith("lora_B.bias") for k in lora), "rank": int(rank),
             "strength": float(strength), "fused": bool(fuse), "adapter": adapter_name}
 
 
@@ -295,3 +349,4 @@ def unload_lora(pipe) -> None:
     if any(isinstance(m, BaseTunerLayer) and m.merged for m in pipe.transformer.modules()):
         pipe.unfuse_lora(components=["transformer"])
     pipe.unload_lora_weights()
+    pipe._lora_strengths = {}

@@ -27,6 +27,8 @@ masks ``[B, F, H, W]`` (bool or float, 1 = known); latents ``[B, C, T, h, w]``.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -151,6 +153,25 @@ def widen_patch_embedding(transformer, extra_channels: int):
 def matrix3d_sigmas(num_inference_steps: int) -> list[float]:
     """Unshifted sigmas 1 -> 0 (exclusive) as DiffSynth's FlowMatchScheduler(extra_one_step=True) uses."""
     return torch.linspace(1.0, 0.0, num_inference_steps + 1)[:-1].tolist()
+
+
+# lightx2v's 4-step distillation of Wan2.1-I2V (configs/distill/wan_i2v_distill_4step_cfg.json):
+# denoising_step_list [1000, 750, 500, 250] are INDICES into a 1000-point sigma grid 1 -> 0 that the
+# shift (5) has already been applied to (its step_distill scheduler), i.e. the unshifted sigmas
+# 1, 0.75, 0.5, 0.25; shifted by 5: 1, 0.9375, 0.8333, 0.625 (timesteps 1000, 937.5, 833.3, 625),
+# then an Euler step to sigma 0 — what FlowMatchEulerDiscreteScheduler(shift=5) does with these.
+LIGHTX2V_STEP_LIST = (1000, 750, 500, 250)
+
+
+def lightx2v_sigmas(num_inference_steps: int) -> list[float]:
+    """Unshifted sigmas of lightx2v's 4-step distillation (the scheduler applies the shift)."""
+    if num_inference_steps != len(LIGHTX2V_STEP_LIST):
+        raise InputError(f"the lightx2v sigma schedule has {len(LIGHTX2V_STEP_LIST)} steps (its distillation's), "
+                         f"got num_inference_steps={num_inference_steps}")
+    return [t / 1000.0 for t in LIGHTX2V_STEP_LIST]
+
+
+SIGMA_SCHEDULES = {"matrix3d": matrix3d_sigmas, "lightx2v": lightx2v_sigmas}  # "scheduler": the scheduler's own
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -384,6 +405,7 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
         seam_pad_cols: int = 2,
         late_roll_fraction: float = 0.0,
         sigma_schedule: str = "matrix3d",
+        cfg_stop: float = 1.0,
         output_type: str = "pt",
         callback_on_step_end: Callable[[Any, int, Tensor, dict], dict] | None = None,
         attention_kwargs: dict | None = None,
@@ -399,8 +421,11 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
         late_roll_fraction: roll the transformer input circularly by a random number of
         columns in this last fraction of the steps (generation.seamless.late_step_rolls).
         sigma_schedule: "matrix3d" (sigmas linspace(1, 0, N + 1)[:-1], shifted, as DiffSynth;
-        needs a flow-matching Euler scheduler) or "scheduler" (the scheduler's own
-        ``set_timesteps(N)``, as the stock diffusers pipeline).
+        needs a flow-matching Euler scheduler), "lightx2v" (the 4-step distillation's sigmas, see
+        :data:`LIGHTX2V_STEP_LIST`) or "scheduler" (the scheduler's own ``set_timesteps(N)``, as
+        the stock diffusers pipeline).
+        cfg_stop: classifier-free guidance in the first ``ceil(cfg_stop * N)`` steps only, the
+        conditional pass alone after them (1.0 = every step; an approximation below 1).
         """
         from matrix_world.generation.seamless import late_step_rolls
 
@@ -425,15 +450,20 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
         batch = prompt_embeds.shape[0]
         _, _, num_latent_frames, h, w = condition.shape
 
-        # 5. Timesteps: flow matching, shifted by the scheduler (Matrix-3D's sigma grid for Euler).
-        if sigma_schedule == "matrix3d" and isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
-            self.scheduler.set_timesteps(sigmas=matrix3d_sigmas(num_inference_steps), device=device)
-        elif sigma_schedule in ("matrix3d", "scheduler"):
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        # 5. Timesteps: flow matching, shifted by the scheduler (Matrix-3D's or lightx2v's sigma grid for Euler).
+        if sigma_schedule not in (*SIGMA_SCHEDULES, "scheduler"):
+            raise InputError(f"sigma_schedule must be one of {', '.join(SIGMA_SCHEDULES)}, scheduler; got {sigma_schedule!r}")
+        if sigma_schedule in SIGMA_SCHEDULES and isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
+            self.scheduler.set_timesteps(sigmas=SIGMA_SCHEDULES[sigma_schedule](num_inference_steps), device=device)
+        elif sigma_schedule == "lightx2v":
+            raise InputError("the lightx2v sigma schedule needs the flow-matching Euler scheduler (use_flow_matching)")
         else:
-            raise InputError(f"sigma_schedule must be 'matrix3d' or 'scheduler', got {sigma_schedule!r}")
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
+        if not 0.0 <= cfg_stop <= 1.0:
+            raise InputError(f"cfg_stop must be in [0, 1], got {cfg_stop}")
+        guided_steps = math.ceil(cfg_stop * len(timesteps)) if do_cfg else 0
 
         # 6. Initial noise.
         shape = (batch, self.vae.config.z_dim, num_latent_frames, h, w)
@@ -458,14 +488,14 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
             for i, t in enumerate(timesteps):
                 self._current_timestep = t
                 model_input = torch.cat([latents.to(dtype), condition], dim=1)
-                if do_cfg and cfg_batch:  # both guidance passes in one batch
+                if i < guided_steps and cfg_batch:  # both guidance passes in one batch
                     both = self._predict("cond_uncond", torch.cat([model_input, model_input]), t, text,
                                          torch.cat([image_embeds, image_embeds]), attention_kwargs)
                     cond, uncond = both.chunk(2)
                     noise_pred = uncond + guidance_scale * (cond - uncond)
                 else:
                     noise_pred = self._predict("cond", model_input, t, prompt_embeds, image_embeds, attention_kwargs)
-                    if do_cfg:
+                    if i < guided_steps:
                         uncond = self._predict("uncond", model_input, t, negative_prompt_embeds, image_embeds,
                                                attention_kwargs)
                         noise_pred = uncond + guidance_scale * (noise_pred - uncond)

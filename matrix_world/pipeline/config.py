@@ -13,7 +13,7 @@ from typing import Literal
 
 from matrix_world.errors import InputError
 
-PRESET_NAMES = ("preview", "fast", "quality")
+PRESET_NAMES = ("preview", "fast", "quality", "turbo")
 
 
 @dataclass
@@ -30,8 +30,11 @@ class WorldConfig:
     """Distance map for the panorama (.npy/.npz, [H, W] float32, +inf = sky) instead of a depth model."""
     out: str | None = None
     """Run directory (default: outputs/<slug>-<timestamp>). Rerunning into it resumes."""
-    preset: Literal["preview", "fast", "quality"] = "fast"
-    """preview = no-weight backends only; fast / quality = real models where available."""
+    preset: Literal["preview", "fast", "quality", "turbo"] = "fast"
+    """preview = no-weight backends only; fast / quality / turbo = real models where available. quality: 50
+    exact video steps; fast: 30 steps, approximations allowed where the GPU has them (FP8, Sage attention);
+    turbo: few-step distillation LoRAs (Wan: lightx2v, 4 steps, no CFG; FLUX: Turbo-Alpha, 8 steps), 480p.
+    A distilled model's quality cannot be measured here (no weights): turbo's speed is measured, not its quality."""
     panorama_backend: str = "auto"
     """auto | flux | flux-fill | file | procedural"""
     depth_backend: str = "auto"
@@ -76,6 +79,28 @@ class WorldConfig:
     """Wan2.1-I2V-14B-480P/720P-Diffusers: hub id or local folder."""
     wan_lora: str | None = None
     """Video LoRA: "matrix3d" (official, from Skywork/Matrix-3D; the default), a converted .safetensors, or "none"."""
+    video_attention: str = "auto"
+    """Attention kernel of the video model: auto (cuDNN on Hopper, else torch SDPA; Sage in fast/turbo where
+    installed) | native | cudnn | flash | flash3 | sage."""
+    video_compile: str = "auto"
+    """Regional compilation of the video transformer's blocks: auto (on a GPU when the run has enough
+    transformer passes to repay the compile) | off | blocks."""
+    video_fp8: str = "auto"
+    """FP8 linears (torchao, row-wise): auto (on in fast/turbo on GPUs with FP8 and the weights on the GPU) |
+    off | rowwise."""
+    video_cache: str = "off"
+    """diffusers cache hook on the video transformer: off | fbc (FirstBlockCache) | taylorseer. An
+    approximation whose cost depends on the trained weights."""
+    video_cache_threshold: float | None = None
+    """FirstBlockCache threshold (default 0.05): larger skips more steps."""
+    video_cfg_stop: float = 1.0
+    """Classifier-free guidance in the first this fraction of the video steps only (1 = all; an approximation below)."""
+    distill_lora: str | None = None
+    """Few-step video LoRA of --preset turbo: "lightx2v" (the default: lightx2v/Wan2.1-I2V-14B-480P-StepDistill-
+    CfgDistill-Lightx2v, 4 steps, guidance 1), a file in the same layout, or "none"."""
+    flux_turbo_lora: str | None = None
+    """Few-step panorama LoRA of --preset turbo: "turbo-alpha" (the default: alimama-creative/FLUX.1-Turbo-Alpha,
+    8 steps), a file, or "none"."""
     lrm_model: str | None = None
     """Panoramic LRM for --recon-backend lrm: Matrix-3D's pano_lrm_480p.pt (the default, from the hub cache:
     Skywork/Matrix-3D checkpoints/pano_lrm_480p.pt) or a folder written by scripts/convert_matrix3d_lrm.py."""
@@ -148,6 +173,7 @@ def check_inputs(config: WorldConfig) -> None:
         raise InputError(f"--threads must be at least 1, got {config.threads}")
     if config.preset not in PRESET_NAMES:
         raise InputError(f"--preset must be one of {PRESET_NAMES}, got {config.preset!r}")
+    check_speed_inputs(config)
     choices = backend_choices()
     for stage, field_name in BACKEND_OPTIONS.items():
         option = getattr(config, field_name)
@@ -162,6 +188,23 @@ def check_inputs(config: WorldConfig) -> None:
     if len(set(config.exports)) != len(config.exports):
         raise InputError(f"--exports names a format twice ({' '.join(config.exports)}); give each once")
     check_input_files(config)  # the files' contents and the LoRA specs (see below)
+
+
+def check_speed_inputs(config: WorldConfig) -> None:
+    """The video speed options and the turbo preset's LoRAs."""
+    from matrix_world.generation.wan_speed import check_speed_options
+
+    check_speed_options(config.video_attention, config.video_compile, config.video_fp8, config.video_cache,
+                        config.video_cache_threshold)
+    if not 0.0 <= config.video_cfg_stop <= 1.0:
+        raise InputError(f"--video-cfg-stop must be in [0, 1], got {config.video_cfg_stop}")
+    turbo = config.preset == "turbo"
+    for option, value in (("--distill-lora", config.distill_lora), ("--flux-turbo-lora", config.flux_turbo_lora)):
+        if value is not None and value.lower() != "none" and not turbo:
+            raise InputError(f"{option} belongs to --preset turbo (its few-step sampler); add --preset turbo")
+    if turbo and config.resolution not in (None, 480) and config.distill_lora is None:
+        raise InputError(f"--preset turbo: the public distillation LoRA (lightx2v) is for 480p, got --resolution "
+                         f"{config.resolution}; use --resolution 480 or --distill-lora FILE")
 
 
 def check_input_files(config: WorldConfig) -> None:
@@ -179,6 +222,10 @@ def check_input_files(config: WorldConfig) -> None:
         validate_flux_lora(config.flux_lora, what="--flux-lora")
     if config.wan_lora is not None:
         validate_wan_lora(config.wan_lora, what="--wan-lora")
+    if config.distill_lora is not None:
+        validate_wan_lora(config.distill_lora, what="--distill-lora")
+    if config.flux_turbo_lora is not None:
+        validate_flux_lora(config.flux_turbo_lora, what="--flux-turbo-lora")
     if config.lrm_model is not None:
         from matrix_world.generation.weights import check_weights_spec
 

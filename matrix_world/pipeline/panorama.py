@@ -55,10 +55,21 @@ def choose(config: WorldConfig, device: torch.device) -> tuple[str, str]:
 
 def configure(config: WorldConfig, backend: str) -> PanoramaConfig:
     """The backend's configuration for this run (the preset sets steps and height)."""
+    from matrix_world.generation.flux_lora import TURBO_GUIDANCE, TURBO_STEPS
+
     quality = config.preset == "quality"
-    return PanoramaConfig(backend=backend, model=config.flux_model, lora=lora_of(config),
-                          height=config.panorama_height or (1024 if quality else 512), steps=50 if quality else 28,
+    turbo = turbo_lora_of(config) if backend == "flux" else None
+    return PanoramaConfig(backend=backend, model=config.flux_model, lora=lora_of(config), turbo_lora=turbo,
+                          height=config.panorama_height or (1024 if quality else 512),
+                          steps=TURBO_STEPS if turbo else 50 if quality else 28, guidance=TURBO_GUIDANCE if turbo else None,
                           seed=config.seed, path=config.image, memory=config.memory)
+
+
+def turbo_lora_of(config: WorldConfig) -> str | None:
+    """The few-step panorama LoRA: FLUX.1-Turbo-Alpha under --preset turbo unless another one or "none" is given."""
+    if config.preset != "turbo" or (config.flux_turbo_lora or "").lower() == "none":
+        return None
+    return config.flux_turbo_lora or "turbo-alpha"
 
 
 def panorama_stage(ctx: StageContext, config: PanoramaConfig, *, prompt: str, image: str | None) -> np.ndarray:

@@ -28,7 +28,7 @@ LATENTS = "video_latents.npz"  # latents [T, 16, h, w] float32 of the Wan model'
 def choose(config: WorldConfig, device: torch.device) -> tuple[str, str]:
     """(backend, reason) of the video stage: ``wan`` on a GPU with the Wan weights (and the LoRA)
     on this machine, else ``fill``."""
-    from matrix_world.generation.wan_lora import OFFICIAL_FILES, OFFICIAL_REPO
+    from matrix_world.generation.wan_lora import DISTILL_FILE, DISTILL_REPO, OFFICIAL_FILES, OFFICIAL_REPO
     from matrix_world.generation.wan_pipeline import HUB_IDS
     from matrix_world.generation.weights import weights_available
 
@@ -44,7 +44,16 @@ def choose(config: WorldConfig, device: torch.device) -> tuple[str, str]:
         return "fill", f"auto: Wan weights '{model}' not found locally"
     if lora_of(config) == "matrix3d" and not weights_available(OFFICIAL_REPO, OFFICIAL_FILES[res]):
         return "fill", f"auto: Matrix-3D LoRA {OFFICIAL_REPO}/{OFFICIAL_FILES[res]} not found locally"
+    if distill_of(config) == "lightx2v" and not weights_available(DISTILL_REPO, DISTILL_FILE):
+        return "fill", f"auto: the turbo preset's distillation LoRA {DISTILL_REPO}/{DISTILL_FILE} not found locally"
     return "wan", "auto: CUDA and weights present"
+
+
+def distill_of(config: WorldConfig) -> str | None:
+    """The few-step video LoRA: lightx2v's under --preset turbo unless another one or "none" is given."""
+    if config.preset != "turbo" or (config.distill_lora or "").lower() == "none":
+        return None
+    return config.distill_lora or "lightx2v"
 
 
 def lora_of(config: WorldConfig) -> str | None:
@@ -62,10 +71,17 @@ def frame_height(config: WorldConfig, backend: str) -> int:
 
 
 def configure(config: WorldConfig, backend: str) -> VideoConfig:
-    """The backend's configuration for this run (the preset sets the denoising steps)."""
+    """The backend's configuration for this run: the preset sets the sampler (quality: 50 steps; fast: 30;
+    turbo: the distillation's 4 steps without CFG) and whether ``auto`` speed options may approximate."""
+    distill = distill_of(config)
+    steps = 4 if distill else 50 if config.preset == "quality" else 30
     video = VideoConfig(backend=backend, height=config.resolution or 480, model=config.wan_model, lora=lora_of(config),
-                        num_inference_steps=50 if config.preset == "quality" else 30, memory=config.memory,
-                        seed=config.seed)
+                        num_inference_steps=steps, guidance_scale=1.0 if distill else 5.0,
+                        sigma_schedule="lightx2v" if distill else "matrix3d", distill_lora=distill,
+                        memory=config.memory, seed=config.seed, attention=config.video_attention,
+                        compile=config.video_compile, fp8=config.video_fp8, cache=config.video_cache,
+                        cache_threshold=config.video_cache_threshold, cfg_stop=config.video_cfg_stop,
+                        approximate=config.preset in ("fast", "turbo"))
     return dataclasses.replace(video, height=frame_height(config, backend))
 
 

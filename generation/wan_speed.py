@@ -1,0 +1,218 @@
+"""Speed options of the Wan video stage: attention kernel, regional compilation, FP8 linears,
+diffusers' cache hooks (and, in :class:`~matrix_world.generation.wan_pipeline.PanoVideoPipeline`,
+CFG batching and CFG truncation).
+
+:func:`plan_speed` is the one ``auto`` rule: it turns the requested options into a
+:class:`SpeedPlan` with a reason for every choice (printed and written to the manifest);
+:func:`apply_speed` applies a plan to a loaded pipeline. What each option does:
+
+* ``attention``: diffusers' attention dispatcher (``transformer.set_attention_backend``):
+  ``native`` (torch SDPA, it picks its kernel), ``cudnn`` (SDPA's cuDNN kernel: 102 ms vs FA2's
+  160 ms per 480p panorama call on an H200, FACTS A2), ``flash`` (flash-attn 2), ``flash3``
+  (flash-attn 3, Hopper), ``sage`` (SageAttention >= 2.1.1: INT8 QK / FP8 PV, 1.4x cuDNN on
+  an H200, an approximation: 3.9 % relative error on random inputs). ``auto``: cuDNN on a GPU of
+  compute capability >= 9.0, else native; with ``approximate`` (the fast / turbo presets) Sage
+  where it is installed.
+* ``compile``: ``blocks`` = ``transformer.compile_repeated_blocks(fullgraph=True)`` (one compiled
+  graph for the 40 identical blocks). It costs a compile on the first call, so ``auto`` turns it on
+  only on CUDA and for at least :data:`COMPILE_MIN_PASSES` transformer passes (a 50-step video with
+  CFG is 100 passes; the 4-step turbo video is 4).
+* ``fp8``: ``rowwise`` = torchao's ``Float8DynamicActivationFloat8WeightConfig(PerRow())`` on the
+  Linear layers of the transformer blocks (an approximation: 4.2 % output relative error on random
+  weights, FACTS A2). Needs a GPU of compute capability >= 8.9, torchao, and the weights on the GPU
+  (memory mode ``full``); ``auto``: on with ``approximate`` where all that holds, else off. LoRAs
+  are fused before it.
+* ``cache``: diffusers' ``transformer.enable_cache``: ``fbc`` (FirstBlockCache: when the first
+  block's residual changed less than ``cache_threshold`` (default 0.05) since the last computed step,
+  the other blocks are skipped and their last residual reused) or ``taylorseer`` (TaylorSeer:
+  the outputs of every block's attention and feed-forward modules predicted by a first-order Taylor
+  expansion between full computations every ``cache_interval`` (default 4) steps, after 3 full ones). Approximations whose cost depends on the trained weights:
+  random weights say nothing about them. Off unless asked for.
+
+Nothing here changes the conditioning or the sampler: the same inputs give the same video up
+to the approximations named above (``benchmarks/video.py --speed`` measures each).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+
+import torch
+
+from matrix_world.errors import InputError
+
+ATTENTION_BACKENDS = {"native": "native", "cudnn": "_native_cudnn", "flash": "flash", "flash3": "_flash_3", "sage": "sage"}
+ATTENTION_CHOICES = ("auto", *ATTENTION_BACKENDS)
+COMPILE_CHOICES = ("auto", "off", "blocks")
+FP8_CHOICES = ("auto", "off", "rowwise")
+CACHE_CHOICES = ("off", "fbc", "taylorseer")
+TAYLORSEER_MODULES = r"^blocks\.\d+\.(attn1|attn2|ffn)$"  # Wan's per-block modules whose outputs TaylorSeer predicts
+COMPILE_MIN_PASSES = 60  # compile (~40 s on an H200) pays for itself after ~90 passes of 0.43 s saved each
+_PACKAGES = {"flash": ("flash_attn", "pip install flash-attn"),
+             "flash3": ("flash_attn_interface", "build flash-attention's hopper/ folder (FlashAttention-3)"),
+             "sage": ("sageattention", "build SageAttention >= 2.1.1 from github.com/thu-ml/SageAttention (not on PyPI)")}
+
+
+@dataclass(frozen=True)
+class SpeedPlan:
+    """What :func:`apply_speed` does, each choice with its reason."""
+
+    attention: str = "native"  # a key of ATTENTION_BACKENDS
+    compile: str = "off"  # off | blocks
+    fp8: str = "off"  # off | rowwise
+    cache: str = "off"  # off | fbc | taylorseer
+    cache_threshold: float | None = None  # fbc: relative change of the first block's residual
+    cache_interval: int | None = None  # taylorseer: full computations every this many steps
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def approximations(self) -> list[str]:
+        """The options of this plan that change the output (beyond floating-point reordering)."""
+        return [name for name, on in (("sage attention", self.attention == "sage"), ("fp8", self.fp8 != "off"),
+                                      (f"{self.cache} cache", self.cache != "off")) if on]
+
+    def to_dict(self) -> dict:
+        return {"attention": self.attention, "compile": self.compile, "fp8": self.fp8, "cache": self.cache,
+                "cache_threshold": self.cache_threshold, "cache_interval": self.cache_interval,
+                "approximations": self.approximations(), "reasons": dict(self.reasons)}
+
+
+def check_speed_options(attention: str, compile: str, fp8: str, cache: str, cache_threshold: float | None = None) -> None:
+    """InputError (one line) for an unknown option value."""
+    for option, value, allowed in (("--video-attention", attention, ATTENTION_CHOICES), ("--video-compile", compile, COMPILE_CHOICES),
+                                   ("--video-fp8", fp8, FP8_CHOICES), ("--video-cache", cache, CACHE_CHOICES)):
+        if value not in allowed:
+            raise InputError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
+    if cache_threshold is not None and not (0.0 < cache_threshold < 10.0):
+        raise InputError(f"--video-cache-threshold must be a number in (0, 10), got {cache_threshold}")
+
+
+def _capability(device: torch.device) -> tuple[int, int] | None:
+    return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _sage_ok() -> bool:
+    """SageAttention of a version diffusers' ``sage`` backend accepts (>= 2.1.1)."""
+    if not _installed("sageattention"):
+        return False
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        parts = tuple(int(p) for p in version("sageattention").split(".")[:3] if p.isdigit())
+    except PackageNotFoundError:
+        return False
+    return parts >= (2, 1, 1)
+
+
+def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "auto", cache: str = "off",
+               cache_threshold: float | None = None, device: torch.device, passes: int, memory_mode: str,
+               approximate: bool = False) -> SpeedPlan:
+    """The one ``auto`` rule of the video speed options -> a :class:`SpeedPlan`.
+
+    passes: transformer passes of the call (steps x 2 under CFG); memory_mode: the pipeline's
+    (full | offload | lowvram); approximate: ``auto`` may pick approximations (Sage, FP8)."""
+    check_speed_options(attention, compile, fp8, cache, cache_threshold)
+    device = torch.device(device)
+    cap = _capability(device)
+    reasons: dict[str, str] = {}
+    # attention
+    if attention == "auto":
+        if approximate and cap is not None and cap >= (8, 0) and _sage_ok():
+            attention, reasons["attention"] = "sage", "auto: SageAttention installed (an approximation, allowed by the preset)"
+        elif cap is not None and cap >= (9, 0):
+            attention, reasons["attention"] = "cudnn", f"auto: cuDNN attention on compute capability {cap[0]}.{cap[1]}"
+        else:
+            attention, reasons["attention"] = "native", "auto: torch SDPA" + ("" if cap else " (no CUDA device)")
+    else:
+        if attention != "native" and cap is None:
+            raise InputError(f"--video-attention {attention} needs a CUDA device; use native (or auto) on the CPU")
+        package = _PACKAGES.get(attention)
+        if package and not (_sage_ok() if attention == "sage" else _installed(package[0])):
+            raise InputError(f"--video-attention {attention} needs the package {package[0]}: {package[1]}")
+        reasons["attention"] = "requested"
+    # compile
+    if compile == "auto":
+        if cap is None:
+            compile, reasons["compile"] = "off", "auto: no CUDA device"
+        elif passes < COMPILE_MIN_PASSES:
+            compile, reasons["compile"] = "off", f"auto: {passes} transformer passes do not repay the compile (< {COMPILE_MIN_PASSES})"
+        else:
+            compile, reasons["compile"] = "blocks", f"auto: {passes} transformer passes repay the compile"
+    else:
+        reasons["compile"] = "requested"
+    # fp8
+    fp8_blocker = None
+    if cap is None or cap < (8, 9):
+        fp8_blocker = "FP8 matmuls need a GPU of compute capability >= 8.9 (Ada, Hopper)"
+    elif not _installed("torchao"):
+        fp8_blocker = "FP8 needs torchao: pip install torchao"
+    elif memory_mode != "full":
+        fp8_blocker = f"FP8 needs the weights on the GPU (memory mode full), not {memory_mode}"
+    if fp8 == "auto":
+        if not approximate:
+            fp8, reasons["fp8"] = "off", "auto: the preset keeps bf16 (FP8 is an approximation)"
+        elif fp8_blocker:
+            fp8, reasons["fp8"] = "off", f"auto: {fp8_blocker}"
+        else:
+            fp8, reasons["fp8"] = "rowwise", "auto: torchao FP8 row-wise on a GPU that has FP8"
+    elif fp8 == "rowwise":
+        if fp8_blocker:
+            raise InputError(f"--video-fp8 rowwise: {fp8_blocker}")
+        reasons["fp8"] = "requested"
+    else:
+        reasons["fp8"] = "requested"
+    # cache
+    threshold = interval = None
+    if cache == "fbc":
+        threshold = 0.05 if cache_threshold is None else float(cache_threshold)
+    elif cache == "taylorseer":
+        interval = 4
+    reasons["cache"] = "requested" if cache != "off" else "off unless asked for (its cost depends on the trained weights)"
+    return SpeedPlan(attention=attention, compile=compile, fp8=fp8, cache=cache, cache_threshold=threshold,
+                     cache_interval=interval, reasons=reasons)
+
+
+def fp8_filter(module: torch.nn.Module, name: str) -> bool:
+    """The layers FP8 quantisation takes: the Linear layers inside the transformer blocks."""
+    return isinstance(module, torch.nn.Linear) and name.startswith("blocks.")
+
+
+def apply_speed(pipe, plan: SpeedPlan) -> dict:
+    """Apply ``plan`` to ``pipe.transformer`` (after the LoRAs are fused and the weights placed) -> info."""
+    tr = pipe.transformer
+    info = plan.to_dict()
+    if plan.fp8 == "rowwise":
+        try:
+            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+        except ImportError as exc:
+            raise InputError(f"--video-fp8 rowwise needs torchao (pip install torchao): {exc}") from None
+        quantize_(tr, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fp8_filter)
+        info["fp8_layers"] = sum(1 for name, m in tr.named_modules() if name.startswith("blocks.") and "Float8" in type(
+            getattr(m, "weight", None)).__name__)
+    tr.set_attention_backend(ATTENTION_BACKENDS[plan.attention])
+    if plan.cache == "fbc":
+        from diffusers.hooks import FirstBlockCacheConfig
+
+        tr.enable_cache(FirstBlockCacheConfig(threshold=plan.cache_threshold))
+    elif plan.cache == "taylorseer":
+        from diffusers.hooks import TaylorSeerCacheConfig
+
+        # diffusers' default identifiers match no module of WanTransformer3DModel (nothing would be cached):
+        # name the blocks' attention and feed-forward modules.
+        tr.enable_cache(TaylorSeerCacheConfig(cache_interval=plan.cache_interval, cache_identifiers=[TAYLORSEER_MODULES]))
+    if plan.compile == "blocks":
+        tr.compile_repeated_blocks(fullgraph=True)
+    return info
+
+
+def remove_speed(pipe) -> None:
+    """Undo the hooks of :func:`apply_speed` that can be undone (cache hooks, attention backend);
+    FP8 weights and compiled blocks stay (reload the model to undo them)."""
+    tr = pipe.transformer
+    if getattr(tr, "is_cache_enabled", False):
+        tr.disable_cache()
+    tr.set_attention_backend("native")
