@@ -355,9 +355,10 @@ def fit_scale(points: np.ndarray, direction: np.ndarray, bearings: np.ndarray, t
 
 
 def register_views(rgbs: list[np.ndarray], distances: list[np.ndarray], config: RegistrationConfig | None = None,
-                   names: list[str] | None = None) -> ViewRegistration:
+                   names: list[str] | None = None, window: int | None = None) -> ViewRegistration:
     """Poses of panoramas [H, 2H, 3] (one size) in the first one's frame, with their distances
-    [H, 2H] (+inf = sky) scaled to its units; each view attaches to the placed view it matches best."""
+    [H, 2H] (+inf = sky) scaled to its units; each view attaches to the placed view it matches
+    best among all earlier ones (or the ``window`` just before it: keyframes of a video)."""
     config = config or RegistrationConfig()
     names = names or [chr(ord("A") + i) if i < 26 else str(i) for i in range(len(rgbs))]
     height = rgbs[0].shape[0]
@@ -368,7 +369,7 @@ def register_views(rgbs: list[np.ndarray], distances: list[np.ndarray], config: 
     for i in range(1, len(rgbs)):
         best: tuple[int, PairPose] | None = None
         failures = []
-        for j in range(i):
+        for j in range(0 if window is None else max(0, i - window), i):
             try:
                 pose = register_pair(feats[j], feats[i], distances[j] * scales[j], distances[i], height, config,
                                      names=(names[j], names[i]))

@@ -95,3 +95,13 @@ def views2world_main(argv: Sequence[str] | None = None) -> int:
         raise InputError("views2world needs at least two 360-degree views: views2world.py A.png B.png [C.png ...]")
     WorldPipeline()(config)
     return 0
+
+
+def stabilize_main(argv: Sequence[str] | None = None) -> int:
+    from matrix_world.pipeline.stabilize import StabilizeConfig, stabilize
+
+    config = _parse(StabilizeConfig, argv, "video", "stabilize360.py",
+                    "Stabilise a shaky 360-degree video: keyframes -> 3D cache -> smoothed path -> re-rendered and "
+                    "filled video.  Usage: stabilize360.py VIDEO.mp4 [--out DIR] [--stride 8] [--sigma 1.5]")
+    stabilize(config)
+    return 0

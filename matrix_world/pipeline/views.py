@@ -70,11 +70,14 @@ def _view_distance(ctx: StageContext, depth_config, rgb: np.ndarray, path: str |
     return result.distance.astype(np.float32), np.asarray(result.sky, bool) | ~np.asarray(result.valid, bool)
 
 
-def views_stage(ctx: StageContext, config, depth_config, rgb_a: np.ndarray, depth_a: dict) -> ViewSet:
+def views_stage(ctx: StageContext, config, depth_config, rgb_a: np.ndarray, depth_a: dict, *,
+                window: int | None = None) -> ViewSet:
     """Views B, C, ... + view A (``panorama.png``, ``depth.npz``) -> ``poses.json`` + ``view_NN*`` (module docstring).
 
     config: the run's WorldConfig (``views``, ``view_distances``, ``poses``); depth_config: the
     plan's depth configuration (the backend that estimates views without a distance map).
+    window: register each view only against the ``window`` views placed just before it
+    (a video's keyframes; None: against all earlier views).
     """
     from matrix_world.registration import RegistrationConfig, register_views
 
@@ -88,7 +91,7 @@ def views_stage(ctx: StageContext, config, depth_config, rgb_a: np.ndarray, dept
         files["poses"] = Path(config.poses)
     registration = RegistrationConfig(seed=ctx.seed)
     stage_config = {"views": len(config.views), "depth": None if config.view_distances else depth_config.to_dict(),
-                    "registration": None if config.poses else registration.__dict__}
+                    "registration": None if config.poses else {**registration.__dict__, "window": window}}
     with ctx.run.stage("views", stage_config, inputs=["panorama.png", "depth.npz"], files=files, outputs=outputs,
                        backend="file" if config.poses else "registration") as st:
         if not st.done:
@@ -113,7 +116,7 @@ def views_stage(ctx: StageContext, config, depth_config, rgb_a: np.ndarray, dept
                 scales = np.ones(n)
                 meta = {"source": "file", "file": str(config.poses)}
             else:
-                reg = register_views(rgbs, distances, registration, names=names)
+                reg = register_views(rgbs, distances, registration, names=names, window=window)
                 c2w, scales = reg.c2w, reg.distance_scale
                 meta = {"source": "registered", "pairs": reg.pairs, "parent": reg.parent}
                 for pair in reg.pairs:
@@ -156,12 +159,12 @@ def view_anchors(views: ViewSet, traj: Trajectory) -> dict[int, int]:
     return {int(frame): i for i, frame in enumerate(anchors) if i > 0}
 
 
-def view_cache(views: ViewSet, traj: Trajectory, height: int, occlusion_threshold: float) -> dict:
+def view_cache(views: ViewSet, traj: Trajectory, occlusion_threshold: float) -> dict:
     """The scaffold stage's keyword arguments for the views' 3D cache (module docstring):
     ``cache_meshes`` (views B.. at their poses, sky removed), ``cache_files``, ``anchors``."""
     config = ScaffoldConfig(occlusion_threshold=occlusion_threshold)
     meshes = [panorama_mesh(views.rgb[i], views.distance[i], views.c2w[i], sky=views.sky[i], config=config,
-                            max_height=height, drop_sky=True) for i in range(1, len(views))]
+                            drop_sky=True) for i in range(1, len(views))]  # at full size, like view A's own mesh
     anchors = {frame: (views.rgb[i], views.distance[i]) for frame, i in view_anchors(views, traj).items()}
     return {"cache_meshes": meshes, "cache_files": views.files, "anchors": anchors, "drop_sky": True}
 

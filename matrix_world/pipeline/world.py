@@ -123,7 +123,7 @@ class WorldPipeline:
         traj = trajectory_stage(ctx, config.trajectory, config.frames, depth["distance"],
                                 views_c2w=None if views is None else views.c2w, snap=plan.recon.keyframes.stride)
         # 5. occlusion-aware scaffold video + mask along the path (+ the views' 3D cache)
-        cache = {} if views is None else view_cache(views, traj, plan.height, OCCLUSION_THRESHOLD)
+        cache = {} if views is None else view_cache(views, traj, OCCLUSION_THRESHOLD)
         scaffold = scaffold_stage(ctx, plan.backends["scaffold"], plan.height, rgb, depth, traj, **cache)
         # 6. panoramic video: the unknown parts of the scaffold generated (input views kept exactly)
         frames = video_stage(ctx, plan.video, scaffold, traj, config.prompt,
