@@ -114,7 +114,7 @@ def views_stage(ctx: StageContext, config, depth_config, rgb_a: np.ndarray, dept
                 c2w = Trajectory.from_json(config.poses).c2w.numpy()
                 c2w = np.linalg.inv(c2w[0]) @ c2w  # world = view A
                 scales = np.ones(n)
-                meta = {"source": "file", "file": str(config.poses)}
+                meta: dict = {"source": "file", "file": str(config.poses)}
             else:
                 reg = register_views(rgbs, distances, registration, names=names, window=window)
                 c2w, scales = reg.c2w, reg.distance_scale
@@ -151,12 +151,10 @@ def load_views(run_path: Path, rgb_a: np.ndarray, depth_a: dict) -> ViewSet:
 
 
 def view_anchors(views: ViewSet, traj: Trajectory) -> dict[int, int]:
-    """{frame: view index} of the views a path passes through (``meta["anchors"]`` of a
-    ``through`` path; view A is frame 0 of every path and needs no anchor)."""
+    """{frame: view index} of the views a path passes through: view A at frame 0 (every path
+    starts there), and on a ``through`` path every view at its ``meta["anchors"]`` frame."""
     anchors = traj.meta.get("anchors") if traj.meta.get("preset") == "through" else None
-    if not anchors:
-        return {}
-    return {int(frame): i for i, frame in enumerate(anchors) if i > 0}
+    return {int(frame): i for i, frame in enumerate(anchors or [0])}
 
 
 def view_cache(views: ViewSet, traj: Trajectory, occlusion_threshold: float) -> dict:
@@ -165,7 +163,7 @@ def view_cache(views: ViewSet, traj: Trajectory, occlusion_threshold: float) -> 
     config = ScaffoldConfig(occlusion_threshold=occlusion_threshold)
     meshes = [panorama_mesh(views.rgb[i], views.distance[i], views.c2w[i], sky=views.sky[i], config=config,
                             drop_sky=True) for i in range(1, len(views))]  # at full size, like view A's own mesh
-    anchors = {frame: (views.rgb[i], views.distance[i]) for frame, i in view_anchors(views, traj).items()}
+    anchors = {frame: (views.rgb[i], views.distance[i]) for frame, i in view_anchors(views, traj).items() if i > 0}
     return {"cache_meshes": meshes, "cache_files": views.files, "anchors": anchors, "drop_sky": True}
 
 
