@@ -46,6 +46,7 @@ for j in "$@"; do
     lrm_train_bench) # train a small LRM from scratch for 5 min (stand-in latents), then lrm vs lift vs optimize
       job lrm_train_bench 590 "python benchmarks/lrm_train.py --minutes 5 && cp \$OUT/lrm_train_stage*_metrics.jsonl $FINAL/" ;;
     e2e_bench)     job e2e_bench 560 "python benchmarks/e2e.py" ;;
+    views_bench)   job views_bench 300 "python benchmarks/views.py" ;;  # issue 16: views2world + random Wan on a through-path scaffold
     train_bench)   job train_bench 560 "python benchmarks/train.py --what flux" ;;
     e2e_lrm)       job e2e_lrm 560 "python benchmarks/e2e.py --recon lrm --run-dir /tmp/matrix_world_e2e_lrm" ;;
     split_bench)   job split_bench 300 "python benchmarks/build_benchmark_split.py --backend cuda --out /tmp/split_gpu" ;;

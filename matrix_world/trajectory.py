@@ -467,3 +467,110 @@ def load_trajectory(spec: str, distance=None, frames: int | None = None, *, resc
             raise InputError("rescaling a custom trajectory needs the panorama's distance map")
         traj = fit_to_panorama(traj, distance)
     return traj
+
+
+# --------------------------------------------------------------------------- paths through sparse views
+
+THROUGH = "through"  # --trajectory of views2world: a smooth path through every view's pose
+
+
+def _rotation_slerp_path(rotations: np.ndarray, times: np.ndarray, frames: int) -> np.ndarray:
+    """A C2-smooth rotation path [F, 3, 3] through ``rotations`` [N, 3, 3] at ``times`` [N]."""
+    from scipy.spatial.transform import Rotation, RotationSpline
+
+    t = np.arange(frames, dtype=np.float64)
+    rots = Rotation.from_matrix(rotations)
+    if len(rotations) == 2:  # RotationSpline needs 3 keys for its cubic: slerp between two
+        from scipy.spatial.transform import Slerp
+
+        return Slerp(times, rots)(t).as_matrix()
+    return RotationSpline(times, rots)(t).as_matrix()
+
+
+def anchor_frames(positions: np.ndarray, frames: int, snap: int = 1) -> list[int]:
+    """Frame index of each view on a path of ``frames`` frames: proportional to the distance
+    travelled (equal spacing when the views stand in one place), first 0, last F - 1, strictly
+    increasing, rounded to multiples of ``snap`` where that keeps them apart (the
+    reconstruction's keyframe stride, so every view is a keyframe)."""
+    n = len(positions)
+    if frames < n:
+        raise InputError(f"a path through {n} views needs at least {n} frames, got {frames}")
+    steps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
+    steps = steps if steps.sum() > 1e-9 else np.ones(n - 1)
+    steps = np.maximum(steps, 0.05 * steps.sum())  # every segment gets some frames
+    cum = np.concatenate([[0.0], np.cumsum(steps)]) / steps.sum() * (frames - 1)
+    for step in (snap, 1):
+        idx = [int(round(c / step) * step) for c in cum]
+        idx[-1] = frames - 1
+        if all(b > a for a, b in zip(idx, idx[1:])):
+            return idx
+    return [int(round(i * (frames - 1) / (n - 1))) for i in range(n)]  # (frames >= n keeps these distinct)
+
+
+def through_path(view_c2w, frames: int = 81, *, snap: int = 1, fps: float = 16.0) -> Trajectory:
+    """A smooth camera path that passes exactly through every view's pose, in view order.
+
+    view_c2w: [N, 4, 4] (N >= 2) the views' c2w in view 0's frame (view 0 = identity).
+    Positions: a natural cubic spline over the anchor frames (a line for two views);
+    orientations: a rotation spline (slerp for two). At each anchor frame the pose IS the
+    view's pose (copied, not interpolated), so the scaffold frame there is that panorama.
+    ``meta["anchors"]`` lists the anchor frame of every view (first 0, last F - 1).
+    """
+    from scipy.interpolate import CubicSpline
+
+    views = torch.as_tensor(view_c2w, dtype=torch.float64)
+    validate_poses(views, what="view poses")
+    if not torch.allclose(views[0], torch.eye(4, dtype=torch.float64), atol=1e-9):
+        views = _relative_to_first(views)
+    poses = views.numpy()
+    anchors = anchor_frames(poses[:, :3, 3], int(frames), snap)
+    t = np.arange(frames, dtype=np.float64)
+    if len(poses) == 2:
+        w = (t - anchors[0]) / (anchors[1] - anchors[0])
+        pos = (1 - w)[:, None] * poses[0, :3, 3] + w[:, None] * poses[1, :3, 3]
+    else:
+        pos = CubicSpline(anchors, poses[:, :3, 3], bc_type="natural")(t)
+    rot = _rotation_slerp_path(poses[:, :3, :3], np.array(anchors, dtype=np.float64), frames)
+    c2w = make_pose(torch.from_numpy(rot), torch.from_numpy(pos))
+    c2w[anchors] = views  # exactly the views' poses
+    meta = {"preset": THROUGH, "anchors": anchors, "views": len(poses)}
+    return Trajectory(c2w, fps=fps, yaw=0.0, name=THROUGH, meta=meta)
+
+
+def smooth_path(key_c2w, key_frames, frames: int, *, sigma: float = 2.0, fps: float = 16.0) -> Trajectory:
+    """A stabilised path from shaky keyframe poses: Gaussian-weighted local fits, pinned at the start.
+
+    key_c2w: [K, 4, 4] keyframe poses in keyframe 0's frame (keyframe 0 = identity) at frame
+    indices ``key_frames`` [K] (first 0). sigma: the smoothing width in keyframes. Positions
+    are a local linear fit (no pull towards the middle at the ends), orientations a weighted
+    rotation mean. The path's frame 0 is keyframe 0's pose exactly (world = its camera); the
+    correction that makes it so fades out over the first ``sigma`` keyframe intervals.
+    """
+    from scipy.spatial.transform import Rotation
+
+    keys = torch.as_tensor(key_c2w, dtype=torch.float64).numpy()
+    times = np.asarray(key_frames, dtype=np.float64)
+    if len(keys) < 2 or len(times) != len(keys) or times[0] != 0 or np.any(np.diff(times) <= 0) or times[-1] >= frames:
+        raise InputError(f"smooth_path needs >= 2 keyframes at increasing frames starting at 0 and below {frames}, "
+                         f"got {times.tolist()}")
+    width = max(float(sigma), 1e-3) * float(np.mean(np.diff(times)))
+    t = np.arange(frames, dtype=np.float64)
+    weights = np.exp(-0.5 * ((t[:, None] - times[None]) / width) ** 2)  # [F, K]
+    pos = np.empty((frames, 3))
+    rots = Rotation.from_matrix(keys[:, :3, :3])
+    rot = []
+    for i in range(frames):
+        w = weights[i]
+        design = np.stack([np.ones_like(times), times - t[i]], axis=1) * np.sqrt(w)[:, None]
+        coef = np.linalg.lstsq(design, keys[:, :3, 3] * np.sqrt(w)[:, None], rcond=None)[0]
+        pos[i] = coef[0]
+        rot.append(rots.mean(weights=w))
+    smooth_rot = Rotation.concatenate(rot)
+    fade = np.exp(-0.5 * (t / width) ** 2)  # 1 at frame 0
+    pos += fade[:, None] * (keys[0, :3, 3] - pos[0])
+    correction = Rotation.from_matrix(keys[0, :3, :3]) * smooth_rot[0].inv()
+    smooth_rot = Rotation.from_rotvec(fade[:, None] * correction.as_rotvec()[None]) * smooth_rot
+    c2w = make_pose(torch.from_numpy(smooth_rot.as_matrix()), torch.from_numpy(pos))
+    c2w[0] = torch.from_numpy(keys[0])
+    meta = {"preset": "smooth", "key_frames": [int(k) for k in times], "sigma": float(sigma)}
+    return Trajectory(c2w, fps=fps, yaw=0.0, name="smooth", meta=meta)

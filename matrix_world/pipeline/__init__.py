@@ -16,6 +16,8 @@ function that runs one resumable step of the run directory:
 ``reconstruction``     6. -> ``world.ply`` (+ exports)
 ``report``             7. -> ``preview.mp4``, ``contact_sheet.png``, the summary
 ``world``              :class:`WorldPipeline`: the numbered steps; ``--out`` rules
+``views``              sparse 360-degree views (views2world): poses in view A's frame + their 3D cache
+``stabilize``          a shaky 360-degree video re-rendered along a smoothed path (stabilize360)
 ``explore``            chained segments of an existing world, merged into it
 ``scaffold_job``       ``scripts/render_scaffold.py``: panorama + distance -> scaffold run
 =====================  ===================================================================

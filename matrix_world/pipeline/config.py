@@ -28,6 +28,14 @@ class WorldConfig:
     """The input image is already a 360-degree panorama (skip the image->panorama model)."""
     distance: str | None = None
     """Distance map for the panorama (.npy/.npz, [H, W] float32, +inf = sky) instead of a depth model."""
+    views: tuple[str, ...] = ()
+    """Sparse 360-degree views (views2world.py): the panoramas B, C, ... taken at other places; view A is --image
+    (a panorama). Their relative poses are registered (or read from --poses) and all views make the 3D cache."""
+    view_distances: tuple[str, ...] = ()
+    """Distance maps of --views, one per view in order (views2world.py takes all of them after --distance, A first)."""
+    poses: str | None = None
+    """views2world: the views' poses, A first ({"convention": "opencv_c2w", "poses": [[16 floats], ...]}, world =
+    view A, lengths in the distances' units) instead of registering them."""
     out: str | None = None
     """Run directory (default: outputs/<slug>-<timestamp>). Rerunning into it resumes."""
     preset: Literal["preview", "fast", "quality", "turbo"] = "fast"
@@ -160,7 +168,9 @@ def check_inputs(config: WorldConfig) -> None:
     if config.distance is not None and not Path(config.distance).is_file():
         raise InputError(f"distance file {config.distance} does not exist")
     check_frames(config.frames)
-    check_trajectory_spec(config.trajectory)
+    check_views(config)
+    if not (config.views and config.trajectory == "through"):
+        check_trajectory_spec(config.trajectory)
     if config.resolution is not None and not (64 <= config.resolution <= MAX_RESOLUTION and config.resolution % 16 == 0):
         raise InputError(f"--resolution must be a multiple of 16 from 64 to {MAX_RESOLUTION} (480 or 720 for Wan), "
                          f"got {config.resolution}")
@@ -207,6 +217,33 @@ def check_speed_inputs(config: WorldConfig) -> None:
                          f"{config.resolution}; use --resolution 480 or --distill-lora FILE")
 
 
+def check_views(config: WorldConfig) -> None:
+    """The options of sparse views (views2world.py): counts and files; their contents are read by
+    :func:`matrix_world.pipeline.views.check_view_files` (sizes, distances, the poses file)."""
+    if not config.views:
+        if config.view_distances or config.poses:
+            raise InputError("--view-distances and --poses belong to sparse views: use scripts/views2world.py A.png B.png ...")
+        if config.trajectory == "through":
+            raise InputError("--trajectory through passes through the poses of several views: use scripts/views2world.py "
+                             "A.png B.png ... (one panorama: a preset or a JSON path)")
+        return
+    if config.image is None or not config.panorama:
+        raise InputError("sparse views need view A as a panorama (views2world.py A.png B.png ...)")
+    for view in config.views:
+        if not Path(view).is_file():
+            raise InputError(f"view {view} does not exist")
+    if config.view_distances and (config.distance is None or len(config.view_distances) != len(config.views)):
+        raise InputError(f"give a distance map for every view or for none: {1 + len(config.views)} views, "
+                         f"{int(config.distance is not None) + len(config.view_distances)} distance maps")
+    if config.distance is not None and not config.view_distances:
+        raise InputError(f"give a distance map for every view or for none: {1 + len(config.views)} views, 1 distance map")
+    for path in config.view_distances:
+        if not Path(path).is_file():
+            raise InputError(f"distance file {path} does not exist")
+    if config.poses is not None and not Path(config.poses).is_file():
+        raise InputError(f"--poses {config.poses} does not exist (expected a JSON file with one pose per view)")
+
+
 def check_input_files(config: WorldConfig) -> None:
     """The inputs' contents, read before anything is written: a complete (not truncated) image, a
     distance map by :func:`~matrix_world.io.read_distance`'s rule and of the panorama's size, and
@@ -226,7 +263,30 @@ def check_input_files(config: WorldConfig) -> None:
         validate_wan_lora(config.distill_lora, what="--distill-lora")
     if config.flux_turbo_lora is not None:
         validate_flux_lora(config.flux_turbo_lora, what="--flux-turbo-lora")
+    if config.views:
+        check_view_files(config)
     if config.lrm_model is not None:
         from matrix_world.generation.weights import check_weights_spec
 
         check_weights_spec(config.lrm_model, what="--lrm-model")
+
+
+def check_view_files(config: WorldConfig) -> None:
+    """The sparse views' contents: 2:1 panoramas (of any size: resized to view A's with a note),
+    distance maps of their own view's size by the one distance rule (NaN refused), and a poses
+    file with one finite rigid pose per view."""
+    from matrix_world.io import check_image_file, read_distance
+    from matrix_world.trajectory import Trajectory
+
+    paths = [config.image, *config.views]
+    sizes = [check_image_file(p) for p in paths]  # (H, W)
+    for path, (h, w) in zip(paths, sizes):
+        if w != 2 * h:
+            raise InputError(f"view {path} is {w}x{h}; sparse views must be 360-degree equirectangular panoramas (W = 2H)")
+    for path, size in zip(config.view_distances, sizes[1:]):
+        read_distance(path, expected_shape=size)
+    if config.poses is not None:
+        poses = Trajectory.from_json(config.poses)
+        if len(poses) != len(paths):
+            raise InputError(f"--poses {config.poses} has {len(poses)} poses but there are {len(paths)} views; "
+                             "expected one pose per view, view A first")

@@ -35,26 +35,33 @@ def write_scaffold_videos(st, scaffold: Scaffold, fps: float) -> None:
 
 
 def scaffold_stage(ctx: StageContext, backend: str, height: int, rgb: np.ndarray, depth: dict, traj: Trajectory, *,
-                   cache_meshes: list | None = None, cache_files: dict | None = None) -> Scaffold:
+                   cache_meshes: list | None = None, cache_files: dict | None = None,
+                   anchors: dict | None = None, drop_sky: bool = False) -> Scaffold:
     """Panorama + distance (+ the world's cached meshes) -> ``scaffold.npz`` along the trajectory.
 
     backend: the rasteriser (``cpu`` | ``cuda``, from :func:`choose`). depth: {"distance",
     "sky", optional "known"} of the panorama (a chained segment's start view may have holes).
     cache_meshes: ScaffoldMesh objects already in the world frame (earlier segments), rendered
     together with this panorama's mesh (the "3D cache"). cache_files: {key: path} of the
-    files the cache meshes were built from (their contents join the stage hash).
+    files the cache meshes were built from (their contents join the stage hash). anchors:
+    {frame: (rgb, distance)} of the other input panoramas on the path (sparse views; their
+    files are among ``cache_files``): those frames are the panoramas themselves, all known.
+    drop_sky: the panorama's mesh without its sky triangles (a cache of several views).
     """
     t0 = time.perf_counter()
     mesh_config = {"occlusion_threshold": OCCLUSION_THRESHOLD}
     config = {"height": height, "mesh": mesh_config, "cache_meshes": len(cache_meshes or []),
               "rasteriser": backend}  # CPU and CUDA rasterisers agree only within tolerance
+    if anchors or drop_sky:
+        config.update(anchors=sorted(anchors or {}), drop_sky=drop_sky)
     outputs = ["scaffold.npz", "scaffold_rgb.mp4", "scaffold_mask.mp4"]
     with ctx.run.stage("scaffold", config, inputs=["panorama.png", "depth.npz", "trajectory.json"],
                        files=cache_files, outputs=outputs, backend=backend) as st:
         if not st.done:
             with progress_bar(len(traj), "scaffold", "frame") as bar:
                 scaffold, mesh = build_scaffold(rgb, depth["distance"], traj.c2w, height, sky=depth["sky"],
-                                                known=depth.get("known"), cache_meshes=cache_meshes or (),
+                                                known=depth.get("known"), cache_meshes=cache_meshes or (), anchors=anchors,
+                                                drop_sky=drop_sky,
                                                 config=ScaffoldConfig(occlusion_threshold=OCCLUSION_THRESHOLD),
                                                 backend=backend, device=ctx.device, on_frames=bar.update)
             save_scaffold(st.path("scaffold.npz"), scaffold)

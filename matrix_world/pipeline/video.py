@@ -18,7 +18,7 @@ from matrix_world.io import load_npz, save_npz, to_uint8, write_video
 from matrix_world.pipeline.config import WorldConfig
 from matrix_world.pipeline.context import StageContext, log_stage
 from matrix_world.rundir import small_info
-from matrix_world.scaffold.build import Scaffold
+from matrix_world.scaffold.build import Scaffold, resize_rgb
 from matrix_world.trajectory import Trajectory
 
 PREVIEW_HEIGHT = 256  # frame height of the no-weight video backends unless --resolution says otherwise
@@ -85,17 +85,26 @@ def configure(config: WorldConfig, backend: str) -> VideoConfig:
     return dataclasses.replace(video, height=frame_height(config, backend))
 
 
-def video_stage(ctx: StageContext, config: VideoConfig, scaffold: Scaffold, traj: Trajectory, prompt: str) -> np.ndarray:
-    """Scaffold video + mask -> ``video.npz`` (frames [F, H, 2H, 3] uint8) and ``video.mp4``."""
+def video_stage(ctx: StageContext, config: VideoConfig, scaffold: Scaffold, traj: Trajectory, prompt: str, *,
+                anchors: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """Scaffold video + mask -> ``video.npz`` (frames [F, H, 2H, 3] uint8) and ``video.mp4``.
+
+    anchors: {frame: rgb [h, 2h, 3] float32} input panoramas at those frames' poses (a path
+    through sparse views): the video's frame there is the panorama, whatever the model made.
+    """
     t0 = time.perf_counter()
     outputs = ["video.npz", "video.mp4"] + ([LATENTS] if config.backend == "wan" else [])
-    with ctx.run.stage("video", {"prompt": prompt, **config.to_dict(), "generator_seed": ctx.seed},
+    hashed = {"prompt": prompt, **config.to_dict(), "generator_seed": ctx.seed,
+              **({"anchors": sorted(anchors)} if anchors else {})}
+    with ctx.run.stage("video", hashed,
                        inputs=["scaffold.npz", "trajectory.json"], outputs=outputs, backend=config.backend) as st:
         if not st.done:
             result = generate_video(config, scaffold_rgb=scaffold.rgb.astype(np.float32) / 255.0,
                                     scaffold_mask=scaffold.mask, prompt=prompt, c2w=traj.c2w,
                                     device=ctx.device, generator=ctx.generator(5), pipeline=ctx.models.get("video"))
             frames = to_uint8(result.frames)
+            for index, rgb in (anchors or {}).items():  # the input panoramas, exactly
+                frames[index] = to_uint8(resize_rgb(np.asarray(rgb, np.float32), frames.shape[1]))
             save_npz(st.path("video.npz"), frames=frames)
             write_video(st.path("video.mp4"), frames, fps=traj.fps)
             if LATENTS in outputs:  # the lrm reconstruction reads them: no second VAE encode

@@ -37,9 +37,10 @@ from matrix_world.pipeline.panorama import panorama_stage
 from matrix_world.pipeline.plan import Plan, check_plan, make_plan
 from matrix_world.pipeline.reconstruction import reconstruction_stage
 from matrix_world.pipeline.report import contact_sheet_stage, preview_stage, summarize
-from matrix_world.pipeline.scaffold import scaffold_stage
+from matrix_world.pipeline.scaffold import OCCLUSION_THRESHOLD, scaffold_stage
 from matrix_world.pipeline.trajectory import trajectory_stage
 from matrix_world.pipeline.video import video_stage
+from matrix_world.pipeline.views import video_anchors, view_cache, views_stage
 from matrix_world.rundir import RunDir, file_sha256, jsonable, run_lock
 from matrix_world.runtime import apply_threads
 
@@ -105,7 +106,7 @@ class WorldPipeline:
         self._announce(config, plan, out)
         self.log(f"  threads: {threads}")
         ctx = StageContext(run=run, device=plan.device, seed=config.seed, log=self.log, models=self.models)
-        run.set_inputs(image=config.image, distance=config.distance)
+        run.set_inputs(**input_files(config))
         run.manifest["request"] = {"prompt": config.prompt, "preset": config.preset, "trajectory": config.trajectory,
                                    "frames": config.frames, "height": plan.height, "device": str(plan.device)}
         run.manifest["plan"] = {"backends": plan.backends, "reasons": plan.reasons, "preview_only": plan.preview_only}
@@ -116,12 +117,17 @@ class WorldPipeline:
         rgb = panorama_stage(ctx, plan.panorama, prompt=config.prompt, image=config.image)
         # 3. panoramic distance (+ sky)
         depth = depth_stage(ctx, plan.depth, rgb)
-        # 4. camera path through the panorama
-        traj = trajectory_stage(ctx, config.trajectory, config.frames, depth["distance"])
-        # 5. occlusion-aware scaffold video + mask along the path
-        scaffold = scaffold_stage(ctx, plan.backends["scaffold"], plan.height, rgb, depth, traj)
-        # 6. panoramic video: the unknown parts of the scaffold generated
-        frames = video_stage(ctx, plan.video, scaffold, traj, config.prompt)
+        # 3b. sparse views (views2world): their poses in view A's frame, distances in A's units
+        views = views_stage(ctx, config, plan.depth, rgb, depth) if config.views else None
+        # 4. camera path through the panorama (or through every view's pose)
+        traj = trajectory_stage(ctx, config.trajectory, config.frames, depth["distance"],
+                                views_c2w=None if views is None else views.c2w, snap=plan.recon.keyframes.stride)
+        # 5. occlusion-aware scaffold video + mask along the path (+ the views' 3D cache)
+        cache = {} if views is None else view_cache(views, traj, OCCLUSION_THRESHOLD)
+        scaffold = scaffold_stage(ctx, plan.backends["scaffold"], plan.height, rgb, depth, traj, **cache)
+        # 6. panoramic video: the unknown parts of the scaffold generated (input views kept exactly)
+        frames = video_stage(ctx, plan.video, scaffold, traj, config.prompt,
+                             anchors=None if views is None else video_anchors(views, traj))
         # 7. 3D Gaussians from the video, exported as world.ply (+ .spz / .splat / .glb / collider)
         depth_fn = make_depth_fn(plan.depth, plan.device, scaffold, traj, models=self.models)
         gaussians = reconstruction_stage(ctx, plan.recon, frames, depth, traj, depth_fn,
@@ -149,16 +155,27 @@ class WorldPipeline:
 
 # Options that never change an artifact: a change of any other option makes another world.
 _RUN_OPTIONS = ("out", "resume", "overwrite", "threads")
-_INPUT_FILES = ("image", "distance")
+
+
+def input_files(config: WorldConfig) -> dict[str, str | None]:
+    """{key: path or None} of the input files, as the manifest's ``inputs`` records them."""
+    files: dict[str, str | None] = {"image": config.image, "distance": config.distance}
+    files.update({f"view_{i:02d}": p for i, p in enumerate(config.views, 1)})
+    files.update({f"view_{i:02d}_distance": p for i, p in enumerate(config.view_distances, 1)})
+    if config.views:
+        files["poses"] = config.poses
+    return files
 
 
 def input_hashes(config: WorldConfig) -> dict[str, str | None]:
     """sha256 of the input files (None where not given), as ``RunDir.set_inputs`` records them."""
-    return {key: None if getattr(config, key) is None else file_sha256(getattr(config, key)) for key in _INPUT_FILES}
+    return {key: None if path is None else file_sha256(path) for key, path in input_files(config).items()}
 
 
-def _stored_hashes(manifest: dict) -> dict[str, str | None]:
-    return {key: manifest.get("inputs", {}).get(key, {}).get("sha256") for key in _INPUT_FILES}
+def _same_inputs(manifest: dict, hashes: dict) -> bool:
+    """The manifest records exactly these input files' contents (an input absent on one side is None)."""
+    stored = {key: rec.get("sha256") for key, rec in manifest.get("inputs", {}).items()}
+    return all(stored.get(key) == hashes.get(key) for key in set(stored) | set(hashes))
 
 
 def same_world(manifest: dict, config: WorldConfig, hashes: dict) -> bool:
@@ -166,14 +183,16 @@ def same_world(manifest: dict, config: WorldConfig, hashes: dict) -> bool:
     (other options may differ: resuming reruns what they change)."""
     old = manifest.get("world_config") or {}
     return ((old.get("prompt"), old.get("seed"), old.get("panorama", False)) == (config.prompt, config.seed, config.panorama)
-            and _stored_hashes(manifest) == hashes)
+            and _same_inputs(manifest, hashes))
 
 
 def _world_changed(manifest: dict, config: WorldConfig, hashes: dict) -> bool:
     """True when any option that changes an artifact differs from the world stored in ``manifest``."""
     stored = {k: v for k, v in (manifest.get("world_config") or {}).items() if k not in _RUN_OPTIONS}
     now = {k: v for k, v in jsonable(dataclasses.asdict(config)).items() if k not in _RUN_OPTIONS}
-    return stored != now or _stored_hashes(manifest) != hashes
+    for key in ("views", "view_distances", "poses"):  # worlds made before sparse views existed had none
+        stored.setdefault(key, now[key] if not config.views else None)
+    return stored != now or not _same_inputs(manifest, hashes)
 
 
 def check_out_folder(out: Path, config: WorldConfig, hashes: dict) -> None:

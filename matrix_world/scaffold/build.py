@@ -78,12 +78,16 @@ def panorama_mesh(
     known: np.ndarray | None = None,  # [H, 2H] bool, False = a hole (its vertices are invisible)
     config: ScaffoldConfig | None = None,
     max_height: int | None = None,
+    drop_sky: bool = False,
     device: torch.device | str = "cpu",
 ) -> ScaffoldMesh:
     """The occlusion-aware scaffold mesh of a panorama, in the world frame.
 
     max_height: decimate the grid (integer factor) so it has at most this many rows; used for
     the meshes of the world's 3D cache, which need no more detail than the frames rendered.
+    drop_sky: remove the triangles that touch a sky pixel (Pantheon360's sky removal for a
+    3D cache of several views: each view's sky dome sits at its own far distance and would
+    hide the other views' far geometry).
     """
     config = config or ScaffoldConfig()
     h = np.asarray(distance).shape[0]
@@ -101,6 +105,11 @@ def panorama_mesh(
         visible[: hidden.numel()] &= ~hidden  # one vertex per pixel, row-major, then the pole vertices
         colors = mesh.colors * visible[:, None].to(mesh.colors.dtype)
         mesh = dataclasses.replace(mesh, visible=visible, colors=colors)
+    if drop_sky and sky is not None:
+        k = config.decimate
+        sky_grid = torch.nn.functional.avg_pool2d(torch.from_numpy(np.asarray(sky, np.float32))[None, None], k)[0, 0] > 0
+        sky_v = torch.cat((sky_grid.reshape(-1), torch.zeros(2, dtype=torch.bool))).to(mesh.faces.device)  # + the poles
+        mesh = dataclasses.replace(mesh, faces=mesh.faces[~sky_v[mesh.faces].any(dim=1)])
     return mesh.transformed(torch.as_tensor(c2w).to(device=device, dtype=torch.float64))
 
 
@@ -138,6 +147,8 @@ def build_scaffold(
     sky: np.ndarray | None = None,  # [H, 2H] bool
     known: np.ndarray | None = None,  # [H, 2H] bool (None: the whole panorama is known)
     cache_meshes: Sequence[ScaffoldMesh] = (),
+    anchors: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+    drop_sky: bool = False,
     config: ScaffoldConfig | None = None,
     backend: str = "cpu",
     device: torch.device | str = "cpu",
@@ -145,8 +156,11 @@ def build_scaffold(
 ) -> tuple[Scaffold, ScaffoldMesh]:
     """The scaffold video along ``c2w`` (the rule of the module docstring) and the panorama's mesh.
 
-    backend: the rasteriser, ``cpu`` or ``cuda`` (on ``device``); on_frames(n) is called after
-    every chunk of n frames (progress).
+    anchors: {frame: (rgb [h, 2h, 3] float32, distance [h, 2h])} frames whose pose is that of
+    another input panorama (a path through sparse views): like frame 0, such a frame is the
+    panorama itself with a full mask and its own distance. drop_sky: the panorama's mesh
+    without its sky (see :func:`panorama_mesh`; a 3D cache of several views). backend: the rasteriser, ``cpu``
+    or ``cuda`` (on ``device``); on_frames(n) is called after every chunk of n frames (progress).
     """
     rgb = np.asarray(rgb, dtype=np.float32)
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.shape[1] != 2 * rgb.shape[0]:
@@ -159,7 +173,7 @@ def build_scaffold(
     c2w = torch.as_tensor(c2w).to(device=device, dtype=torch.float64)
     if c2w.dim() != 3 or c2w.shape[-2:] != (4, 4) or len(c2w) < 1:
         raise InputError(f"c2w must be [F, 4, 4] with F >= 1, got {tuple(c2w.shape)}")
-    mesh = panorama_mesh(rgb, distance, c2w[0], sky=sky, known=known, config=config, device=device)
+    mesh = panorama_mesh(rgb, distance, c2w[0], sky=sky, known=known, config=config, drop_sky=drop_sky, device=device)
     meshes = [mesh] + [m.to(device) for m in cache_meshes]
     chunks = []
     for start in range(0, len(c2w), CHUNK):
@@ -171,6 +185,10 @@ def build_scaffold(
     distance_out = torch.cat([c.distance for c in chunks]).cpu().numpy()
     mask[0] = True if known is None else resize_nearest(np.asarray(known, np.float32), height) > 0.5
     out_rgb[0] = to_uint8(resize_rgb(rgb, height)) * mask[0][..., None]  # frame 0: the panorama itself
+    for index, (anchor_rgb, anchor_distance) in (anchors or {}).items():  # the other input panoramas
+        mask[index] = True
+        out_rgb[index] = to_uint8(resize_rgb(np.asarray(anchor_rgb, np.float32), height))
+        distance_out[index] = resize_nearest(np.asarray(anchor_distance, np.float32), height)
     return Scaffold(out_rgb, mask, distance_out.astype(np.float16)), mesh
 
 
