@@ -339,16 +339,12 @@ def _generate_call(config: VideoConfig, rgb: np.ndarray, mask: np.ndarray, poses
     backend = VIDEO_BACKENDS[config.backend]
     if config.representation == "erp":
         return backend(config, rgb, mask, poses, **kwargs)
-    from matrix_world.viewpoint import erp_to_viewpoint, viewpoint_to_erp
+    from matrix_world.viewpoint import scaffold_to_viewpoint, viewpoint_to_erp
 
     size, height = config.map_size(), rgb.shape[1]
     erp = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2)  # [F, 3, H, 2H]
-    known = torch.from_numpy(mask).float()[:, None]
-    vp_rgb = erp_to_viewpoint(erp * known, size)
-    vp_known = erp_to_viewpoint(known, size)
-    vp_mask = vp_known >= 0.999  # a map pixel is known when every equirect pixel it blends is
-    vp_rgb = torch.where(vp_mask, vp_rgb / vp_known.clamp_min(1e-6), torch.zeros_like(vp_rgb)).clamp(0.0, 1.0)
-    out = backend(config, vp_rgb.permute(0, 2, 3, 1).numpy(), vp_mask[:, 0].numpy(), poses, layout="viewpoint", **kwargs)
+    vp_rgb, vp_mask = scaffold_to_viewpoint(erp, torch.from_numpy(mask), size)
+    out = backend(config, vp_rgb.permute(0, 2, 3, 1).numpy(), vp_mask.numpy(), poses, layout="viewpoint", **kwargs)
     frames = viewpoint_to_erp(torch.from_numpy(np.ascontiguousarray(out.frames)).permute(0, 3, 1, 2), height)
     info = {**out.info, "viewpoint_size": size}
     return VideoResult(frames.clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy(), info, latents=out.latents)

@@ -146,6 +146,23 @@ def erp_to_viewpoint(pano: Tensor, size: int, mode: str = "bilinear") -> Tensor:
     return sample_equirect_directions(pano, dirs, mode=mode)
 
 
+def scaffold_to_viewpoint(rgb: Tensor, mask: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """A scaffold in ViewPoint maps without bleeding unknown pixels: the one conversion of the video stage
+    and the trainer.
+
+    rgb: Tensor  # [F, 3, H, 2H] float in [0, 1] (0 where unknown)
+    mask: Tensor  # [F, H, 2H] bool
+    returns (rgb [F, 3, size, size], mask [F, size, size]): colours premultiplied by the mask, a map
+    pixel known only where all it blends is known (>= 0.999), 0 elsewhere.
+    """
+    known = mask.to(rgb.dtype)[:, None]
+    vp_known = erp_to_viewpoint(known, size)
+    vp_mask = vp_known >= 0.999
+    vp_rgb = erp_to_viewpoint(rgb * known, size)
+    vp_rgb = torch.where(vp_mask, vp_rgb / vp_known.clamp_min(1e-6), torch.zeros_like(vp_rgb)).clamp(0.0, 1.0)
+    return vp_rgb, vp_mask[:, 0]
+
+
 def viewpoint_lookup(height: int, size: int, *, device=None) -> tuple[Tensor, Tensor, Tensor]:
     """Where each equirect pixel is in a size x size map: (px [4, H, 2H], py [4, H, 2H], weight [4, H, 2H]).
 

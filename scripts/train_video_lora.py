@@ -37,6 +37,8 @@ from matrix_world.errors import InputError
 from matrix_world.generation.train_video_lora import LR_SCHEDULERS, MIXED_PRECISION
 from matrix_world.generation.wan_lora_training import LOSS_WEIGHTING, MATRIX3D_LORA_TARGETS, TIMESTEP_SAMPLING
 
+PAIR_KINDS = ("scaffold", "perspective")
+
 RESOLUTIONS = {"480p": 480, "720p": 720}
 DEPTH_BACKENDS = ("auto", "prior", "moge", "none")
 
@@ -125,9 +127,18 @@ class TrainOptions:
     """Train on the CPU even where a GPU is present."""
     allow_download: bool = False
     """Let the hub download missing model weights."""
+    pairs: Annotated[str, choices_metavar(PAIR_KINDS)] = "scaffold"
+    """Training pairs: scaffold (Matrix-3D: mesh scaffold of frame 0 along the clip's poses) or perspective (Argus' camera-motion simulation: a hand-held perspective video cut from the 360° clip, its canvas as the condition, the clip in frame 0's camera as the target; needs no poses or distance)."""
+    perspective_width: int = 256
+    """--pairs perspective: width of the simulated perspective frames (height from the drawn FOVs)."""
+    representation: Annotated[str, choices_metavar(("erp", "viewpoint"))] = "erp"
+    """Layout the model is trained on: erp (equirect) or viewpoint (ViewPoint maps; use the same --representation in the video stage)."""
 
     def check(self) -> None:
         require_one_of(self, "resolution", RESOLUTIONS)
+        require_one_of(self, "pairs", PAIR_KINDS)
+        require_one_of(self, "representation", ("erp", "viewpoint"))
+        require_positive(self, "perspective_width")
         require_one_of(self, "depth_backend", DEPTH_BACKENDS)
         require_positive(self, "steps", "height", "frames", "frame_stride", "lora_rank", "lora_alpha", "learning_rate",
                          "batch_size", "gradient_accumulation", "shift", "checkpoint_every", "checkpoints_keep",
@@ -161,14 +172,15 @@ class TrainOptions:
             cache_dir=None if self.cache_dir is None else str(self.cache_dir), checkpoint_every=self.checkpoint_every,
             checkpoints_keep=self.checkpoints_keep, resume=self.resume, validation_every=self.validation_every,
             validation_steps=self.validation_steps, validation_guidance=self.validation_guidance, seed=self.seed,
-            num_workers=self.num_workers, cpu=self.cpu, allow_download=self.allow_download)
+            num_workers=self.num_workers, cpu=self.cpu, allow_download=self.allow_download,
+            representation=self.representation)
 
 
 def main(argv=None) -> int:
     options = parse_options(TrainOptions, argv, prog="train_video_lora.py", doc=__doc__)
     import torch
 
-    from matrix_world.datasets.pairs import depth_for_clips, open_training_pairs
+    from matrix_world.datasets.pairs import depth_for_clips, open_perspective_pairs, open_training_pairs
     from matrix_world.generation.train_video_lora import train_video_lora
     from matrix_world.runtime import apply_threads
 
@@ -178,8 +190,14 @@ def main(argv=None) -> int:
     device = "cuda" if cuda else "cpu"
     depth, why = depth_for_clips(options.depth_backend, model=options.moge_model, device=device)
     raster = "cuda" if cuda and options.num_workers == 0 else "cpu"  # CUDA rasterising in the main process only
-    open_pairs = lambda root: open_training_pairs(root, frames=config.frames, frame_stride=options.frame_stride,
-                                                  height=config.height, depth=depth, backend=raster, device=device)
+    if options.pairs == "perspective":
+        why = "not needed (perspective pairs)"
+        open_pairs = lambda root: open_perspective_pairs(root, frames=config.frames, frame_stride=options.frame_stride,
+                                                         height=config.height, width=options.perspective_width,
+                                                         seed=options.seed)
+    else:
+        open_pairs = lambda root: open_training_pairs(root, frames=config.frames, frame_stride=options.frame_stride,
+                                                      height=config.height, depth=depth, backend=raster, device=device)
     data = open_pairs(options.data)
     validation = open_pairs(options.validation_data)[0] if options.validation_data and config.validation_every else None
     skipped = data.clips.skipped
@@ -190,7 +208,8 @@ def main(argv=None) -> int:
         note(f"{len(data)} training window(s) of {config.frames} frames at {config.height}x{2 * config.height} from {options.data}; "
              f"clips without distance: {why}")
     info = {"root": str(options.data), "windows": len(data), "frame_stride": options.frame_stride,
-            "depth_for_clips_without_distance": why, "scaffold_rasteriser": raster}
+            "depth_for_clips_without_distance": why, "scaffold_rasteriser": raster, "pairs": options.pairs,
+            "representation": options.representation}
     result = train_video_lora(config, data, validation_item=validation, data_info=info)
     if result.lora is not None and result.main_process:
         use = f"--wan-model {options.out / 'tiny_base'} " if options.tiny else ""
