@@ -236,3 +236,17 @@ def test_video2world_feeds_the_360_video_to_depth_and_reconstruction(tmp_path):
     assert manifest["stages"]["depth"]["backend"] == "prior" and manifest["stages"]["reconstruction"]["backend"] == "lift"
     assert len(check_world_ply(out / "world.ply")) > 1000
     assert math.isclose(json.loads((out / "trajectory.json").read_text())["fps"], 12.0)
+
+
+def test_gpu_benchmark_smoke_runs_every_row_on_cpu(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "benchmarks/video2pano.py", "--smoke", "--steps", "1"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "video2pano.json").read_text())
+    assert [r["row"] for r in result["rows"]] == ["erp", "erp_windows", "viewpoint"]
+    assert all(r["finite"] and r["shape"][1:] == [32, 64, 3] for r in result["rows"])
+    assert [w["start"] for w in result["rows"][1]["windows"]] == [0, 12, 16]
