@@ -324,7 +324,9 @@ def generate_video(
     if windowed:
         from matrix_world.generation.video_windows import generate_in_windows
 
-        out = generate_in_windows(one_call, rgb, mask, poses, window=int(config.window or 0), context=config.context_frames)
+        joined, joined_info = generate_in_windows(one_call, rgb, mask, poses, window=int(config.window or 0),
+                                                  context=config.context_frames)
+        out = VideoResult(joined, joined_info)
     else:
         out = one_call(rgb, mask, poses)
     info = {"backend": backend, "height": height, "width": 2 * height, "representation": config.representation,

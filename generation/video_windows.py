@@ -35,21 +35,18 @@ def window_starts(frames: int, window: int, context: int) -> list[int]:
 
 
 def generate_in_windows(
-    call: Callable,  # (rgb [T, H, W, 3] float32, mask [T, H, W] bool, c2w [T, 4, 4]) -> VideoResult
+    call: Callable,  # (rgb [T, H, W, 3] float32, mask [T, H, W] bool, c2w [T, 4, 4]) -> object with .frames, .info
     rgb: np.ndarray,  # [F, H, W, 3] float32 in [0, 1]
     mask: np.ndarray,  # [F, H, W] bool
     c2w: np.ndarray,  # [F, 4, 4]
     *,
     window: int,
     context: int,
-):
-    """Fill a long scaffold video window by window (see the module docstring) -> VideoResult.
-
-    info["windows"] lists each window's [start, end) and how many of its frames were context.
-    Latents are not joined (they belong to single windows): the result has none.
+) -> tuple[np.ndarray, dict]:
+    """Fill a long scaffold video window by window (see the module docstring) -> (frames [F, H, W, 3]
+    float32, info). info["windows"] lists each window's [start, end) and how many of its frames were
+    context. Latents are not joined (they belong to single windows).
     """
-    from matrix_world.generation.video import VideoResult
-
     f = len(rgb)
     out = np.zeros_like(rgb, dtype=np.float32)
     done = 0
@@ -67,4 +64,4 @@ def generate_in_windows(
         windows.append({"start": start, "end": end, "context": max(known, 0)})
         infos.append(result.info)
         done = end
-    return VideoResult(out, {"windows": windows, "window": window, "context_frames": context, "per_window": infos[-1:]})
+    return out, {"windows": windows, "window": window, "context_frames": context, "last_window": infos[-1]}

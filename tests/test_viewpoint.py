@@ -74,7 +74,7 @@ def test_real_panorama_round_trip_psnr():
     pano = torch.from_numpy(read_image(path)).permute(2, 0, 1)[None]  # [1, 3, 512, 1024]
     back = vp.viewpoint_to_erp(vp.erp_to_viewpoint(pano, 1024), 512)
     value = float(psnr(back[0].permute(1, 2, 0), pano[0].permute(1, 2, 0)))
-    assert value > 33.0, value  # two bilinear resamplings of a sharp photo at about the same pixel density
+    assert value > 38.0, value  # measured 40.6 dB: two bilinear resamplings at about the same pixel density
 
 
 def _scaffold(f=5, h=32):
