@@ -111,7 +111,7 @@ class _Features:
         self.scale = min(1.0, config.max_side / max(h, w))
         self.width, self.height = w * self.scale, h * self.scale
         self.config = config
-        sift = cv2.SIFT_create(nfeatures=config.features)
+        sift = cv2.SIFT_create(nfeatures=config.features)  # type: ignore[attr-defined]  # in OpenCV >= 4.4, not in its stubs
         self.points, self.descriptors = [], []
         size = (max(1, round(w * self.scale)), max(1, round(h * self.scale)))
         for frame in frames:

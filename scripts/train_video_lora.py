@@ -20,6 +20,7 @@ and exits with code 2; see docs/video_lora_training.md.
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -180,7 +181,13 @@ def main(argv=None) -> int:
     options = parse_options(TrainOptions, argv, prog="train_video_lora.py", doc=__doc__)
     import torch
 
-    from matrix_world.datasets.pairs import depth_for_clips, open_perspective_pairs, open_training_pairs
+    from matrix_world.datasets.pairs import (
+        PairDataset,
+        PerspectivePairDataset,
+        depth_for_clips,
+        open_perspective_pairs,
+        open_training_pairs,
+    )
     from matrix_world.generation.train_video_lora import train_video_lora
     from matrix_world.runtime import apply_threads
 
@@ -190,6 +197,7 @@ def main(argv=None) -> int:
     device = "cuda" if cuda else "cpu"
     depth, why = depth_for_clips(options.depth_backend, model=options.moge_model, device=device)
     raster = "cuda" if cuda and options.num_workers == 0 else "cpu"  # CUDA rasterising in the main process only
+    open_pairs: Callable[[Path], PairDataset | PerspectivePairDataset]
     if options.pairs == "perspective":
         why = "not needed (perspective pairs)"
         open_pairs = lambda root: open_perspective_pairs(root, frames=config.frames, frame_stride=options.frame_stride,

@@ -243,7 +243,7 @@ def test_gpu_benchmark_smoke_runs_every_row_on_cpu(tmp_path):
     import sys
 
     env = {**__import__("os").environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "benchmarks/video2pano.py", "--smoke", "--steps", "1"], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "benchmarks/video2pano_wan.py", "--smoke", "--steps", "1"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "video2pano.json").read_text())

@@ -80,7 +80,7 @@ class Video2PanoConfig:
         """The world options the stage choosers read (the panorama is the video's: backend ``file``)."""
         return WorldConfig(prompt=self.prompt, preset=self.preset, panorama_backend="file", video_backend=self.video_backend,
                            depth_backend=self.depth_backend, recon_backend=self.recon_backend, resolution=self.height,
-                           seed=self.seed, device=self.device, memory=self.memory, wan_model=self.wan_model,  # type: ignore[arg-type]  # checked by the CLI
+                           seed=self.seed, device=self.device, memory=self.memory, wan_model=self.wan_model,
                            wan_lora=self.wan_lora, out=self.out)
 
 
@@ -195,7 +195,8 @@ def orientation_stage(ctx: StageContext, config: Video2PanoConfig, data: VideoIn
                        backend="file" if data.poses is not None else "features") as st:
         if not st.done:
             if data.poses is not None and config.fov is not None:
-                c2w, fov, meta = data.poses.c2w, float(config.fov), {"fov_source": "--fov", "poses": "--poses"}
+                meta: dict = {"fov_source": "--fov", "poses": "--poses"}
+                c2w, fov = data.poses.c2w, float(config.fov)
             else:
                 est = estimate_orientations(data.frames, config.fov)
                 fov = est.fov

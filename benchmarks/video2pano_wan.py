@@ -6,8 +6,8 @@ through the library's own ``generate_video`` (Argus' blended decoding on), in th
 * ``erp_windows``: windows of 17 frames with 5 context frames (Argus' iterative sampling: 3 calls);
 * ``viewpoint``: 17 frames as 672 x 672 ViewPoint maps, converted back to 480 x 960.
 
-    python benchmarks/video2pano.py           # CUDA: ~3-4 minutes on an H200 (model build included)
-    python benchmarks/video2pano.py --smoke   # CPU: the tiny random Wan, 32-row frames, same code path
+    python benchmarks/video2pano_wan.py           # CUDA: ~3-4 minutes on an H200 (model build included)
+    python benchmarks/video2pano_wan.py --smoke   # CPU: the tiny random Wan, 32-row frames, same code path
 
 Random weights prove wiring, memory and seconds, nothing about quality (no weights trained on
 ViewPoint maps exist here; the Matrix-3D LoRA was trained on equirects). Per row: seconds of the call
