@@ -75,9 +75,7 @@ def test_canvas_pixels_equal_the_panorama_where_the_mask_is_set(clip):
         value = float(psnr(got, truth, m[..., None]))
         assert value > 27.0, value  # two bilinear resamplings (cut, paste) of a sharp photo: measured 29-31 dB
         assert float((got - truth).abs()[m].mean()) < 0.02
-    # without the cut-and-paste blur the canvas is the panorama: paste the panorama's own crop of frame 0
-    # at the canvas resolution and compare at the frame centre row
-    assert canvas.mask.mean(axis=(1, 2)).min() > 0.03
+    assert canvas.mask.mean(axis=(1, 2)).min() > 0.03  # every frame covers part of the sphere
 
 
 def test_long_videos_join_without_a_jump_and_windows_see_the_previous_output(monkeypatch):

@@ -62,11 +62,11 @@ def main(run: str, out: str) -> None:
     # the ViewPoint map of the source panorama (argument 3) or of the first 360 frame
     pano = read_image(sys.argv[3]) if len(sys.argv) > 3 else video[0].astype(np.float32) / 255.0
     frame = torch.from_numpy(np.ascontiguousarray(pano, dtype=np.float32)).permute(2, 0, 1)[None]
-    vp = (erp_to_viewpoint(frame, 384)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    vp = (erp_to_viewpoint(frame, 320)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     for (col, row), name in zip(QUADRANT_CELLS, QUADRANT_NAMES):
-        vp[row * 192:(row + 1) * 192, col * 192:(col + 1) * 192] = label(vp[row * 192:(row + 1) * 192,
-                                                                          col * 192:(col + 1) * 192], name)
-    sheet = np.concatenate([tile(to_uint8(pano), 768), np.pad(tile(vp, 384), ((0, 0), (192, 192), (0, 0)),
+        vp[row * 160:(row + 1) * 160, col * 160:(col + 1) * 160] = label(vp[row * 160:(row + 1) * 160,
+                                                                          col * 160:(col + 1) * 160], name)
+    sheet = np.concatenate([tile(to_uint8(pano), 640), np.pad(tile(vp, 320), ((0, 0), (160, 160), (0, 0)),
                                                         constant_values=255)], axis=0)
     write_image(out_dir / "viewpoint_map.png", sheet)
 
