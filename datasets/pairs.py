@@ -241,3 +241,69 @@ def masked_agreement(pair: TrainingPair) -> Tensor:
         out.append(float(psnr(torch.from_numpy(pair.scaffold[f]), torch.from_numpy(pair.video[f]), m[..., None]))
                    if bool(m.any()) else float("nan"))
     return torch.tensor(out)
+
+
+# --------------------------------------------------------------------------- perspective-video pairs
+
+PAIR_KINDS = ("scaffold", "perspective")
+
+
+class PerspectivePairDataset(torch.utils.data.Dataset):
+    """Perspective-video -> 360°-video training pairs (Argus' camera-motion simulation,
+    :mod:`matrix_world.datasets.camera_motion`) over a :class:`clips.ClipDataset` of 360° clips.
+
+    Item i: a hand-held-like path drawn with a generator seeded by ``seed`` and i (the same item
+    every epoch and run), the perspective frames cut from the clip along it, ``video`` = the clip
+    turned into frame 0's camera [F, 3, H, W] (the target), ``scaffold`` / ``mask`` = the canvas of
+    the perspective frames (the condition, as ``scripts/video2pano.py`` builds it), ``c2w`` [F, 4, 4]
+    = the 360° frames' poses (world-aligned: identity), ``prompt``, ``source``. Needs no distance and
+    no poses: any 360° clip or video works.
+    """
+
+    def __init__(self, clips, *, width: int = 256, seed: int = 0, motion=None):
+        self.clips, self.width, self.seed, self.motion = clips, int(width), int(seed), motion
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def key(self, i: int) -> str:
+        """sha256 of what item ``i`` is made from (the clip's frames, the seed, width and motion ranges)."""
+        import hashlib
+        import json
+
+        item = self.clips[i]
+        h = hashlib.sha256(np.ascontiguousarray(item["rgb"].numpy()).tobytes())
+        motion = dataclasses.asdict(self.motion) if self.motion is not None else None
+        h.update(json.dumps({"kind": "perspective", "seed": self.seed, "i": i, "width": self.width, "motion": motion,
+                             "prompt": item["prompt"]}, sort_keys=True).encode())
+        return h.hexdigest()
+
+    def __getitem__(self, i: int) -> dict:
+        from matrix_world.datasets.camera_motion import simulated_pair
+
+        item = self.clips[i]
+        video = item["rgb"]  # [F, 3, H, W]
+        pair = simulated_pair(video, torch.Generator().manual_seed(self.seed * 1_000_003 + i), width=self.width,
+                              config=self.motion)
+        c2w = torch.eye(4, dtype=torch.float64).expand(len(video), 4, 4).clone()
+        return {"video": pair["target"].contiguous(), "scaffold": pair["scaffold"].contiguous(), "mask": pair["mask"],
+                "c2w": c2w, "prompt": item["prompt"], "source": item["source"], "fov": pair["fov"]}
+
+
+def open_perspective_pairs(root, *, frames: int = 81, frame_stride: int = 1, height: int | None = None,
+                           width: int = 256, seed: int = 0) -> PerspectivePairDataset:
+    """:class:`PerspectivePairDataset` over every ``frames``-frame window of the 360° sequences under
+    ``root`` (any layout the dataset readers know, posed or not). One-line InputErrors as
+    :func:`open_training_pairs`."""
+    from matrix_world.datasets.clips import ClipDataset, find_sequences
+
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"training data folder {root} does not exist")
+    sequences = find_sequences(root)
+    if not sequences:
+        raise InputError(f"{root} holds no 360° clips; expected clip folders, Matrix-Pano-style folders or videos")
+    clips = ClipDataset([p for p, _ in sequences], clip_length=frames, frame_stride=frame_stride, height=height)
+    if len(clips) == 0:
+        raise InputError(f"no sequence under {root} has {frames} frames at stride {frame_stride} (lower --frames)")
+    return PerspectivePairDataset(clips, width=width, seed=seed)

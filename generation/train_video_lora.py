@@ -70,7 +70,7 @@ MIXED_PRECISION = ("auto", "no", "bf16")
 # Options a resumed run must share with the run it continues (others, e.g. --steps, may change).
 RESUME_KEYS = ("model", "tiny", "height", "frames", "rank", "lora_alpha", "lora_targets", "learning_rate", "lr_scheduler",
                "lr_warmup_steps", "weight_decay", "batch_size", "gradient_accumulation", "shift", "timestep_sampling",
-               "loss_weighting", "mixed_precision", "prompt_suffix", "seed")
+               "loss_weighting", "mixed_precision", "prompt_suffix", "seed", "representation")
 
 
 @dataclass
@@ -152,6 +152,8 @@ class VideoLoraTrainConfig:
     """Train on the CPU even where a GPU is present."""
     allow_download: bool = False
     """Let the hub download missing model weights."""
+    representation: str = "erp"
+    """The layout the model is trained on: erp, or viewpoint (the ViewPoint map of the video stage's --representation)."""
 
     def targets(self) -> tuple[str, ...]:
         """``lora_targets`` with comma-separated items split."""
@@ -184,9 +186,20 @@ class VideoLoraTrainConfig:
                               ("timestep_sampling", TIMESTEP_SAMPLING), ("loss_weighting", LOSS_WEIGHTING)):
             if getattr(self, name) not in allowed:
                 raise InputError(f"--{_flag(name)}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.representation not in ("erp", "viewpoint"):
+            raise InputError(f"--representation: expected erp or viewpoint, got {self.representation!r}")
         if not self.targets():
             raise InputError("--lora-targets: expected layer names (space- or comma-separated), got none")
         check_frames_and_size(self.frames, self.height, 2 * self.height)
+        self.video_config().check_long_video()
+
+    def video_config(self):
+        """The video stage's configuration the LoRA is validated with (and trained for)."""
+        from matrix_world.generation.video import VideoConfig
+
+        return VideoConfig(backend="wan", height=self.height, lora=None, num_inference_steps=self.validation_steps,
+                           guidance_scale=self.validation_guidance, shift=self.shift, prompt_suffix=self.prompt_suffix,
+                           memory="full", seed=self.seed, representation=self.representation)
 
     def to_dict(self) -> dict:
         """The options as saved in train_config.json (only this class's fields, targets split)."""
@@ -238,10 +251,26 @@ def build_training_pipeline(config: VideoLoraTrainConfig, device: torch.device, 
     return pipe, source
 
 
-def encode_training_item(pipe, item: dict, *, prompt_suffix: str, device, dtype) -> dict[str, torch.Tensor]:
+def to_representation(item: dict, representation: str, size: int) -> dict:
+    """A training pair in the layout the model sees: unchanged for "erp"; for "viewpoint" the frames,
+    scaffold and mask converted to size x size ViewPoint maps by the one conversion the video stage uses
+    (:func:`matrix_world.viewpoint.scaffold_to_viewpoint`)."""
+    if representation == "erp":
+        return item
+    from matrix_world.viewpoint import erp_to_viewpoint, scaffold_to_viewpoint
+
+    scaffold, mask = scaffold_to_viewpoint(item["scaffold"], item["mask"], size)
+    return {**item, "video": erp_to_viewpoint(item["video"], size).clamp(0, 1).float(), "scaffold": scaffold.float(),
+            "mask": mask}
+
+
+def encode_training_item(pipe, item: dict, *, prompt_suffix: str, device, dtype, representation: str = "erp",
+                         size: int = 0) -> dict[str, torch.Tensor]:
     """One training pair -> the encoded tensors (no batch axis): ``latents`` [16, T, h, w] float32 of the
     ground-truth frames, and through :meth:`prepare_condition` exactly what inference feeds the
-    transformer: ``condition`` [20, T, h, w], ``image_embeds`` [N, D], ``prompt_embeds`` [512, D]."""
+    transformer: ``condition`` [20, T, h, w], ``image_embeds`` [N, D], ``prompt_embeds`` [512, D].
+    representation / size: the layout (:func:`to_representation`)."""
+    item = to_representation(item, representation, size)
     video = item["video"][None].permute(0, 2, 1, 3, 4).to(device)  # [1, 3, F, H, W] in [0, 1]
     scaffold = item["scaffold"][None].permute(0, 2, 1, 3, 4).to(device)
     mask = item["mask"][None].to(device)  # [1, F, H, W]
@@ -387,12 +416,10 @@ def validation_video(pipe, item: dict, *, config: VideoLoraTrainConfig, device, 
     (:func:`generation.video.generate_video`, backend ``wan``, the training pipeline and its LoRA);
     write ``path`` (.mp4) and a .png of frames (rows first / middle / last: scaffold | generated |
     ground truth). Returns the stage's info."""
-    from matrix_world.generation.video import VideoConfig, generate_video
+    from matrix_world.generation.video import generate_video
     from matrix_world.io import write_image, write_video
 
-    cfg = VideoConfig(backend="wan", height=config.height, lora=None, num_inference_steps=config.validation_steps,
-                      guidance_scale=config.validation_guidance, shift=config.shift, prompt_suffix=config.prompt_suffix,
-                      memory="full", seed=config.seed)
+    cfg = config.video_config()
     scaffold = item["scaffold"].permute(0, 2, 3, 1).numpy()  # [F, H, W, 3]
     pipe.transformer.eval()
     try:
@@ -503,9 +530,11 @@ def train_video_lora(config: VideoLoraTrainConfig, data, *, validation_item: dic
 
     # 6. Data for every remaining step (a function of the step: resumes draw the same), the cache.
     sigmas_grid = training_sigmas(config.shift)
+    map_size = config.video_config().map_size()  # the ViewPoint map side (representation "viewpoint")
     cache = None
     if config.cache:
-        fingerprint = encoder_fingerprint(pipe, source=source, dtype=dtype, prompt_suffix=suffix)
+        fingerprint = encoder_fingerprint(pipe, source=source, dtype=dtype, prompt_suffix=suffix,
+                                          representation=f"{config.representation}:{map_size}")
         cache = EncodedCache(Path(config.cache_dir) if config.cache_dir else out / "cache", fingerprint)
     micro = range(start * config.gradient_accumulation, config.steps * config.gradient_accumulation)
     indices = step_indices(len(data), seed=config.seed, micro_steps=micro, batch=config.batch_size,
@@ -538,7 +567,8 @@ def train_video_lora(config: VideoLoraTrainConfig, data, *, validation_item: dic
                 if "encoded" in entry:
                     enc = entry["encoded"]
                 else:
-                    enc = encode_training_item(pipe, entry["item"], prompt_suffix=suffix, device=device, dtype=dtype)
+                    enc = encode_training_item(pipe, entry["item"], prompt_suffix=suffix, device=device, dtype=dtype,
+                                               representation=config.representation, size=map_size)
                     if cache is not None:
                         cache.save(entry["key"], enc)
                 encoded.append(enc)

@@ -20,6 +20,7 @@ Nothing is written to disk here; the run directory writes the result atomically.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable
@@ -77,6 +78,16 @@ class VideoConfig:
     fill_max_age: int | None = None
     # randomness (used when no generator is passed) and the oracle's scene
     seed: int = 0
+    # long videos (Argus' context-aware iterative sampling, generation.video_windows): None = one call
+    # for all frames; else windows of this many frames, the first ``context_frames`` of each window
+    # (at least) fully known from the previous window's output
+    window: int | None = None
+    context_frames: int = 5
+    # what the model sees: "erp" (the equirect) or "viewpoint" (ViewPoint maps, matrix_world.viewpoint;
+    # the scaffold is converted, the model's frames converted back); viewpoint_size: the map's side
+    # (None: sqrt(2) x height rounded to 16, about the equirect's pixel count)
+    representation: str = "erp"
+    viewpoint_size: int | None = None
 
     def working_height(self) -> int:
         if self.height is not None:
@@ -85,8 +96,29 @@ class VideoConfig:
             raise InputError(f"resolution must be one of {sorted(RESOLUTIONS)} (or set height), got {self.resolution!r}")
         return RESOLUTIONS[self.resolution]
 
+    def map_size(self) -> int:
+        """Side of the ViewPoint map the model sees (representation "viewpoint")."""
+        if self.viewpoint_size is not None:
+            return int(self.viewpoint_size)
+        return max(16, int(round(math.sqrt(2.0) * self.working_height() / 16.0)) * 16)
+
+    def check_long_video(self) -> None:
+        """One-line InputErrors for the window, context and representation options."""
+        if self.representation not in REPRESENTATIONS:
+            raise InputError(f"representation must be one of {', '.join(REPRESENTATIONS)}, got {self.representation!r}")
+        if self.representation == "viewpoint" and self.map_size() % 16:
+            raise InputError(f"the ViewPoint map size must be a multiple of 16, got {self.map_size()}")
+        if self.window is not None:
+            if self.window < 2:
+                raise InputError(f"a generation window needs at least 2 frames, got {self.window}")
+            if not 1 <= self.context_frames < self.window:
+                raise InputError(f"context frames must be in [1, window - 1] = [1, {self.window - 1}], got {self.context_frames}")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+REPRESENTATIONS = ("erp", "viewpoint")
 
 
 @dataclass
@@ -150,9 +182,13 @@ def resize_scaffold(rgb: np.ndarray, mask: np.ndarray, height: int) -> tuple[np.
 # --------------------------------------------------------------------------- backends
 
 
-def _run_fill(config: VideoConfig, rgb, mask, c2w, **_) -> VideoResult:
+def _run_fill(config: VideoConfig, rgb, mask, c2w, *, layout: str = "erp", **_) -> VideoResult:
     from matrix_world.generation.video_fill import fill_video
 
+    if layout == "viewpoint":  # no longitude to wrap and no rotation to follow on a ViewPoint map
+        frames, info = fill_video(rgb, mask, None, radius=config.fill_radius, method=config.fill_method,
+                                  max_age=config.fill_max_age, pad_cols=0)
+        return VideoResult(frames, {"fill": info})
     frames, info = fill_video(rgb, mask, c2w, radius=config.fill_radius, method=config.fill_method, max_age=config.fill_max_age)
     return VideoResult(frames, {"fill": info})
 
@@ -224,7 +260,8 @@ def apply_video_speed(pipe, config: VideoConfig, device, *, memory_mode: str) ->
     return apply_speed(pipe, plan)
 
 
-def _run_wan(config: VideoConfig, rgb, mask, c2w, *, prompt: str, device, generator, pipeline=None, **_) -> VideoResult:
+def _run_wan(config: VideoConfig, rgb, mask, c2w, *, prompt: str, device, generator, pipeline=None, layout: str = "erp",
+             **_) -> VideoResult:
     from matrix_world.generation.memory import oom_guard, peak_memory_gb
     from matrix_world.generation.wan_pipeline import NEGATIVE_PROMPT, PROMPT_SUFFIX
 
@@ -241,6 +278,8 @@ def _run_wan(config: VideoConfig, rgb, mask, c2w, *, prompt: str, device, genera
     masks = torch.from_numpy(mask)[None]  # [1, F, H, W]
     suffix = PROMPT_SUFFIX if config.prompt_suffix is None else config.prompt_suffix
     negative = NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt
+    if layout == "viewpoint":  # a ViewPoint map does not wrap: no seam handling, no rolls
+        config = dataclasses.replace(config, seam="none", late_roll_fraction=0.0)
     with oom_guard(mode):
         out = pipeline(
             prompt + suffix, scaffold=scaffold, mask=masks, negative_prompt=negative,
@@ -298,20 +337,57 @@ def generate_video(
     if backend not in VIDEO_BACKENDS:
         raise InputError(f"video backend must be one of {', '.join(VIDEO_BACKENDS)}, got {backend!r} "
                          "(auto is resolved by matrix_world.pipeline.video.choose)")
+    config.check_long_video()
+    windowed = config.window is not None and rgb.shape[0] > config.window
+    if config.representation == "viewpoint" and backend == "oracle":
+        raise InputError("the oracle backend renders equirect ground truth; use representation 'erp' with it")
     if backend == "wan":
         from matrix_world.generation.wan_pipeline import check_frames_and_size
 
-        check_frames_and_size(rgb.shape[0], height, 2 * height)  # 4k+1 frames: said, never rounded
+        side = config.map_size() if config.representation == "viewpoint" else None
+        # 4k+1 frames per call: said, never rounded
+        check_frames_and_size(config.window if windowed else rgb.shape[0], side or height, side or 2 * height)
     if generator is None:
         generator = torch.Generator().manual_seed(config.seed)
     start = time.perf_counter()
     rgb, mask = resize_scaffold(rgb, mask, height)
-    out = VIDEO_BACKENDS[backend](
-        config, rgb, mask, poses, prompt=prompt, device=device, generator=generator, pipeline=pipeline, scene=scene, yaw=yaw
-    )
-    info = {"backend": backend, "height": height, "width": 2 * height,
-            "frames": int(out.frames.shape[0]), "seconds": round(time.perf_counter() - start, 3), **out.info}
+    load_info: dict = {}
+    if windowed and backend == "wan" and pipeline is None:  # load once for all windows
+        pipeline, load_info = load_video_pipeline(config, device, num_frames=int(config.window or 0))
+
+    def one_call(r: np.ndarray, m: np.ndarray, p: np.ndarray) -> VideoResult:
+        return _generate_call(config, r, m, p, prompt=prompt, device=device, generator=generator, pipeline=pipeline,
+                              scene=scene, yaw=yaw)
+
+    if windowed:
+        from matrix_world.generation.video_windows import generate_in_windows
+
+        joined, joined_info = generate_in_windows(one_call, rgb, mask, poses, window=int(config.window or 0),
+                                                  context=config.context_frames)
+        out = VideoResult(joined, joined_info)
+    else:
+        out = one_call(rgb, mask, poses)
+    info = {"backend": backend, "height": height, "width": 2 * height, "representation": config.representation,
+            "frames": int(out.frames.shape[0]), "seconds": round(time.perf_counter() - start, 3), **load_info, **out.info}
     return VideoResult(frames=np.ascontiguousarray(out.frames, dtype=np.float32), info=info, latents=out.latents)
+
+
+def _generate_call(config: VideoConfig, rgb: np.ndarray, mask: np.ndarray, poses: np.ndarray, **kwargs) -> VideoResult:
+    """One backend call on equirect frames [F, H, 2H, 3] + mask [F, H, 2H], in the configured representation:
+    for "viewpoint" the scaffold is converted to ViewPoint maps, the backend fills the maps, and its
+    frames are converted back to the equirect (overlaps fused). Latents stay in the model's layout."""
+    backend = VIDEO_BACKENDS[config.backend]
+    if config.representation == "erp":
+        return backend(config, rgb, mask, poses, **kwargs)
+    from matrix_world.viewpoint import scaffold_to_viewpoint, viewpoint_to_erp
+
+    size, height = config.map_size(), rgb.shape[1]
+    erp = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2)  # [F, 3, H, 2H]
+    vp_rgb, vp_mask = scaffold_to_viewpoint(erp, torch.from_numpy(mask), size)
+    out = backend(config, vp_rgb.permute(0, 2, 3, 1).numpy(), vp_mask.numpy(), poses, layout="viewpoint", **kwargs)
+    frames = viewpoint_to_erp(torch.from_numpy(np.ascontiguousarray(out.frames)).permute(0, 3, 1, 2), height)
+    info = {**out.info, "viewpoint_size": size}
+    return VideoResult(frames.clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy(), info, latents=out.latents)
 
 
 # --------------------------------------------------------------------------- several GPUs

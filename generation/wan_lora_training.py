@@ -220,16 +220,17 @@ def content_hash(*parts) -> str:
     return h.hexdigest()
 
 
-def encoder_fingerprint(pipe, *, source: str, dtype: torch.dtype, prompt_suffix: str) -> str:
+def encoder_fingerprint(pipe, *, source: str, dtype: torch.dtype, prompt_suffix: str, representation: str = "erp") -> str:
     """What the encoded items depend on besides the item: the model's source and the configs of its
-    VAE, text and image encoders, the dtype, the prompt suffix. Weights replaced in place under the
-    same source are not seen: clear the cache then."""
+    VAE, text and image encoders, the dtype, the prompt suffix, the representation (layout and size).
+    Weights replaced in place under the same source are not seen: clear the cache then."""
     configs = {}
     for name in ("vae", "text_encoder", "image_encoder"):
         config = getattr(getattr(pipe, name, None), "config", None)
         values = dict(config.to_dict()) if config is not None and hasattr(config, "to_dict") else dict(config or {})
         configs[name] = {k: str(v) for k, v in sorted(values.items()) if not k.startswith("_")}
-    return content_hash({"source": source, "dtype": str(dtype), "suffix": prompt_suffix, "configs": configs})
+    extra = {} if representation == "erp" else {"representation": representation}  # erp: the hash it always had
+    return content_hash({"source": source, "dtype": str(dtype), "suffix": prompt_suffix, "configs": configs, **extra})
 
 
 class EncodedCache:

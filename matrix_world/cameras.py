@@ -39,6 +39,19 @@ def rotation_pitch(pitch_deg: float, *, dtype=torch.float64) -> Tensor:
     return torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]], dtype=dtype)
 
 
+def rotation_roll(roll_deg: float, *, dtype=torch.float64) -> Tensor:
+    """Rotation about camera z (the optical axis) that turns the camera's x axis towards its y axis
+    (clockwise as seen on the image, y down) by ``roll_deg``: [3, 3]."""
+    a = math.radians(roll_deg)
+    c, s = math.cos(a), math.sin(a)
+    return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=dtype)
+
+
+def rotation_yaw_pitch_roll(yaw_deg: float, pitch_deg: float, roll_deg: float, *, dtype=torch.float64) -> Tensor:
+    """Camera -> panorama rotation ``R_y(yaw) @ R_x(pitch) @ R_z(roll)`` (a crop's rotation, then a roll): [3, 3]."""
+    return rotation_yaw(yaw_deg, dtype=dtype) @ rotation_pitch(pitch_deg, dtype=dtype) @ rotation_roll(roll_deg, dtype=dtype)
+
+
 def rotation_from_yaw_pitch(yaw_deg: float, pitch_deg: float, *, dtype=torch.float64) -> Tensor:
     """Crop camera -> panorama camera rotation ``R_c2p = R_y(yaw) @ R_x(pitch)``: [3, 3]."""
     return rotation_yaw(yaw_deg, dtype=dtype) @ rotation_pitch(pitch_deg, dtype=dtype)
@@ -152,9 +165,16 @@ class PerspectiveView:
 
     def directions(self, *, device=None, dtype=torch.float32) -> Tensor:
         """Unit ray of every crop pixel in the panorama camera frame: [h, w, 3]."""
-        rays = camera_rays(self.intrinsics(), self.width, self.height)
-        rays = rays / rays.norm(dim=-1, keepdim=True)
-        return (rays @ self.rotation().T).to(device=device, dtype=dtype)
+        return camera_directions(self.intrinsics(), self.rotation(), self.width, self.height, device=device, dtype=dtype)
+
+
+def camera_directions(K: Tensor, R_c2p: Tensor, width: int, height: int, *, device=None, dtype=torch.float32) -> Tensor:
+    """Unit ray of every pixel of a pinhole camera (K [3, 3], any rotation R_c2p [3, 3]: camera ->
+    panorama frame, roll included) in the panorama frame: [h, w, 3]."""
+    K, R_c2p = torch.as_tensor(K, dtype=torch.float64), torch.as_tensor(R_c2p, dtype=torch.float64)
+    rays = camera_rays(K, width, height)
+    rays = rays / rays.norm(dim=-1, keepdim=True)
+    return (rays @ R_c2p.T).to(device=device, dtype=dtype)
 
 
 def crop_perspective(pano: Tensor, view: PerspectiveView, mode: str = "bilinear") -> tuple[Tensor, Tensor, Tensor]:
@@ -163,9 +183,8 @@ def crop_perspective(pano: Tensor, view: PerspectiveView, mode: str = "bilinear"
     pano: Tensor  # [B, C, H, W] or [C, H, W]
     returns (image [B, C, h, w] or [C, h, w], K [3, 3], R_c2p [3, 3])
     """
-    dirs = view.directions(device=pano.device, dtype=torch.float64)
-    image = sample_equirect_directions(pano, dirs, mode=mode)
-    return image, view.intrinsics(), view.rotation()
+    K, rot = view.intrinsics(), view.rotation()
+    return crop_camera(pano, K, rot, view.width, view.height, mode=mode), K, rot
 
 
 def project_to_view(directions: Tensor, view: PerspectiveView) -> tuple[Tensor, Tensor, Tensor]:
@@ -173,8 +192,16 @@ def project_to_view(directions: Tensor, view: PerspectiveView) -> tuple[Tensor, 
 
     returns (px [...], py [...], in_front [...] bool) continuous image coordinates.
     """
-    rot = view.rotation(dtype=directions.dtype).to(directions.device)
-    K = view.intrinsics(dtype=directions.dtype).to(directions.device)
+    return project_to_camera(directions, view.intrinsics(), view.rotation())
+
+
+def project_to_camera(directions: Tensor, K: Tensor, R_c2p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Project panorama-frame directions [..., 3] into a pinhole camera (K [3, 3], R_c2p [3, 3]).
+
+    returns (px [...], py [...], in_front [...] bool) continuous image coordinates.
+    """
+    rot = torch.as_tensor(R_c2p).to(device=directions.device, dtype=directions.dtype)
+    K = torch.as_tensor(K).to(device=directions.device, dtype=directions.dtype)
     cam = directions @ rot  # R^T d, row-vector form
     z = cam[..., 2]
     in_front = z > 1e-9
@@ -204,16 +231,38 @@ def paste_perspective(
     returns (pano [B, C, H, 2H] or [C, H, 2H] with zeros outside the view,
              coverage [H, 2H] bool: True where the pixel centre projects inside the image)
     """
+    if tuple(image.shape[-2:]) != (view.height, view.width):
+        raise ValueError(f"image is {tuple(image.shape[-2:])} but the view is {(view.height, view.width)}")
+    return paste_camera(image, view.intrinsics(), view.rotation(), height, mode=mode)
+
+
+def paste_camera(image: Tensor, K: Tensor, R_c2p: Tensor, height: int, mode: str = "bilinear") -> tuple[Tensor, Tensor]:
+    """Paste a pinhole image (K [3, 3], any rotation R_c2p [3, 3]: camera -> panorama frame) into an
+    empty equirect of the given height. The one paste: :func:`paste_perspective` is this for a
+    (yaw, pitch, fov) view.
+
+    image: Tensor  # [B, C, h, w] or [C, h, w]
+    returns (pano [B, C, H, 2H] or [C, H, 2H] with zeros outside the image,
+             coverage [H, 2H] bool: True where the pixel centre projects inside the image)
+    """
     squeeze = image.dim() == 3
     if squeeze:
         image = image[None]
-    if tuple(image.shape[-2:]) != (view.height, view.width):
-        raise ValueError(f"image is {tuple(image.shape[-2:])} but the view is {(view.height, view.width)}")
+    h, w = image.shape[-2:]
     dirs = equirect_directions(height, device=image.device, dtype=torch.float64)
-    px, py, in_front = project_to_view(dirs, view)
-    coverage = in_front & (px >= 0) & (px <= view.width) & (py >= 0) & (py <= view.height)
+    px, py, in_front = project_to_camera(dirs, K, R_c2p)
+    coverage = in_front & (px >= 0) & (px <= w) & (py >= 0) & (py <= h)
     out = sample_image(image, px, py, mode=mode) * coverage.to(image.dtype)
     return (out[0] if squeeze else out), coverage
+
+
+def crop_camera(pano: Tensor, K: Tensor, R_c2p: Tensor, width: int, height: int, mode: str = "bilinear") -> Tensor:
+    """A pinhole view (K [3, 3], any rotation R_c2p [3, 3], roll included) cut out of a panorama.
+
+    pano: Tensor  # [B, C, H, W] or [C, H, W]  ->  [B, C, height, width] or [C, height, width]
+    """
+    dirs = camera_directions(K, R_c2p, width, height, device=pano.device, dtype=torch.float64)
+    return sample_equirect_directions(pano, dirs, mode=mode)
 
 
 # --------------------------------------------------------------------------- standard crop sets

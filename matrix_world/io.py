@@ -305,6 +305,21 @@ def video_length(path: str | os.PathLike) -> int:
         raise InputError(f"cannot read {path} as a video: {exc}") from None
 
 
+def video_fps(path: str | os.PathLike) -> float | None:
+    """Frame rate a video file declares (None when it declares none)."""
+    import imageio.v2 as imageio
+
+    try:
+        reader = imageio.get_reader(str(path), format="FFMPEG")
+        try:
+            fps = reader.get_meta_data().get("fps")
+        finally:
+            reader.close()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise InputError(f"cannot read {path} as a video: {exc}") from None
+    return float(fps) if fps and fps > 0 else None
+
+
 # --------------------------------------------------------------------------- distance maps
 
 DISTANCE_RULE = ("expected a float16/32/64 [H, W] array of distances > 0 along each pixel's ray "

@@ -20,6 +20,7 @@ and exits with code 2; see docs/video_lora_training.md.
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -27,6 +28,7 @@ from typing import Annotated
 from matrix_world.app.cli import choices_metavar, note, parse_options, require_one_of, require_positive, run_main
 from matrix_world.generation.train_video_lora import VideoLoraTrainConfig
 
+PAIR_KINDS = ("scaffold", "perspective")
 DEPTH_BACKENDS = ("auto", "prior", "moge", "none")
 
 
@@ -46,10 +48,15 @@ class TrainOptions(VideoLoraTrainConfig):
     """MoGe hub id, folder or model.pt for --depth-backend moge/auto; None = MoGe-2 ViT-L."""
     threads: int | None = None
     """CPU threads for torch; None = the usable cores minus the machine's load."""
+    pairs: Annotated[str, choices_metavar(PAIR_KINDS)] = "scaffold"
+    """Training pairs: scaffold (Matrix-3D: mesh scaffold of frame 0 along the clip's poses) or perspective (Argus' camera-motion simulation: a hand-held perspective video cut from the 360° clip, its canvas as the condition, the clip in frame 0's camera as the target; needs no poses or distance)."""
+    perspective_width: int = 256
+    """--pairs perspective: width of the simulated perspective frames (height from the drawn FOVs)."""
 
     def check(self) -> None:
         require_one_of(self, "depth_backend", DEPTH_BACKENDS)
-        require_positive(self, "frame_stride", "threads")
+        require_one_of(self, "pairs", PAIR_KINDS)
+        require_positive(self, "frame_stride", "threads", "perspective_width")
         super().check()
 
 
@@ -57,7 +64,13 @@ def main(argv=None) -> int:
     options = parse_options(TrainOptions, argv, prog="train_video_lora.py", doc=__doc__)
     import torch
 
-    from matrix_world.datasets.pairs import depth_for_clips, open_training_pairs
+    from matrix_world.datasets.pairs import (
+        PairDataset,
+        PerspectivePairDataset,
+        depth_for_clips,
+        open_perspective_pairs,
+        open_training_pairs,
+    )
     from matrix_world.generation.train_video_lora import train_video_lora
     from matrix_world.runtime import apply_threads
 
@@ -66,8 +79,15 @@ def main(argv=None) -> int:
     device = "cuda" if cuda else "cpu"
     depth, why = depth_for_clips(options.depth_backend, model=options.moge_model, device=device)
     raster = "cuda" if cuda and options.num_workers == 0 else "cpu"  # CUDA rasterising in the main process only
-    open_pairs = lambda root: open_training_pairs(root, frames=options.frames, frame_stride=options.frame_stride,
-                                                  height=options.height, depth=depth, backend=raster, device=device)
+    open_pairs: Callable[[Path], PairDataset | PerspectivePairDataset]
+    if options.pairs == "perspective":
+        why = "not needed (perspective pairs)"
+        open_pairs = lambda root: open_perspective_pairs(root, frames=options.frames, frame_stride=options.frame_stride,
+                                                         height=options.height, width=options.perspective_width,
+                                                         seed=options.seed)
+    else:
+        open_pairs = lambda root: open_training_pairs(root, frames=options.frames, frame_stride=options.frame_stride,
+                                                      height=options.height, depth=depth, backend=raster, device=device)
     data = open_pairs(options.data)
     validation = open_pairs(options.validation_data)[0] if options.validation_data and options.validation_every else None
     skipped = data.clips.skipped
@@ -78,7 +98,8 @@ def main(argv=None) -> int:
         note(f"{len(data)} training window(s) of {options.frames} frames at {options.height}x{2 * options.height} from {options.data}; "
              f"clips without distance: {why}")
     info = {"root": str(options.data), "windows": len(data), "frame_stride": options.frame_stride,
-            "depth_for_clips_without_distance": why, "scaffold_rasteriser": raster}
+            "depth_for_clips_without_distance": why, "scaffold_rasteriser": raster, "pairs": options.pairs,
+            "representation": options.representation}
     result = train_video_lora(options, data, validation_item=validation, data_info=info)
     if result.lora is not None and result.main_process:
         use = f"--wan-model {Path(options.out) / 'tiny_base'} " if options.tiny else ""
