@@ -40,6 +40,7 @@ for j in "$@"; do
     cuda_rest)     job cuda_rest 300 "python -m pytest -q -rs -k cuda tests/test_render_scaffold_cli.py tests/test_scenes.py" ;;
     video_lowvram720) job video_lowvram720 400 "python benchmarks/video.py --resolutions 720p --modes lowvram --no-stock --steps 2 --warmup 1 --budget-s 380" ;;
     video_bench)   job video_bench 590 "python benchmarks/video.py" ;;
+    video_speed)   job video_speed 570 "python benchmarks/video.py --speed --budget-s 520" ;;  # stock vs ours per speed option, 480p
     video2pano_bench) # wan (full-size random weights) on the canvas of docs/video2pano/city_pan.mp4: erp, windows, viewpoint
       job video2pano_bench 300 "python benchmarks/video2pano_wan.py" ;;
     train_video_bench) job train_video_bench 590 "python benchmarks/train_video.py" ;;  # json + loss curve in results.tgz

@@ -4,6 +4,7 @@ the stock diffusers WanImageToVideoPipeline running the same transformer.
 
     python benchmarks/video.py                 # CUDA: the full table, < 10 minutes
     python benchmarks/video.py --smoke         # CPU: same code path, tiny model, seconds
+    python benchmarks/video.py --speed         # the speed options: stock vs ours per option (video_speed.py)
 
 Measures seconds per denoising step (81 frames, classifier-free guidance = 2 transformer
 passes per step, after ``--warmup`` steps, mean of ``--steps`` steps) and the peak GPU memory
@@ -130,7 +131,13 @@ def main(argv=None) -> int:
     parser.add_argument("--no-stock", action="store_true")
     parser.add_argument("--cfg-batch-row", action="store_true", help="also time ours with cond+uncond batched (480p, full)")
     parser.add_argument("--budget-s", type=float, default=540.0, help="skip rows predicted to end after this")
+    parser.add_argument("--speed", action="store_true",
+                        help="the speed options instead (benchmarks/video_speed.py): stock vs ours with each option, 480p")
     args = parser.parse_args(argv)
+    if args.speed:
+        from video_speed import main as speed_main  # benchmarks/video_speed.py
+
+        return speed_main(args)
 
     from diffusers import (
         AutoencoderKLWan,
