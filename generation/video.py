@@ -67,7 +67,7 @@ class VideoConfig:
     cache: str = "off"  # off | fbc | taylorseer
     cache_threshold: float | None = None
     cfg_stop: float = 1.0  # guidance in the first cfg_stop fraction of the steps only
-    approximate: bool = False  # auto may pick approximations (Sage attention, FP8): the fast / turbo presets
+    approximate: bool = False  # auto may pick an approximate attention kernel (Sage): the fast / turbo presets
     # few-step distillation (the turbo preset): a distilled LoRA stacked on ``lora``, its sampler
     distill_lora: str | None = None  # "lightx2v" (4 steps, guidance 1) or a file; None = none
     distill_strength: float = 1.0

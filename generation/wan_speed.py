@@ -16,12 +16,16 @@ CFG batching and CFG truncation).
 * ``compile``: ``blocks`` = ``transformer.compile_repeated_blocks(fullgraph=True)`` (one compiled
   graph for the 40 identical blocks). It costs a compile on the first call, so ``auto`` turns it on
   only on CUDA and for at least :data:`COMPILE_MIN_PASSES` transformer passes (a 50-step video with
-  CFG is 100 passes; the 4-step turbo video is 4).
+  CFG is 100 passes; the 4-step turbo video is 4). Measured on an H200 (benchmarks/RESULTS.md,
+  2026-12-02): the compile adds ~13 s to the first step and saves 0.61 s per pass (8.40 -> 7.17 s
+  per CFG step at 480p), so it repays itself after ~21 passes.
 * ``fp8``: ``rowwise`` = torchao's ``Float8DynamicActivationFloat8WeightConfig(PerRow())`` on the
-  Linear layers of the transformer blocks (an approximation: 4.2 % output relative error on random
-  weights, FACTS A2). Needs a GPU of compute capability >= 8.9, torchao, and the weights on the GPU
-  (memory mode ``full``); ``auto``: on with ``approximate`` where all that holds, else off. LoRAs
-  are fused before it.
+  Linear layers of the transformer blocks (an approximation: 4.1 % output relative error on random
+  weights). Needs a GPU of compute capability >= 8.9, torchao, and the weights on the GPU (memory
+  mode ``full``); LoRAs are fused before it. With compiled blocks it takes a 480p CFG step from
+  7.17 to 6.06 s and the peak memory from 35.7 to 19.9 GB, but its first call costs ~186 s of
+  quantisation and recompilation (H200), repaid only after ~300 passes: ``auto`` leaves it off;
+  ask for it for long explorations (one process, many segments) or to halve the weights' memory.
 * ``cache``: diffusers' ``transformer.enable_cache``: ``fbc`` (FirstBlockCache: when the first
   block's residual changed less than ``cache_threshold`` (default 0.05) since the last computed step,
   the other blocks are skipped and their last residual reused) or ``taylorseer`` (TaylorSeer:
@@ -48,7 +52,7 @@ COMPILE_CHOICES = ("auto", "off", "blocks")
 FP8_CHOICES = ("auto", "off", "rowwise")
 CACHE_CHOICES = ("off", "fbc", "taylorseer")
 TAYLORSEER_MODULES = r"^blocks\.\d+\.(attn1|attn2|ffn)$"  # Wan's per-block modules whose outputs TaylorSeer predicts
-COMPILE_MIN_PASSES = 60  # compile (~40 s on an H200) pays for itself after ~90 passes of 0.43 s saved each
+COMPILE_MIN_PASSES = 24  # compile (~13 s on an H200) pays for itself after ~21 passes of 0.61 s saved each
 _PACKAGES = {"flash": ("flash_attn", "pip install flash-attn"),
              "flash3": ("flash_attn_interface", "build flash-attention's hopper/ folder (FlashAttention-3)"),
              "sage": ("sageattention", "build SageAttention >= 2.1.1 from github.com/thu-ml/SageAttention (not on PyPI)")}
@@ -153,12 +157,11 @@ def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "au
     elif memory_mode != "full":
         fp8_blocker = f"FP8 needs the weights on the GPU (memory mode full), not {memory_mode}"
     if fp8 == "auto":
-        if not approximate:
-            fp8, reasons["fp8"] = "off", "auto: the preset keeps bf16 (FP8 is an approximation)"
-        elif fp8_blocker:
+        if fp8_blocker:
             fp8, reasons["fp8"] = "off", f"auto: {fp8_blocker}"
         else:
-            fp8, reasons["fp8"] = "rowwise", "auto: torchao FP8 row-wise on a GPU that has FP8"
+            fp8, reasons["fp8"] = "off", ("auto: off (its first call costs ~186 s of quantise + recompile on an H200, "
+                                          "repaid after ~300 passes; --video-fp8 rowwise for long runs or half the memory)")
     elif fp8 == "rowwise":
         if fp8_blocker:
             raise InputError(f"--video-fp8 rowwise: {fp8_blocker}")

@@ -67,12 +67,16 @@ def test_plan_on_a_hopper_gpu(monkeypatch):
     cuda = torch.device("cuda")
     quality = speed.plan_speed(device=cuda, passes=100, memory_mode="full", approximate=False)
     assert (quality.attention, quality.compile, quality.fp8) == ("cudnn", "blocks", "off")
-    assert "preset keeps bf16" in quality.reasons["fp8"]
+    assert "repaid after ~300 passes" in quality.reasons["fp8"]
     turbo = speed.plan_speed(device=cuda, passes=4, memory_mode="full", approximate=True)
-    assert (turbo.attention, turbo.compile, turbo.fp8) == ("cudnn", "off", "rowwise")  # no Sage installed
-    assert "do not repay" in turbo.reasons["compile"] and turbo.approximations() == ["fp8"]
-    low = speed.plan_speed(device=cuda, passes=60, memory_mode="lowvram", approximate=True)
+    assert (turbo.attention, turbo.compile, turbo.fp8) == ("cudnn", "off", "off")  # no Sage installed
+    assert "do not repay" in turbo.reasons["compile"] and turbo.approximations() == []
+    asked = speed.plan_speed(fp8="rowwise", device=cuda, passes=4, memory_mode="full")
+    assert asked.fp8 == "rowwise" and asked.approximations() == ["fp8"]
+    low = speed.plan_speed(device=cuda, passes=30, memory_mode="lowvram", approximate=True)
     assert low.fp8 == "off" and "(memory mode full), not lowvram" in low.reasons["fp8"] and low.compile == "blocks"
+    with pytest.raises(InputError, match="memory mode full"):
+        speed.plan_speed(fp8="rowwise", device=cuda, passes=4, memory_mode="offload")
     with pytest.raises(InputError, match="sageattention"):
         speed.plan_speed(attention="sage", device=cuda, passes=4, memory_mode="full")
 

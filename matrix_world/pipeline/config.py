@@ -40,7 +40,7 @@ class WorldConfig:
     """Run directory (default: outputs/<slug>-<timestamp>). Rerunning into it resumes."""
     preset: Literal["preview", "fast", "quality", "turbo"] = "fast"
     """preview = no-weight backends only; fast / quality / turbo = real models where available. quality: 50
-    exact video steps; fast: 30 steps, approximations allowed where the GPU has them (FP8, Sage attention);
+    exact video steps; fast: 30 steps, Sage attention where it is installed (an approximation);
     turbo: few-step distillation LoRAs (Wan: lightx2v, 4 steps, no CFG; FLUX: Turbo-Alpha, 8 steps), 480p.
     A distilled model's quality cannot be measured here (no weights): turbo's speed is measured, not its quality."""
     panorama_backend: str = "auto"
@@ -94,8 +94,8 @@ class WorldConfig:
     """Regional compilation of the video transformer's blocks: auto (on a GPU when the run has enough
     transformer passes to repay the compile) | off | blocks."""
     video_fp8: str = "auto"
-    """FP8 linears (torchao, row-wise): auto (on in fast/turbo on GPUs with FP8 and the weights on the GPU) |
-    off | rowwise."""
+    """FP8 linears (torchao, row-wise; Ada/Hopper, weights on the GPU): auto (= off: its first call costs
+    ~3 minutes of quantise + recompile on an H200) | off | rowwise (1.18x per compiled step, half the memory)."""
     video_cache: str = "off"
     """diffusers cache hook on the video transformer: off | fbc (FirstBlockCache) | taylorseer. An
     approximation whose cost depends on the trained weights."""
