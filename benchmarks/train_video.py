@@ -354,6 +354,9 @@ def small_from_scratch(args, device, deadline: float) -> dict:
             shown = np.where(mask[f][..., None], scaffold[f], np.array([1.0, 0.0, 1.0], np.float32))
             strips.append(np.concatenate([shown, fill.frames[f], wan.frames[f], truth[f].numpy()], axis=1))
 
+    # 5b. The speed options' quality cost on this trained model (issue 14): the same held-out clips with each option.
+    variants = speed_variants(pipe, held, args, device, height) if args.variants else None
+
     # 6. The loss curve.
     out_dir = os.environ.get("OUT")
     if out_dir:
@@ -375,7 +378,55 @@ def small_from_scratch(args, device, deadline: float) -> dict:
             "steps_per_s": len(losses) / max(train_s, 1e-9), "loss_first": losses[0], "loss_last_10pct": float(np.mean(tail)),
             "eval_steps": args.eval_steps, "guidance": 1.0,
             "psnr_unknown_db": {k: float(np.mean(v)) if v else None for k, v in scores.items()},
-            "psnr_unknown_db_per_clip": scores}
+            "psnr_unknown_db_per_clip": scores, "speed_variants": variants}
+
+
+def speed_variants(pipe, held: list[dict], args, device, height: int) -> list[dict]:
+    """PSNR on the unknown pixels of the held-out clips with each speed option of the video stage on the
+    trained small model, and its output's mean absolute difference from the exact run (same seeds)."""
+    from matrix_world.generation.video import VideoConfig, generate_video
+    from matrix_world.generation.wan_speed import SpeedPlan, apply_speed, remove_speed
+    from matrix_world.metrics import psnr
+
+    cuda = device.type == "cuda"
+    plans = [("exact (SDPA)", SpeedPlan(attention="native"))]
+    if cuda:
+        plans += [("cuDNN attention", SpeedPlan(attention="cudnn"))]
+    plans += [("FirstBlockCache 0.05", SpeedPlan(attention="native", cache="fbc", cache_threshold=0.05)),
+              ("FirstBlockCache 0.10", SpeedPlan(attention="native", cache="fbc", cache_threshold=0.10)),
+              ("TaylorSeer, interval 4", SpeedPlan(attention="native", cache="taylorseer", cache_interval=4))]
+    if cuda and torch.cuda.get_device_capability(device) >= (8, 9):
+        plans += [("FP8 row-wise (torchao)", SpeedPlan(attention="native", fp8="rowwise"))]  # irreversible: last
+    config = VideoConfig(backend="wan", height=height, lora=None, num_inference_steps=args.eval_steps, guidance_scale=1.0,
+                         shift=5.0, memory="full")
+    exact: list[np.ndarray] = []
+    rows = []
+    for name, plan in plans:
+        remove_speed(pipe)
+        try:
+            apply_speed(pipe, plan)
+        except Exception as exc:  # noqa: BLE001 - an option that cannot run here is a row of the table
+            rows.append({"variant": name, "skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"})
+            continue
+        values, diffs, t0 = [], [], time.perf_counter()
+        for k, p in enumerate(held):
+            unknown = ~p["mask"]
+            if not bool(unknown.any()):
+                continue
+            out = generate_video(config, scaffold_rgb=p["scaffold"].permute(0, 2, 3, 1).numpy(), scaffold_mask=p["mask"].numpy(),
+                                 prompt=p["prompt"], c2w=p["c2w"].numpy(), device=device, pipeline=pipe,
+                                 generator=torch.Generator().manual_seed(k)).frames
+            values.append(float(psnr(torch.from_numpy(out), p["video"].permute(0, 2, 3, 1), unknown[..., None])))
+            if name.startswith("exact"):
+                exact.append(out)
+            else:
+                diffs.append(float(np.abs(out - exact[len(diffs)]).mean()))
+        rows.append({"variant": name, "psnr_unknown_db": float(np.mean(values)) if values else None,
+                     "mean_abs_diff_vs_exact": float(np.mean(diffs)) if diffs else 0.0,
+                     "seconds": round(time.perf_counter() - t0, 1)})
+        print(f"(b) variant {rows[-1]}", flush=True)
+    remove_speed(pipe)
+    return rows
 
 
 # --------------------------------------------------------------------------- main
@@ -397,7 +448,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--eval-steps", type=int, default=30)
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
+    parser.add_argument("--no-variants", dest="variants", action="store_false",
+                        help="(b) skip the speed options' quality cost on the trained model")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
@@ -429,6 +482,13 @@ def main(argv=None) -> int:
             else:
                 print(f"| (a) | {row['frames']} frames, {a['height']}p | out of memory ({row['peak_gib']:.1f} GiB at the failure) |")
         print(f"| (a) | verdict | {a['verdict']} |")
+    if b and b.get("speed_variants"):
+        for v in b["speed_variants"]:
+            if "skipped" in v:
+                print(f"| (b) | speed option {v['variant']} | skipped: {v['skipped']} |")
+            else:
+                print(f"| (b) | speed option {v['variant']}: PSNR on unknown pixels | {v['psnr_unknown_db']:.2f} dB "
+                      f"(mean abs. diff. vs exact {v['mean_abs_diff_vs_exact']:.4f}) |")
     if b:
         for name, value in b["psnr_unknown_db"].items():
             print(f"| (b) | PSNR on unknown pixels, {name} ({b['heldout_clips']} held-out clips) | "
