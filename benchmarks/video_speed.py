@@ -182,7 +182,7 @@ def main(args) -> int:
               "total_s": round(time.perf_counter() - start, 1), "smoke": args.smoke}
     write_results("video_speed", result)
     stock_s = next((r["s_per_step"] for r in rows if r.get("pipeline") == "stock" and "s_per_step" in r), math.nan)
-    print(f"\n| row | s/step | vs stock | first step s | peak GB | rel. error vs eager SDPA |\n|---|---|---|---|---|---|")
+    print("\n| row | s/step | vs stock | first step s | peak GB | rel. error vs eager SDPA |\n|---|---|---|---|---|---|")
     for r in rows:
         if "skipped" in r:
             print(f"| {r['row']} | skipped: {r['skipped']} | | | | |")
