@@ -42,14 +42,14 @@ for j in "$@"; do
     video_bench)   job video_bench 590 "python benchmarks/video.py" ;;
     video_speed)   job video_speed 570 "python benchmarks/video.py --speed --budget-s 520" ;;  # stock vs ours per speed option, 480p
     video2pano_bench) # wan (full-size random weights) on the canvas of docs/video2pano/city_pan.mp4: erp, windows, viewpoint
-      job video2pano_bench 300 "python benchmarks/video2pano_wan.py" ;;
+      job video2pano_bench 270 "python benchmarks/video2pano_wan.py \$( [ -f build/city_pan_frames.npz ] && echo --video build/city_pan_frames.npz )" ;;
     train_video_bench) job train_video_bench 590 "python benchmarks/train_video.py" ;;  # json + loss curve in results.tgz
     recon_bench)   job recon_bench 590 "python benchmarks/recon.py" ;;
     lrm_bench)     job lrm_bench 590 "python benchmarks/lrm.py" ;;
     lrm_train_bench) # train a small LRM from scratch for 5 min (stand-in latents), then lrm vs lift vs optimize
       job lrm_train_bench 590 "python benchmarks/lrm_train.py --minutes 5 && cp \$OUT/lrm_train_stage*_metrics.jsonl $FINAL/" ;;
     e2e_bench)     job e2e_bench 560 "python benchmarks/e2e.py" ;;
-    views_bench)   job views_bench 300 "python benchmarks/views.py" ;;  # issue 16: views2world + random Wan on a through-path scaffold
+    views_bench)   job views_bench 290 "python benchmarks/views.py" ;;  # issue 16: views2world + random Wan on a through-path scaffold
     train_bench)   job train_bench 560 "python benchmarks/train.py --what flux" ;;
     e2e_lrm)       job e2e_lrm 560 "python benchmarks/e2e.py --recon lrm --run-dir /tmp/matrix_world_e2e_lrm" ;;
     split_bench)   job split_bench 300 "python benchmarks/build_benchmark_split.py --backend cuda --out /tmp/split_gpu" ;;

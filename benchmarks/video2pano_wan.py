@@ -39,7 +39,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny Wan on the CPU (checks the code path)")
     parser.add_argument("--steps", type=int, default=3, help="denoising steps per call")
-    parser.add_argument("--video", default=str(EXAMPLE))
+    parser.add_argument("--video", default=str(EXAMPLE), help="an .mp4, or an .npz of its frames ('frames' [F, H, W, 3] uint8) "
+                        "for machines without the ffmpeg plugin of imageio")
     args = parser.parse_args(argv)
 
     import e2e  # benchmarks/e2e.py: build_wan (full-size random Wan pipeline, or the tiny one)
@@ -57,7 +58,10 @@ def main(argv=None) -> int:
 
     # 1. orientations and the canvas (CPU)
     t0 = time.perf_counter()
-    frames = read_video(args.video)
+    if args.video.endswith(".npz"):
+        frames = np.load(args.video)["frames"]  # uint8, as read_video returns
+    else:
+        frames = read_video(args.video)
     orient = estimate_orientations(frames, None)
     t1 = time.perf_counter()
     canvas = paste_video(frames, orient.rotations, orient.fov, height)
