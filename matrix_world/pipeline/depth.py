@@ -74,13 +74,13 @@ def make_depth_fn(config: DepthConfig, device: torch.device, scaffold, traj, mod
     or MoGe on the generated frame), scaled to agree with the known part (median ratio).
     scaffold: a :class:`~matrix_world.scaffold.build.Scaffold`.
     """
-    known_distance = scaffold.distance.astype(np.float32)
-    known = scaffold.mask & np.isfinite(known_distance)
     models = models if models is not None else {}
     cache: dict = {}
 
     def depth_fn(index: int, frame: torch.Tensor):
-        h = known.shape[1]
+        known_distance = scaffold.distance[index].astype(np.float32)  # this keyframe only, not the whole clip
+        k = scaffold.mask[index] & np.isfinite(known_distance)
+        h = k.shape[0]
         if config.backend == "moge" and "depth" not in models:  # load MoGe once for all keyframes
             from matrix_world.generation.moge_backend import load_moge
 
@@ -92,11 +92,10 @@ def make_depth_fn(config: DepthConfig, device: torch.device, scaffold, traj, mod
         estimate, sky = estimate_frame_distance(config, device, traj.c2w[index], frame, h, models.get("depth"),
                                                 scene=cache.get("scene"))
         out = estimate.copy()
-        k = known[index]
         if k.any():
-            ratio = np.median(known_distance[index][k] / np.maximum(estimate[k], 1e-6))
+            ratio = np.median(known_distance[k] / np.maximum(estimate[k], 1e-6))
             out = estimate * float(ratio)
-            out[k] = known_distance[index][k]
+            out[k] = known_distance[k]
         return torch.from_numpy(out), torch.from_numpy(sky)  # the depth backend decides what is sky
 
     return depth_fn

@@ -161,17 +161,22 @@ def build_scaffold(
         raise InputError(f"c2w must be [F, 4, 4] with F >= 1, got {tuple(c2w.shape)}")
     mesh = panorama_mesh(rgb, distance, c2w[0], sky=sky, known=known, config=config, device=device)
     meshes = [mesh] + [m.to(device) for m in cache_meshes]
-    chunks = []
+    rgb_chunks, mask_chunks, distance_chunks = [], [], []
     for start in range(0, len(c2w), CHUNK):
-        chunks.append(render_union(meshes, c2w[start:start + CHUNK], height, backend=backend))
+        frames = render_union(meshes, c2w[start:start + CHUNK], height, backend=backend)
+        # the file layout's dtypes on the device: a quarter of the bytes cross to the CPU, and no
+        # float32 copy of the whole clip is made there (same float32 rounding as on the CPU)
+        rgb_chunks.append(to_uint8(frames.rgb))
+        mask_chunks.append(frames.mask)
+        distance_chunks.append(frames.distance.to(torch.float16))
         if on_frames is not None:
-            on_frames(len(chunks[-1].mask))
-    out_rgb = to_uint8(torch.cat([c.rgb for c in chunks]).cpu().numpy())
-    mask = torch.cat([c.mask for c in chunks]).cpu().numpy()
-    distance_out = torch.cat([c.distance for c in chunks]).cpu().numpy()
+            on_frames(len(frames.mask))
+    out_rgb = torch.cat(rgb_chunks).cpu().numpy()
+    mask = torch.cat(mask_chunks).cpu().numpy()
+    distance_out = torch.cat(distance_chunks).cpu().numpy()
     mask[0] = True if known is None else resize_nearest(np.asarray(known, np.float32), height) > 0.5
     out_rgb[0] = to_uint8(resize_rgb(rgb, height)) * mask[0][..., None]  # frame 0: the panorama itself
-    return Scaffold(out_rgb, mask, distance_out.astype(np.float16)), mesh
+    return Scaffold(out_rgb, mask, distance_out), mesh
 
 
 def resize_rgb(rgb: np.ndarray, height: int) -> np.ndarray:
