@@ -19,7 +19,7 @@ import torch
 
 from matrix_world import io as mw_io
 from matrix_world import rundir as mw_rundir
-from matrix_world.io import in_background, load_npz, save_npz, to_uint8
+from matrix_world.io import in_background, save_npz, to_uint8
 from matrix_world.rundir import MANIFEST, RunDir
 from matrix_world.scaffold.build import Scaffold, load_scaffold, save_scaffold
 
