@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -181,7 +182,7 @@ def register_copy_backend() -> None:
         return VideoResult(np.asarray(rgb, dtype=np.float32), {"backend": "copy"})
 
 
-def scaffold_part(ctx, rgb, depth, traj, height: int, backend: str, device) -> dict:
+def scaffold_part(ctx, rgb, depth, traj, height: int, backend: str, device) -> tuple[dict, Any]:
     from matrix_world.pipeline.scaffold import scaffold_stage
     from matrix_world.rundir import RunDir
 
@@ -233,12 +234,7 @@ def recon_part(ctx, frames, depth, traj, scaffold, iterations: int, moge, view_s
     config.optimize.progress = False
     depth_config = DepthConfig(backend="moge", view_size=view_size)
     ctx.models["depth"] = moge
-    import inspect
-
-    if "models" in inspect.signature(make_depth_fn).parameters:  # the code before issue 14 (before/after runs)
-        depth_fn = make_depth_fn(depth_config, device, scaffold, traj, models=ctx.models)
-    else:
-        depth_fn = make_depth_fn(depth_config, device, scaffold, traj, ctx)
+    depth_fn = make_depth_fn(depth_config, device, scaffold, traj, ctx)
     timers = Timers(device).wrap(RECON_PARTS)
     try:
         sync(device)
