@@ -223,7 +223,7 @@ def video_part(ctx, scaffold, traj, height: int, device) -> tuple[dict, np.ndarr
             "parts": timers.rows()}, frames
 
 
-def recon_part(ctx, frames, depth, traj, scaffold, iterations: int, moge, view_size: int, device) -> dict:
+def recon_part(ctx, frames, depth, traj, scaffold, iterations: int, moge, view_size: int, num_tokens, device) -> dict:
     from matrix_world.generation.depth import DepthConfig
     from matrix_world.pipeline.config import WorldConfig
     from matrix_world.pipeline.depth import make_depth_fn
@@ -232,7 +232,7 @@ def recon_part(ctx, frames, depth, traj, scaffold, iterations: int, moge, view_s
     config = configure(WorldConfig(prompt="bench", preset="quality"), "optimize")
     config.optimize.iterations = iterations
     config.optimize.progress = False
-    depth_config = DepthConfig(backend="moge", view_size=view_size)
+    depth_config = DepthConfig(backend="moge", view_size=view_size, num_tokens=num_tokens)
     ctx.models["depth"] = moge
     depth_fn = make_depth_fn(depth_config, device, scaffold, traj, ctx)
     timers = Timers(device).wrap(RECON_PARTS)
@@ -292,7 +292,8 @@ def main(argv=None) -> int:
     ap.add_argument("--panorama", default=None, help="optional texture for the room (an equirect image)")
     ap.add_argument("--iterations", type=int, default=1500, help="optimisation iterations (e2e: 1500)")
     ap.add_argument("--moge", choices=("vitl", "small"), default=None, help="MoGe-2 size (default: vitl; smoke: small)")
-    ap.add_argument("--view-size", type=int, default=768, help="MoGe view size (DepthConfig default 768)")
+    ap.add_argument("--view-size", type=int, default=768, help="MoGe view size of the keyframes (DepthConfig default 768)")
+    ap.add_argument("--num-tokens", type=int, default=None, help="MoGe tokens per keyframe view (default: the model's maximum)")
     ap.add_argument("--run-dir", default=None, help="default: a temporary folder, removed at the end")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -339,7 +340,7 @@ def main(argv=None) -> int:
         warm_up(device)
         moge = LoadedMoGe(bench_depth.build_moge(2, args.moge == "small", device), 2, True, "random MoGe-2 (overhead.py)")
         results["reconstruction"] = recon_part(ctx, frames, depth, traj, scaffold, args.iterations, moge,
-                                               args.view_size, device)
+                                               args.view_size, args.num_tokens, device)
         r = results["reconstruction"]
         add_other("reconstruction", r)
         print_part(f"reconstruction stage (optimize, {r['iterations']} iterations, {r['keyframes']} keyframes)", r)

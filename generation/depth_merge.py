@@ -14,10 +14,10 @@ neighbouring panorama pixels do not depend on a view's offset. So
    pixel pairs no view sees get a weak smoothness term (target 0), which fills holes smoothly;
 3. the log-distance x is the least-squares fit  min Σ_e w_e (x_q - x_p - g_e)^2
    + λ Σ_p (x_p - x0_p)^2  where x0 is the upsampled solution of the next coarser level
-   (coarse-to-fine pyramid, halving down to ``min_height`` rows). The coarsest levels are solved
-   directly (scipy sparse LU; on a GPU only up to ``direct_max_pixels_cuda``, as the LU runs on
-   the CPU), finer ones by Jacobi-preconditioned conjugate gradients with a matrix-free 5-point
-   operator warm-started from x0 (runs on the GPU when the data is there);
+   (coarse-to-fine pyramid, halving down to ``min_height`` rows). The coarsest levels (up to
+   ``direct_max_pixels``) are solved directly (scipy sparse LU, on the CPU), finer ones by
+   Jacobi-preconditioned conjugate gradients with a matrix-free 5-point operator warm-started
+   from x0 (runs on the GPU when the data is there);
 4. the free constant is set so that the weighted mean residual to the views is 0 (for a metric
    model: the views' mean metric scale).
 
@@ -44,10 +44,10 @@ class MergeConfig:
     anchor_weight: float = 1e-3  # λ: pull towards the coarser level's solution
     cg_iterations: int = 400  # per level, at most
     cg_tolerance: float = 1e-6  # relative residual
-    direct_max_pixels: int = 1 << 17  # levels up to this many pixels are solved directly
-    # on a GPU only the smallest levels: scipy's sparse LU runs on the CPU (~1 s at 240 x 480, once per
-    # keyframe of the reconstruction), CG on the device takes ~300 cheap iterations (same result to 5e-6)
-    direct_max_pixels_cuda: int = 1 << 13
+    # levels up to this many pixels (60 x 120) are solved directly: scipy's sparse LU runs on the CPU and
+    # took ~1 s at 240 x 480 (once per reconstruction keyframe); CG there takes ~220 cheap iterations and
+    # gives the same log-distance to 6e-6 (12 views merged at 480 rows: 5.0 s -> 3.3 s on a CPU core)
+    direct_max_pixels: int = 1 << 13
 
 
 def pool_view(log_d: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
@@ -215,8 +215,6 @@ def merge_log_distances(
             view_pyramid.append(prev)
     x = None
     iterations = []
-    direct_limit = config.direct_max_pixels if log_d.device.type == "cpu" else \
-        min(config.direct_max_pixels, config.direct_max_pixels_cuda)
     for level in reversed(range(len(heights))):
         h = heights[level]
         values, weights = warp_views(*view_pyramid[level], views, h)
@@ -227,7 +225,7 @@ def merge_log_distances(
         else:
             x0 = resize_equirect(x[None, None], h, mode="bilinear")[0, 0]
             anchor = config.anchor_weight
-        if h * 2 * h <= direct_limit:
+        if h * 2 * h <= config.direct_max_pixels:
             x = solve_direct(gh, wh, gv, wv, anchor, x0)
             iterations.append(0)
         else:
