@@ -235,50 +235,65 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
             raise OutputError(f"could not encode an image for {path}")
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16.0, quality: int = 8,
+def write_video(path: str | os.PathLike, frames, fps: float = 16.0, quality: int = 8,
                 preset: str = "medium") -> None:
     """Write frames [F, H, W, 3] (uint8 or float [0, 1]) as an H.264 .mp4 atomically.
 
-    Odd sizes are padded by one pixel (H.264 with yuv420p needs even sizes). Gray frames
-    [F, H, W] are encoded as gray input (no RGB copy). preset: x264's speed / size trade-off
-    (``ultrafast`` encodes a 480p clip ~7x faster than ``medium``, files ~2.5x larger); the
-    OpenCV fallback (no ffmpeg) has a single speed.
+    frames: one array, or an iterable of chunks [n, H, W, 3] encoded as they come (e.g. from a
+    queue fed while the frames are made). Odd sizes are padded by one pixel (H.264 with yuv420p
+    needs even sizes). Gray frames [F, H, W] are encoded as gray input (no RGB copy). preset:
+    x264's speed / size trade-off (``ultrafast`` encodes a 480p clip ~7x faster than ``medium``,
+    files ~2.5x larger); the OpenCV fallback (no ffmpeg) has a single speed.
     """
-    data = to_uint8(np.asarray(frames))
-    pad = ((0, 0), (0, data.shape[1] % 2), (0, data.shape[2] % 2)) + ((0, 0),) * (data.ndim - 3)
-    if any(p[1] for p in pad):
-        data = np.pad(data, pad, mode="edge")
+    chunks = [frames] if isinstance(frames, np.ndarray) else frames
     try:
         import imageio.v2 as imageio
         import imageio_ffmpeg  # noqa: F401  (the ffmpeg binary)
     except ImportError:
         imageio = None
     with atomic_write(path) as tmp:
-        if imageio is None:  # no ffmpeg: OpenCV's own MPEG-4 Part 2 encoder (larger files, plays everywhere)
-            _write_video_cv2(tmp, data, fps)
-            return
-        writer = imageio.get_writer(str(tmp), format="FFMPEG", fps=fps, codec="libx264", quality=quality,
-                                    macro_block_size=1, pixelformat="yuv420p", ffmpeg_params=["-preset", preset])
+        writer = None
         try:
-            for frame in data:
-                writer.append_data(frame)
+            for chunk in chunks:
+                data = _even(to_uint8(np.asarray(chunk)))
+                if writer is None and imageio is None:  # no ffmpeg: OpenCV's MPEG-4 Part 2 encoder (plays everywhere)
+                    writer = _Cv2Writer(tmp, data, fps)
+                elif writer is None:
+                    writer = imageio.get_writer(str(tmp), format="FFMPEG", fps=fps, codec="libx264", quality=quality,
+                                                macro_block_size=1, pixelformat="yuv420p",
+                                                ffmpeg_params=["-preset", preset])
+                for frame in data:
+                    writer.append_data(frame)
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ValueError(f"no frames to write into {path}")
 
 
-def _write_video_cv2(path: Path, data: np.ndarray, fps: float) -> None:
-    import cv2
+def _even(data: np.ndarray) -> np.ndarray:
+    """Pad [F, H, W(, 3)] by one edge pixel where H or W is odd."""
+    pad = ((0, 0), (0, data.shape[1] % 2), (0, data.shape[2] % 2)) + ((0, 0),) * (data.ndim - 3)
+    return np.pad(data, pad, mode="edge") if any(p[1] for p in pad) else data
 
-    gray = data.ndim == 3
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), float(fps), (data.shape[2], data.shape[1]),
-                             isColor=not gray)
-    if not writer.isOpened():
-        raise OutputError(f"OpenCV could not open a video writer for {path} (install imageio-ffmpeg)")
-    try:
-        for frame in data:
-            writer.write(np.ascontiguousarray(frame if gray else frame[:, :, ::-1]))
-    finally:
-        writer.release()
+
+class _Cv2Writer:
+    """OpenCV's mp4v writer with imageio's append_data / close."""
+
+    def __init__(self, path: Path, first: np.ndarray, fps: float):
+        import cv2
+
+        self.gray = first.ndim == 3
+        self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), float(fps),
+                                      (first.shape[2], first.shape[1]), isColor=not self.gray)
+        if not self.writer.isOpened():
+            raise OutputError(f"OpenCV could not open a video writer for {path} (install imageio-ffmpeg)")
+
+    def append_data(self, frame: np.ndarray) -> None:
+        self.writer.write(np.ascontiguousarray(frame if self.gray else frame[:, :, ::-1]))
+
+    def close(self) -> None:
+        self.writer.release()
 
 
 @contextlib.contextmanager

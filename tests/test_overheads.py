@@ -134,8 +134,8 @@ def test_scaffold_previews_are_complete_before_the_stage_is_committed(tmp_path, 
     finished = []
 
     def slow_writer(path, frames, **kw):
-        time.sleep(0.3)  # slower than the npz: the stage must wait for it
-        real(path, frames, **kw)
+        real(path, frames, **kw)  # the frames arrive chunk by chunk while they render
+        time.sleep(0.3)  # then slower than the npz: the stage must wait for it
         finished.append(path.name)
 
     monkeypatch.setattr(stage_module, "write_video", slow_writer)
@@ -145,7 +145,12 @@ def test_scaffold_previews_are_complete_before_the_stage_is_committed(tmp_path, 
     manifest = json.loads((out / MANIFEST).read_text())
     for name in ("scaffold.npz", "scaffold_rgb.mp4", "scaffold_mask.mp4"):
         assert manifest["artifacts"][name]["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest(), name
-    assert mw_io.video_length(out / "scaffold_rgb.mp4") == 4 and mw_io.video_length(out / "scaffold_mask.mp4") == 4
+    # the previews, encoded from the chunks as they rendered, show the scaffold's frames in order (frame 0 = the panorama)
+    rgb_video, mask_video = mw_io.read_video(out / "scaffold_rgb.mp4"), mw_io.read_video(out / "scaffold_mask.mp4")
+    assert len(rgb_video) == len(mask_video) == 4
+    errors = np.abs(rgb_video.astype(np.float32) - scaffold.rgb).mean(axis=(1, 2, 3))
+    assert errors.max() < 25 and np.abs(rgb_video[0].astype(np.float32) - scaffold.rgb[1]).mean() > errors[0]
+    assert ((mask_video[..., 0] > 127) == scaffold.mask).mean() > 0.95
     seconds = manifest["stages"]["scaffold"]["info"]["seconds"]
     assert seconds["write"] >= 0.3  # the stage's write step waited for the (slow) previews
     # the returned scaffold is the file's content (fresh run) and the reused stage reads the same
