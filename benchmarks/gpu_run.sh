@@ -52,6 +52,7 @@ for j in "$@"; do
     views_bench)   job views_bench 290 "python benchmarks/views.py" ;;  # issue 16: views2world + random Wan on a through-path scaffold
     train_bench)   job train_bench 560 "python benchmarks/train.py --what flux" ;;
     e2e_lrm)       job e2e_lrm 560 "python benchmarks/e2e.py --recon lrm --run-dir /tmp/matrix_world_e2e_lrm" ;;
+    overhead_bench) job overhead_bench 240 "python benchmarks/overhead.py" ;;  # scaffold + reconstruction overheads (issue 14)
     split_bench)   job split_bench 300 "python benchmarks/build_benchmark_split.py --backend cuda --out /tmp/split_gpu" ;;
     *) echo "unknown job $j"; status+=("$j unknown") ;;
   esac

@@ -106,8 +106,14 @@ def fill_invalid(distance: np.ndarray, valid: np.ndarray, sky_factor: float) -> 
 # --------------------------------------------------------------------------- moge
 
 
+def check_views(config: DepthConfig) -> None:
+    if not 16 <= config.view_size <= 2048:
+        raise InputError(f"view_size must be in [16, 2048], got {config.view_size}")
+
+
 def panorama_depth_from_model(rgb: np.ndarray, moge: LoadedMoGe, config: DepthConfig, *, device) -> DepthResult:
     """12-view MoGe panorama depth with a loaded model (or any object with MoGe's ``infer``)."""
+    check_views(config)
     h = rgb.shape[0]
     start = time.perf_counter()
     views = icosahedron_views(config.view_size, config.view_fov)
@@ -178,8 +184,7 @@ def register_depth_backend(name: str):
 
 @register_depth_backend("moge")
 def _moge_backend(rgb: np.ndarray, config: DepthConfig, *, device) -> DepthResult:
-    if not 16 <= config.view_size <= 2048:
-        raise InputError(f"view_size must be in [16, 2048], got {config.view_size}")
+    check_views(config)
     moge = load_moge(config.model, device=device, allow_download=config.allow_download)
     return panorama_depth_from_model(rgb, moge, config, device=device)
 

@@ -10,7 +10,15 @@ Layout and rules (DESIGN.md §1)::
 A stage has a name, a JSON-able config, the files it reads (``inputs``) and the files it
 writes (``outputs``, paths relative to the run directory). Its *config hash* is the sha256
 of the canonical JSON of (name, config, sha256 of every input). A stage whose manifest
-record has the same hash and whose outputs all exist with the recorded sizes is skipped.
+record has the same hash and whose outputs all exist with their recorded sha256 is skipped.
+
+Each artifact is hashed once, when its stage commits. The manifest keeps, beside its sha256
+and size, the file's stat signature (mtime, ctime, inode) at that moment; later checks (a
+later stage's inputs, a resume) reuse the recorded sha256 while the signature is unchanged
+and read the bytes again otherwise (any write, ``touch``, copy or replacement changes it).
+A signature is trusted only when the file's mtime lies clearly (``RACY_NS``) before the
+moment it was taken, so a write in the same clock tick cannot hide (git's "racy" rule);
+on filesystems with whole-second timestamps it is never trusted.
 
 Stage outputs are written into a hidden staging folder ``<out>/.staging-<name>/`` (use
 ``stage.path(name)``) and moved into place only when the whole stage succeeds, after which
@@ -42,6 +50,7 @@ import dataclasses
 import errno
 import fcntl
 import datetime as _dt
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -60,6 +69,7 @@ from matrix_world.errors import InputError
 from matrix_world.io import OutputError, write_text
 
 MANIFEST = "manifest.json"
+RACY_NS = 100_000_000  # a stat signature counts only for files last written >= 0.1 s before it was taken
 LOCK = ".lock"
 FORMAT = "matrix_world.run/1"
 # Distributions whose versions the manifest records when installed (read from metadata only).
@@ -137,8 +147,35 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def stat_signature(path: str | os.PathLike) -> dict[str, int] | None:
+    """The stat fields that change whenever a file's bytes may have (see the module docstring),
+    with the time they were read; None when the filesystem's timestamps are too coarse to tell."""
+    st = os.stat(path)
+    checked = time.time_ns()
+    if st.st_mtime_ns % 1_000_000_000 == 0 or st.st_mtime_ns > checked - RACY_NS:
+        return None  # whole-second timestamps, or written too recently: the bytes are read again next time
+    return {"mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino, "checked_ns": checked}
+
+
+def signature_holds(path: str | os.PathLike, record: dict) -> bool:
+    """True when ``path`` still has the size and stat signature ``record`` (an artifact record) holds."""
+    sig = record.get("stat")
+    if not sig:
+        return False
+    st = os.stat(path)
+    return (st.st_size == record.get("bytes") and st.st_mtime_ns == sig.get("mtime_ns")
+            and st.st_ctime_ns == sig.get("ctime_ns") and st.st_ino == sig.get("inode"))
+
+
 def package_versions(packages: Sequence[str] = VERSION_PACKAGES) -> dict[str, str]:
-    """Python and installed package versions, read from metadata (nothing is imported)."""
+    """Python and installed package versions, read from metadata (nothing is imported).
+
+    Read once per process (40-70 ms; every manifest write records them)."""
+    return dict(_package_versions(tuple(packages)))
+
+
+@functools.lru_cache(maxsize=4)
+def _package_versions(packages: tuple[str, ...]) -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in packages:
         try:
@@ -287,12 +324,27 @@ class RunDir:
         self._hash_cache: dict[tuple, str] = {}
 
     def _sha256(self, path: str | os.PathLike) -> str:
-        """file_sha256 cached per (path, size, mtime) for this RunDir object."""
+        """sha256 of a file: the run artifact's recorded one while its stat signature holds, else
+        file_sha256 (cached per path, size, mtime and ctime for this RunDir object)."""
+        path = Path(path)
+        record = self._artifact_record(path)
+        if record is not None and signature_holds(path, record):
+            return record["sha256"]
         stat = os.stat(path)
-        key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         if key not in self._hash_cache:
             self._hash_cache[key] = file_sha256(path)
+        if record is not None and record.get("sha256") == self._hash_cache[key]:  # verified: trust it from now on
+            record["stat"] = stat_signature(path)
         return self._hash_cache[key]
+
+    def _artifact_record(self, path: Path) -> dict | None:
+        """The manifest's record of ``path`` when it is an artifact of this run, else None."""
+        try:
+            rel = path.resolve().relative_to(self.path.resolve()).as_posix()
+        except ValueError:
+            return None
+        return self.manifest["artifacts"].get(rel)
 
     # ----------------------------------------------------------------- manifest
 
@@ -458,7 +510,7 @@ class RunDir:
     def _commit(self, st: Stage, started: str, seconds: float) -> None:
         """Move staged outputs into place, hash them and rewrite the manifest."""
         artifacts = {}
-        for rel in st.outputs:
+        for rel in st.outputs:  # the one full read of each output's bytes
             staged = st.staging / rel
             artifacts[rel] = {"sha256": file_sha256(staged), "bytes": staged.stat().st_size, "stage": st.name}
         if self.manifest["stages"].pop(st.name, None) is not None:
@@ -477,6 +529,11 @@ class RunDir:
             for final in moved:  # no artifact without its manifest record
                 final.unlink(missing_ok=True)
             raise OutputError(f"moving the outputs of stage {st.name!r} into {self.path} failed: {exc}") from exc
+        for rel, art in artifacts.items():  # the signature of the file in place (a rename changes its ctime)
+            final = self.path / rel
+            art["stat"] = stat_signature(final)
+            stat = final.stat()
+            self._hash_cache[(str(final.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)] = art["sha256"]
         # outputs of an earlier version of this stage that it no longer writes: stale, removed
         for rel, art in list(self.manifest["artifacts"].items()):
             if art.get("stage") == st.name and rel not in artifacts:

@@ -2,7 +2,8 @@
 
 Shared by the ``lift`` and ``optimize`` backends. A clip is
 
-* ``frames``   [F, H, W, 3] float32 in [0, 1] (numpy or torch), equirect, W = 2H;
+* ``frames``   [F, H, W, 3] float32 in [0, 1], or uint8 in [0, 255] (numpy or torch), equirect,
+  W = 2H; only the keyframes are converted (on the device), never the whole clip;
 * ``c2w``      [F, 4, 4] camera-to-world poses (OpenCV; world = frame 0's camera);
 * ``distance0`` [H, W] distance of frame 0 (from the depth stage);
 * ``masks``    [F, H, W] bool, True where a pixel is known (None: all known);
@@ -95,6 +96,14 @@ def as_tensor(x, *, device, dtype) -> Tensor:
     return x.to(device=device, dtype=dtype)
 
 
+def frame_rgb(frames, index: int, device) -> Tensor:
+    """Frame ``index`` of a clip (float [0, 1] or uint8) as float32 [H, W, 3] in [0, 1] on ``device``."""
+    frame = frames[index]
+    if frame.dtype in (np.uint8, torch.uint8):
+        return as_tensor(frame, device=device, dtype=torch.uint8).to(torch.float32) / 255.0
+    return as_tensor(frame, device=device, dtype=torch.float32)
+
+
 def validate_clip(frames, c2w, distance0, masks=None, sky0=None) -> None:
     """Raise InputError when the clip's arrays do not fit together (see module docstring)."""
     if frames.ndim != 4 or frames.shape[-1] != 3:
@@ -133,7 +142,7 @@ def _call_depth_fn(depth_fn: DepthFn, index: int, rgb: Tensor, shape: tuple[int,
 
 
 def prepare_keyframes(
-    frames,  # [F, H, W, 3] float32 in [0, 1]
+    frames,  # [F, H, W, 3] float32 in [0, 1] or uint8
     c2w,  # [F, 4, 4]
     distance0,  # [H, W]
     *,
@@ -148,7 +157,7 @@ def prepare_keyframes(
     validate_clip(frames, c2w, distance0, masks, sky0)
     f, h, w = frames.shape[:3]
     indices = select_keyframes(f, config.stride, config.include_last)
-    rgb = torch.stack([as_tensor(frames[i], device=device, dtype=torch.float32) for i in indices])
+    rgb = torch.stack([frame_rgb(frames, i, device) for i in indices])
     poses = torch.stack([as_tensor(c2w[i], device=device, dtype=torch.float64) for i in indices])
     if masks is None:
         known = torch.ones(len(indices), h, w, dtype=torch.bool, device=device)

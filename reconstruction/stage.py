@@ -53,7 +53,7 @@ class ReconConfig:
 def reconstruct(
     config: ReconConfig,
     *,
-    frames,  # [F, H, W, 3] float32 in [0, 1] (numpy or torch)
+    frames,  # [F, H, W, 3] float32 in [0, 1] or uint8 (numpy or torch); only keyframes are converted
     distance0,  # [H, W] distance of frame 0
     c2w,  # [F, 4, 4] camera-to-world
     masks=None,  # [F, H, W] bool, True = pixel known; None: all known

@@ -156,7 +156,9 @@ def test_manifest_contents(tmp_path):
     assert m["config"]["scaffold"] == {"height": 8, "threshold": 0.05}
     assert m["backends"] == {"scaffold": "cpu"}
     assert m["timings"]["scaffold"] >= 0 and m["stages"]["scaffold"]["seconds"] == m["timings"]["scaffold"]
-    assert m["artifacts"]["a.txt"] == {"sha256": sha(out / "a.txt"), "bytes": 1, "stage": "scaffold"}
+    art = m["artifacts"]["a.txt"]
+    assert {k: v for k, v in art.items() if k != "stat"} == {"sha256": sha(out / "a.txt"), "bytes": 1, "stage": "scaffold"}
+    assert art["stat"] is None or art["stat"]["mtime_ns"] == (out / "a.txt").stat().st_mtime_ns  # None: just written
     rec = m["stages"]["scaffold"]
     assert rec["status"] == "done" and rec["info"] == {"frames": 5} and rec["inputs"] == {"file:panorama": sha(pano)}
     assert rec["config_hash"] == config_hash({"stage": "scaffold", "config": {"height": 8, "threshold": 0.05},

@@ -8,8 +8,10 @@ from the run directory, so a resumed run continues exactly where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -31,6 +33,40 @@ class StageContext:
     panorama pipeline), "depth" (a LoadedMoGe), "video" (a PanoVideoPipeline). Keeps models
     in memory across runs and segments; the random-weight end-to-end benchmark injects here."""
 
+    owned: set = dataclasses.field(default_factory=set)
+    """Keys of ``models`` this run loaded itself: :meth:`release` drops them after their last use
+    (models the caller put into ``models`` are the caller's and stay)."""
+
+    def model(self, name: str, load: Callable[[], Any]) -> Any:
+        """The model ``name``: the one in ``models`` (injected or loaded earlier in this run), else
+        ``load()`` once, kept in ``models`` until :meth:`release`."""
+        if name not in self.models:
+            self.models[name] = load()
+            self.owned.add(name)
+        return self.models[name]
+
+    def release(self, *names: str) -> None:
+        """Drop the models ``names`` this run loaded, then free memory (``gc.collect()`` and, on a GPU,
+        ``torch.cuda.empty_cache()``), so the next stage loads its models into a clean GPU.
+
+        Called between the stages, also with no names: the panorama and video models live only
+        inside their stage functions; this frees what they left (reference cycles, cached blocks).
+        """
+        for name in names:
+            if name in self.owned:
+                self.models.pop(name, None)
+                self.owned.discard(name)
+        free_memory(self.device)
+
+    def park(self, name: str) -> None:
+        """Move the model ``name`` this run loaded (a LoadedMoGe, or any ``.model`` / ``.to`` holder)
+        to the CPU until it is needed again, and free its GPU memory: loaded once, not held on the
+        GPU while other stages' models run."""
+        if name in self.owned and self.device.type == "cuda":
+            model = self.models[name]
+            getattr(model, "model", model).to("cpu")
+        free_memory(self.device)
+
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator seeded from the run's seed (offset per stage)."""
         return torch.Generator().manual_seed(self.seed + offset)
@@ -47,3 +83,11 @@ def log_stage(ctx: StageContext, st, name: str, started: float) -> None:
     """One line per stage: its time, or 'reused', and its backend."""
     word = "reused" if st.done else f"{time.perf_counter() - started:.1f} s"
     ctx.log(f"  {name}: {word} [{st.backend}]")
+
+
+def free_memory(device: torch.device) -> None:
+    """Collect unreachable objects (diffusers pipelines hold reference cycles) and return the GPU's
+    cached blocks to the driver, so the next model's peak starts from what is really in use."""
+    gc.collect()
+    if device.type == "cuda" and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

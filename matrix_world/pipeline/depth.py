@@ -54,8 +54,9 @@ def depth_stage(ctx: StageContext, config: DepthConfig, rgb: np.ndarray) -> dict
     with ctx.run.stage("depth", config.to_dict(), inputs=["panorama.png"], files=files,
                        outputs=["depth.npz"], backend=config.backend) as st:
         if not st.done:
-            if "depth" in ctx.models and config.backend == "moge":
-                result = panorama_depth_from_model(rgb, ctx.models["depth"], config, device=ctx.device)
+            if config.backend == "moge":  # loaded once per run: the reconstruction's keyframes reuse it
+                moge = ctx.model("depth", lambda: load_depth_model(config, ctx.device))
+                result = panorama_depth_from_model(rgb, moge, config, device=ctx.device)
             else:
                 result = estimate_depth(rgb, config, device=ctx.device)
             save_npz(st.path("depth.npz"), distance=result.distance.astype(np.float32), sky=result.sky,
@@ -66,37 +67,44 @@ def depth_stage(ctx: StageContext, config: DepthConfig, rgb: np.ndarray) -> dict
     return load_npz(ctx.run.path / "depth.npz", keys=("distance", "sky", "valid"))
 
 
-def make_depth_fn(config: DepthConfig, device: torch.device, scaffold, traj, models: dict | None = None):
+def load_depth_model(config: DepthConfig, device: torch.device):
+    """MoGe for the depth stage and the keyframes (a LoadedMoGe on ``device``)."""
+    from matrix_world.generation import moge_backend
+
+    return moge_backend.load_moge(config.model, device=device, allow_download=config.allow_download)
+
+
+def make_depth_fn(config: DepthConfig, device: torch.device, scaffold, traj, ctx: StageContext):
     """Distance of a video frame for the reconstruction's keyframes.
 
     Where the scaffold knows the frame (mask), its rendered distance is exact geometry; the
     rest comes from the depth backend (the procedural scene's truth, the ``prior`` heuristic
     or MoGe on the generated frame), scaled to agree with the known part (median ratio).
-    scaffold: a :class:`~matrix_world.scaffold.build.Scaffold`.
+    scaffold: a :class:`~matrix_world.scaffold.build.Scaffold`. ctx: the run's context, whose
+    MoGe (the depth stage's, or injected) is used, loaded there if the depth stage was reused;
+    a parked (CPU) MoGe goes back to ``device`` on the first keyframe.
     """
-    known_distance = scaffold.distance.astype(np.float32)
-    known = scaffold.mask & np.isfinite(known_distance)
-    models = models if models is not None else {}
     cache: dict = {}
 
     def depth_fn(index: int, frame: torch.Tensor):
-        h = known.shape[1]
-        if config.backend == "moge" and "depth" not in models:  # load MoGe once for all keyframes
-            from matrix_world.generation.moge_backend import load_moge
-
-            models["depth"] = load_moge(config.model, device=device)
+        known_distance = scaffold.distance[index].astype(np.float32)  # this keyframe only, not the whole clip
+        k = scaffold.mask[index] & np.isfinite(known_distance)
+        h = k.shape[0]
+        moge = None
+        if config.backend == "moge":  # one MoGe for the depth stage and all keyframes
+            moge = ctx.model("depth", lambda: load_depth_model(config, device))
+            moge.model.to(device)  # back from the CPU where it waited during the video stage (no-op otherwise)
         if config.backend == "procedural" and "scene" not in cache:  # build the synthetic scene once
             from matrix_world.datasets.procedural import scene_from_prompt
 
             cache["scene"] = scene_from_prompt(config.prompt or "", config.seed)
-        estimate, sky = estimate_frame_distance(config, device, traj.c2w[index], frame, h, models.get("depth"),
+        estimate, sky = estimate_frame_distance(config, device, traj.c2w[index], frame, h, moge,
                                                 scene=cache.get("scene"))
         out = estimate.copy()
-        k = known[index]
         if k.any():
-            ratio = np.median(known_distance[index][k] / np.maximum(estimate[k], 1e-6))
+            ratio = np.median(known_distance[k] / np.maximum(estimate[k], 1e-6))
             out = estimate * float(ratio)
-            out[k] = known_distance[index][k]
+            out[k] = known_distance[k]
         return torch.from_numpy(out), torch.from_numpy(sky)  # the depth backend decides what is sky
 
     return depth_fn

@@ -278,10 +278,12 @@ def _explore(config: ExploreConfig, root: Path, log) -> SegmentResult:
                               cache_files=world_mesh_files(run))
     # 4. video of the segment
     frames = video_stage(ctx, plan.video, scaffold, traj, world_config.prompt)
+    ctx.release()  # what the video model left (gc, empty_cache) before the keyframes' depth model loads
     # 5. the segment's Gaussians (world frame by construction), checked against the world
-    depth_fn = make_depth_fn(plan.depth, plan.device, scaffold, traj)
+    depth_fn = make_depth_fn(plan.depth, plan.device, scaffold, traj, ctx)
     gaussians = reconstruction_stage(ctx, plan.recon, frames, depth, traj, depth_fn, exports=(),
                                      depth_config=plan.depth.to_dict())
+    ctx.release("depth")  # the keyframes' MoGe, when this segment loaded one
     checks = _check_alignment(world, gaussians, traj, plan.device)
     seg.manifest["checks"] = checks
     seg.write_manifest()

@@ -158,7 +158,7 @@ def reconstruction_stage(ctx: StageContext, config: ReconConfig, frames: np.ndar
                     bar.update(1)
                     return out
 
-                gaussians, info = reconstruct(config, frames=frames.astype(np.float32) / 255.0, distance0=distance0,
+                gaussians, info = reconstruct(config, frames=frames, distance0=distance0,  # uint8: keyframes converted
                                               c2w=traj.c2w, masks=None, sky0=sky0, depth_fn=counted,
                                               device=ctx.device, generator=ctx.generator(6))
         if not st.done:

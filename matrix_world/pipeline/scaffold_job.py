@@ -31,7 +31,7 @@ import numpy as np
 
 from matrix_world.errors import InputError
 from matrix_world.io import read_distance, read_image
-from matrix_world.pipeline.scaffold import choose, write_scaffold_videos
+from matrix_world.pipeline.scaffold import build_and_write, choose
 from matrix_world.rundir import RunDir, run_lock
 from matrix_world.runtime import RASTERISER_CHOICES
 from matrix_world.trajectory import (
@@ -202,17 +202,15 @@ def _render_into(st, pano: np.ndarray, distance: np.ndarray, traj: Trajectory, c
 
     pano: [H, W, 3] float32, distance: [H, W] float32 (+inf = sky), both untouched by the turn.
     """
-    import time
+    import functools
 
-    from matrix_world.scaffold.build import build_scaffold, save_scaffold
+    from matrix_world.scaffold.build import build_scaffold
     from matrix_world.scaffold.mesh import export_mesh
 
-    t0 = time.perf_counter()
-    scaffold, mesh = build_scaffold(turn_equirect(pano, columns), turn_equirect(distance, columns), traj.c2w, height,
-                                    config=mesh_config, backend=backend, device=device)
-    seconds = time.perf_counter() - t0
-    save_scaffold(st.path("scaffold.npz"), scaffold)
-    write_scaffold_videos(st, scaffold, traj.fps)
+    scaffold, mesh, times = build_and_write(st, traj.fps, functools.partial(
+        build_scaffold, turn_equirect(pano, columns), turn_equirect(distance, columns), traj.c2w, height,
+        config=mesh_config, backend=backend, device=device))
+    seconds = times["mesh_and_render"]
     if mesh_out:
         export_mesh(mesh, st.path(f"scaffold_mesh.{mesh_out}"))
     known = float(scaffold.mask.mean())

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from matrix_world.generation.video import VideoConfig, generate_video
-from matrix_world.io import load_npz, save_npz, to_uint8, write_video
+from matrix_world.io import in_background, load_npz, save_npz, to_uint8, write_video
 from matrix_world.pipeline.config import WorldConfig
 from matrix_world.pipeline.context import StageContext, log_stage
 from matrix_world.rundir import small_info
@@ -105,12 +105,13 @@ def video_stage(ctx: StageContext, config: VideoConfig, scaffold: Scaffold, traj
             frames = to_uint8(result.frames)
             for index, rgb in (anchors or {}).items():  # the input panoramas, exactly
                 frames[index] = to_uint8(resize_rgb(np.asarray(rgb, np.float32), frames.shape[1]))
-            save_npz(st.path("video.npz"), frames=frames)
-            write_video(st.path("video.mp4"), frames, fps=traj.fps)
-            if LATENTS in outputs:  # the lrm reconstruction reads them: no second VAE encode
-                if result.latents is None:
-                    raise RuntimeError("the wan video backend returned no latents")
-                save_npz(st.path(LATENTS), latents=result.latents.numpy().astype(np.float32))
+            mp4 = st.path("video.mp4")
+            with in_background(lambda: write_video(mp4, frames, fps=traj.fps)):  # encoded while the npz is written
+                save_npz(st.path("video.npz"), frames=frames)
+                if LATENTS in outputs:  # the lrm reconstruction reads them: no second VAE encode
+                    if result.latents is None:
+                        raise RuntimeError("the wan video backend returned no latents")
+                    save_npz(st.path(LATENTS), latents=result.latents.numpy().astype(np.float32))
             st.backend = result.info.get("backend", config.backend)
             st.info.update(small_info(result.info))
     log_stage(ctx, st, "video", t0)

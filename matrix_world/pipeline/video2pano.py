@@ -40,7 +40,7 @@ from matrix_world.errors import InputError
 from matrix_world.pipeline.config import WorldConfig
 from matrix_world.pipeline.context import StageContext, log_stage
 from matrix_world.rundir import RunDir, run_lock
-from matrix_world.scaffold.build import Scaffold, load_scaffold, save_scaffold
+from matrix_world.scaffold.build import Scaffold, load_scaffold
 from matrix_world.trajectory import Trajectory
 
 DEFAULT_PROMPT = "a 360-degree panoramic video"
@@ -222,7 +222,7 @@ def panorama_path(traj: Trajectory) -> Trajectory:
 
 def canvas_stage(ctx: StageContext, data: VideoInput, traj: Trajectory, height: int) -> Scaffold:
     """-> ``scaffold.npz`` (+ ``scaffold_rgb.mp4``, ``scaffold_mask.mp4``): the canvas of the input."""
-    from matrix_world.pipeline.scaffold import write_scaffold_videos
+    from matrix_world.pipeline.scaffold import build_and_write
     from matrix_world.scaffold.canvas import paste_video
 
     t0 = time.perf_counter()
@@ -230,9 +230,12 @@ def canvas_stage(ctx: StageContext, data: VideoInput, traj: Trajectory, height: 
     with ctx.run.stage("scaffold", {"height": height, "canvas": "paste_video"}, inputs=["trajectory.json"],
                        files={"video": ctx.run.manifest["inputs"]["video"]["path"]}, outputs=outputs, backend="canvas") as st:
         if not st.done:
-            canvas = paste_video(data.frames, traj.c2w[:, :3, :3], float(traj.meta["fov"]), height)
-            save_scaffold(st.path("scaffold.npz"), canvas)
-            write_scaffold_videos(st, canvas, traj.fps)
+            def build(on_chunk):  # the canvas in one chunk (the one writer of the scaffold files: build_and_write)
+                pasted = paste_video(data.frames, traj.c2w[:, :3, :3], float(traj.meta["fov"]), height)
+                on_chunk(pasted.rgb, pasted.mask)
+                return pasted, None
+
+            canvas, _, _ = build_and_write(st, traj.fps, build)
             st.info.update(frames=len(canvas), known_fraction=round(float(canvas.mask.mean()), 4))
     log_stage(ctx, st, "scaffold", t0)
     return load_scaffold(ctx.run.path / "scaffold.npz")

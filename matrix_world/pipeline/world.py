@@ -112,13 +112,33 @@ class WorldPipeline:
         run.manifest["plan"] = {"backends": plan.backends, "reasons": plan.reasons, "preview_only": plan.preview_only}
         run.manifest["world_config"] = dataclasses.asdict(dataclasses.replace(config, out=str(out)))
         start = time.perf_counter()
+        try:
+            num_gaussians = self._stages(ctx, config, plan)
+        finally:
+            ctx.release(*ctx.owned)  # after a failure too: no model this run loaded outlives it
 
+        seconds = {name: rec.get("seconds", 0.0) for name, rec in run.manifest["stages"].items()}
+        result = WorldResult(out=out, plan=plan, num_gaussians=num_gaussians, seconds=seconds)
+        summarize(result, wall=time.perf_counter() - start, log=self.log)
+        return result
+
+    def _stages(self, ctx: StageContext, config: WorldConfig, plan: Plan) -> int:
+        """Steps 2-8, each a resumable stage; returns the number of Gaussians.
+
+        Models are loaded once and freed in order (ctx.release: dropped, gc, torch.cuda.empty_cache()),
+        so each stage's models load into a GPU that holds nothing of the stages before.
+        """
         # 2. panorama from text or image
         rgb = panorama_stage(ctx, plan.panorama, prompt=config.prompt, image=config.image)
+        ctx.release()  # FLUX lives inside the stage function: free what it left
         # 3. panoramic distance (+ sky)
         depth = depth_stage(ctx, plan.depth, rgb)
         # 3b. sparse views (views2world): their poses in view A's frame, distances in A's units
         views = views_stage(ctx, config, plan.depth, rgb, depth) if config.views else None
+        if keyframe_depth_model(plan):
+            ctx.park("depth")  # MoGe waits on the CPU for the reconstruction's keyframes
+        else:
+            ctx.release("depth")
         # 4. camera path through the panorama (or through every view's pose)
         traj = trajectory_stage(ctx, config.trajectory, config.frames, depth["distance"],
                                 views_c2w=None if views is None else views.c2w, snap=plan.recon.keyframes.stride)
@@ -128,19 +148,17 @@ class WorldPipeline:
         # 6. panoramic video: the unknown parts of the scaffold generated (input views kept exactly)
         frames = video_stage(ctx, plan.video, scaffold, traj, config.prompt,
                              anchors=None if views is None else video_anchors(views, traj))
+        ctx.release()  # Wan lives inside the stage function
         # 7. 3D Gaussians from the video, exported as world.ply (+ .spz / .splat / .glb / collider)
-        depth_fn = make_depth_fn(plan.depth, plan.device, scaffold, traj, models=self.models)
+        depth_fn = make_depth_fn(plan.depth, plan.device, scaffold, traj, ctx)
         gaussians = reconstruction_stage(ctx, plan.recon, frames, depth, traj, depth_fn,
                                          exports=tuple(config.exports), depth_config=plan.depth.to_dict(),
                                          spz_axes=config.spz_axes)
+        ctx.release("depth")
         # 8. what a person looks at: preview.mp4 fly-through and a contact sheet
         preview_stage(ctx, gaussians, traj, plan.height)
         contact_sheet_stage(ctx, rgb, scaffold, frames)
-
-        seconds = {name: rec.get("seconds", 0.0) for name, rec in run.manifest["stages"].items()}
-        result = WorldResult(out=out, plan=plan, num_gaussians=len(gaussians), seconds=seconds)
-        summarize(result, wall=time.perf_counter() - start, log=self.log)
-        return result
+        return len(gaussians)
 
     def _announce(self, config: WorldConfig, plan: Plan, out: Path) -> None:
         self.log(f"matrix_world: preset {config.preset}, device {plan.device}, video {plan.height}x{2 * plan.height}, "
@@ -151,6 +169,11 @@ class WorldPipeline:
             self.log("  NOTE: only the preview backends run (no model weights or no GPU here). For the real models, "
                      "download FLUX.1-dev + the Matrix-3D LoRA, MoGe-2 and Wan2.1-I2V-14B (see README: 'Real weights') "
                      "and run on a CUDA GPU.")
+
+
+def keyframe_depth_model(plan: Plan) -> bool:
+    """True when the reconstruction runs the depth stage's model (MoGe) on its keyframes."""
+    return plan.depth.backend == "moge" and plan.recon.backend in ("lift", "optimize")
 
 
 # Options that never change an artifact: a change of any other option makes another world.

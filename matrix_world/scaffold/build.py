@@ -153,14 +153,18 @@ def build_scaffold(
     backend: str = "cpu",
     device: torch.device | str = "cpu",
     on_frames: Callable[[int], None] | None = None,
+    on_chunk: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> tuple[Scaffold, ScaffoldMesh]:
     """The scaffold video along ``c2w`` (the rule of the module docstring) and the panorama's mesh.
 
     anchors: {frame: (rgb [h, 2h, 3] float32, distance [h, 2h])} frames whose pose is that of
     another input panorama (a path through sparse views): like frame 0, such a frame is the
     panorama itself with a full mask and its own distance. drop_sky: the panorama's mesh
-    without its sky (see :func:`panorama_mesh`; a 3D cache of several views). backend: the rasteriser, ``cpu``
-    or ``cuda`` (on ``device``); on_frames(n) is called after every chunk of n frames (progress).
+    without its sky (see :func:`panorama_mesh`; a 3D cache of several views).
+    backend: the rasteriser, ``cpu`` or ``cuda`` (on ``device``); on_frames(n) is called after
+    every chunk of n frames (progress); on_chunk(rgb [n, H, 2H, 3] uint8, mask [n, H, 2H] bool)
+    gets each chunk's final frames in order as soon as they are on the CPU (e.g. to encode a
+    preview while the next chunk renders; the arrays are views of the result: read, don't write).
     """
     rgb = np.asarray(rgb, dtype=np.float32)
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.shape[1] != 2 * rgb.shape[0]:
@@ -175,21 +179,32 @@ def build_scaffold(
         raise InputError(f"c2w must be [F, 4, 4] with F >= 1, got {tuple(c2w.shape)}")
     mesh = panorama_mesh(rgb, distance, c2w[0], sky=sky, known=known, config=config, drop_sky=drop_sky, device=device)
     meshes = [mesh] + [m.to(device) for m in cache_meshes]
-    chunks = []
-    for start in range(0, len(c2w), CHUNK):
-        chunks.append(render_union(meshes, c2w[start:start + CHUNK], height, backend=backend))
+    f, w = len(c2w), 2 * height
+    out_rgb = np.empty((f, height, w, 3), np.uint8)
+    mask = np.empty((f, height, w), bool)
+    distance_out = np.empty((f, height, w), np.float16)
+    mask0 = np.ones((height, w), bool) if known is None else resize_nearest(np.asarray(known, np.float32), height) > 0.5
+    rgb0 = to_uint8(resize_rgb(rgb, height)) * mask0[..., None]  # frame 0: the panorama itself
+    for start in range(0, f, CHUNK):
+        frames = render_union(meshes, c2w[start:start + CHUNK], height, backend=backend)
+        end = start + len(frames.mask)
+        # the file layout's dtypes on the device: a quarter of the bytes cross to the CPU, and no
+        # float32 copy of the whole clip is made there (same float32 rounding as on the CPU)
+        out_rgb[start:end] = to_uint8(frames.rgb).cpu().numpy()
+        mask[start:end] = frames.mask.cpu().numpy()
+        distance_out[start:end] = frames.distance.to(torch.float16).cpu().numpy()
+        if start == 0:
+            out_rgb[0], mask[0] = rgb0, mask0
+        for index, (anchor_rgb, anchor_distance) in (anchors or {}).items():  # the other input panoramas, exactly
+            if start <= index < end:
+                mask[index] = True
+                out_rgb[index] = to_uint8(resize_rgb(np.asarray(anchor_rgb, np.float32), height))
+                distance_out[index] = resize_nearest(np.asarray(anchor_distance, np.float32), height)
+        if on_chunk is not None:
+            on_chunk(out_rgb[start:end], mask[start:end])
         if on_frames is not None:
-            on_frames(len(chunks[-1].mask))
-    out_rgb = to_uint8(torch.cat([c.rgb for c in chunks]).cpu().numpy())
-    mask = torch.cat([c.mask for c in chunks]).cpu().numpy()
-    distance_out = torch.cat([c.distance for c in chunks]).cpu().numpy()
-    mask[0] = True if known is None else resize_nearest(np.asarray(known, np.float32), height) > 0.5
-    out_rgb[0] = to_uint8(resize_rgb(rgb, height)) * mask[0][..., None]  # frame 0: the panorama itself
-    for index, (anchor_rgb, anchor_distance) in (anchors or {}).items():  # the other input panoramas
-        mask[index] = True
-        out_rgb[index] = to_uint8(resize_rgb(np.asarray(anchor_rgb, np.float32), height))
-        distance_out[index] = resize_nearest(np.asarray(anchor_distance, np.float32), height)
-    return Scaffold(out_rgb, mask, distance_out.astype(np.float16)), mesh
+            on_frames(end - start)
+    return Scaffold(out_rgb, mask, distance_out), mesh
 
 
 def resize_rgb(rgb: np.ndarray, height: int) -> np.ndarray:
