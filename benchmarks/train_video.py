@@ -400,7 +400,7 @@ def speed_variants(pipe, held: list[dict], args, device, height: int) -> list[di
     config = VideoConfig(backend="wan", height=height, lora=None, num_inference_steps=args.eval_steps, guidance_scale=1.0,
                          shift=5.0, memory="full")
     exact: list[np.ndarray] = []
-    rows = []
+    rows: list[dict] = []
     for name, plan in plans:
         remove_speed(pipe)
         try:
@@ -408,7 +408,9 @@ def speed_variants(pipe, held: list[dict], args, device, height: int) -> list[di
         except Exception as exc:  # noqa: BLE001 - an option that cannot run here is a row of the table
             rows.append({"variant": name, "skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"})
             continue
-        values, diffs, t0 = [], [], time.perf_counter()
+        values: list[float] = []
+        diffs: list[float] = []
+        t0 = time.perf_counter()
         for k, p in enumerate(held):
             unknown = ~p["mask"]
             if not bool(unknown.any()):

@@ -351,7 +351,7 @@ def _world_stages(ctx: StageContext, config: Video2PanoConfig, plan, canvas: Sca
     rgb = read_image(ctx.run.path / "panorama.png")
     # 7. its distance, then 8. the 3D Gaussians along the 360° frames' path
     depth = depth_stage(ctx, plan.depth, rgb)
-    depth_fn = make_depth_fn(plan.depth, plan.device, canvas, pano_traj)
+    depth_fn = make_depth_fn(plan.depth, plan.device, canvas, pano_traj, ctx)
     gaussians = reconstruction_stage(ctx, plan.recon, frames, depth, pano_traj, depth_fn, depth_config=plan.depth.to_dict())
     # 9. what a person looks at
     preview_stage(ctx, gaussians, pano_traj, frames.shape[1])
