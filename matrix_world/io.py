@@ -111,7 +111,7 @@ def load_npz(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> dict[str, n
         with np.load(path) as data:
             out = {k: data[k] for k in data.files}
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as .npz: {exc}") from None
+        raise InputError(f"cannot read {path} as .npz: {one_line(exc)}") from None
     missing = [k for k in keys if k not in out]
     if missing:
         raise InputError(f"{path} lacks the array(s) {missing}; it has {sorted(out)}")
@@ -355,7 +355,7 @@ def read_video(path: str | os.PathLike, indices: Sequence[int] | None = None) ->
         finally:
             reader.close()
     except (OSError, RuntimeError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as a video: {exc}") from None
+        raise InputError(f"cannot read {path} as a video: {one_line(exc)}") from None
     order = list(range(decoded)) if order is None else order
     missing = [i for i in order if i not in frames]
     if missing:
@@ -376,7 +376,7 @@ def video_length(path: str | os.PathLike) -> int:
         finally:
             reader.close()
     except (OSError, RuntimeError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as a video: {exc}") from None
+        raise InputError(f"cannot read {path} as a video: {one_line(exc)}") from None
 
 
 def video_fps(path: str | os.PathLike) -> float | None:
@@ -390,7 +390,7 @@ def video_fps(path: str | os.PathLike) -> float | None:
         finally:
             reader.close()
     except (OSError, RuntimeError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as a video: {exc}") from None
+        raise InputError(f"cannot read {path} as a video: {one_line(exc)}") from None
     return float(fps) if fps and fps > 0 else None
 
 

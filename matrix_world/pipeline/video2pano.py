@@ -32,6 +32,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,6 +93,7 @@ class VideoInput:
     fps: float
     poses: Trajectory | None
     look: tuple[float, float] | None
+    orientation: Any = None  # matrix_world.orientation.Orientation, estimated before anything is written
 
 
 # --------------------------------------------------------------------------- 1. inputs
@@ -144,7 +146,12 @@ def check_video_input(config: Video2PanoConfig) -> VideoInput:
         if len(poses) != len(frames):
             raise InputError(f"--poses {config.poses} has {len(poses)} poses but the video has {len(frames)} frames"
                              f"{' (--frames)' if config.frames else ''}; expected one pose per frame")
-    return VideoInput(frames, video_fps(path) or 16.0, poses, look)
+    orientation = None
+    if poses is None or config.fov is None:  # estimated here: a video it fails on is refused before the run exists
+        from matrix_world.orientation import estimate_orientations
+
+        orientation = estimate_orientations(frames, config.fov)
+    return VideoInput(frames, video_fps(path) or 16.0, poses, look, orientation)
 
 
 def _read_first(path: Path, count: int) -> np.ndarray:
@@ -198,7 +205,7 @@ def orientation_stage(ctx: StageContext, config: Video2PanoConfig, data: VideoIn
                 meta: dict = {"fov_source": "--fov", "poses": "--poses"}
                 c2w, fov = data.poses.c2w, float(config.fov)
             else:
-                est = estimate_orientations(data.frames, config.fov)
+                est = data.orientation if data.orientation is not None else estimate_orientations(data.frames, config.fov)
                 fov = est.fov
                 meta = {"fov_source": "estimated" if est.fov_estimated else "--fov", "estimate": est.info}
                 if data.poses is not None:
