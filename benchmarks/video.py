@@ -133,6 +133,7 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=540.0, help="skip rows predicted to end after this")
     parser.add_argument("--speed", action="store_true",
                         help="the speed options instead (benchmarks/video_speed.py): stock vs ours with each option, 480p")
+    parser.add_argument("--speed-turbo-only", action="store_true", help="--speed: only the turbo row, with the auto options")
     args = parser.parse_args(argv)
     if args.speed:
         from video_speed import main as speed_main  # benchmarks/video_speed.py

@@ -125,9 +125,15 @@ def main(args) -> int:
 
     exact = SpeedPlan(attention="native")
     apply_speed(ours, exact)
-    row("stock, eager SDPA", pipeline="stock", error=False, note="diffusers WanImageToVideoPipeline")
-    row("ours, eager SDPA", plan=exact)
-    if cuda:
+    turbo_note = "with the options of the rows above it still on the transformer (cuDNN, compiled, FP8 on CUDA)"
+    if args.speed_turbo_only:  # the turbo call with the options auto picks for it (4 passes: no compile, no FP8)
+        auto = plan_speed(device=device, passes=4, memory_mode="full", approximate=True)
+        apply_speed(ours, auto)
+        turbo_note = f"auto options: {auto.to_dict()}"
+    else:
+        row("stock, eager SDPA", pipeline="stock", error=False, note="diffusers WanImageToVideoPipeline")
+        row("ours, eager SDPA", plan=exact)
+    if cuda and not args.speed_turbo_only:
         cudnn = SpeedPlan(attention="cudnn")
         apply_speed(ours, cudnn)
         row("ours, cuDNN attention", plan=cudnn)
@@ -170,7 +176,7 @@ def main(args) -> int:
                      "total_s": round(time.perf_counter() - t1, 2), "s_per_step": round(denoise_s / 4, 3),
                      "peak_gb": round(torch.cuda.max_memory_allocated(device) / GB, 1) if cuda else None,
                      "frames_out": list(video.shape), "finite": bool(torch.isfinite(video).all()),
-                     "note": "with the options of the rows above it still on the transformer (cuDNN, compiled, FP8 on CUDA)"})
+                     "note": turbo_note})
         print(rows[-1], flush=True)
     else:
         rows.append({"row": "turbo video call", "skipped": "time budget"})
