@@ -176,14 +176,18 @@ def test_scene_starts_at_first_pose_and_draws_trajectory(run_dir):
     try:
         assert viewer.url == f"http://127.0.0.1:{viewer.port}" and viewer.port > 0
         assert len(viewer.splats) == 300
-        np.testing.assert_allclose(viewer.server.initial_camera.position, START)
-        look = viewer.server.initial_camera.look_at - np.asarray(START)
+        s = viewer.scale  # scene = world x scale
+        np.testing.assert_allclose(viewer.server.initial_camera.position, s * np.asarray(START))
+        look = viewer.server.initial_camera.look_at - s * np.asarray(START)
         np.testing.assert_allclose(look / np.linalg.norm(look), (0.0, 0.0, 1.0), atol=1e-12)
-        assert len(viewer.frustum_handles) == 4  # 6 poses, at most 4 frustums: first and last kept
-        np.testing.assert_allclose(viewer.frustum_handles[-1].position, (2.0, 0.5, 1.5), atol=1e-6)
+        # 6 poses, at most 4 frusta (first and last kept), less the first: the viewer stands there
+        assert len(viewer.frustum_handles) == 3
+        np.testing.assert_allclose([f.position for f in viewer.frustum_handles],
+                                   s * viewer.paths[0].positions[[2, 3, 5]], atol=1e-5)
+        np.testing.assert_allclose(viewer.frustum_handles[-1].position, s * np.array((2.0, 0.5, 1.5)), atol=1e-5)
         points = viewer.path_handles[0].points  # [C-1, 2, 3]
-        np.testing.assert_allclose(points[:, 0], viewer.paths[0].positions[:-1], atol=1e-6)
-        np.testing.assert_allclose(points[:, 1], viewer.paths[0].positions[1:], atol=1e-6)
+        np.testing.assert_allclose(points[:, 0], s * viewer.paths[0].positions[:-1], atol=1e-5)
+        np.testing.assert_allclose(points[:, 1], s * viewer.paths[0].positions[1:], atol=1e-5)
     finally:
         viewer.stop()
 
@@ -352,7 +356,7 @@ def test_headless_browser_draws_splats_where_they_are(run_dir, tmp_path):
         viewer.move_camera(client, viewer.paths[0].c2w[2])
         time.sleep(0.5)
         shots["frame2"] = browser.settled_screenshot(lambda text: True)
-        viewer.splat_handle.visible = False
+        viewer.parts[0].handle.visible = False
         time.sleep(0.5)
         shots["frame2_hidden"] = browser.settled_screenshot(lambda text: True)
     finally:
