@@ -4,6 +4,7 @@ Gaussian counts (the explored world's refresh is checked in test_world_pipeline.
 import numpy as np
 import pytest
 
+from matrix_world.pipeline.plan import prompt_note
 from matrix_world.pipeline.report import LABEL_HEIGHT, SHEET_ROWS, contact_sheet, magenta_unknown, pick
 
 RED, GREEN, BLUE, GRAY = (200, 30, 30), (30, 200, 30), (30, 30, 200), (120, 120, 120)
@@ -69,3 +70,15 @@ def test_contact_sheet_any_column_count(columns):
     sheet = contact_sheet([solid(RED, 8, 16)] * 7, [solid(GREEN, 8, 16)], [solid(BLUE, 8, 16)], [solid(GRAY, 8, 8)],
                           columns=columns, width=50)
     assert sheet.shape == (4 * (LABEL_HEIGHT + 25), columns * 50, 3)
+
+
+def test_prompt_note_on_backends_that_read_no_text():
+    preview = {"panorama": "procedural", "depth": "procedural", "video": "fill", "reconstruction": "lift"}
+    assert prompt_note("a harbour", preview).startswith("note: --prompt only picks the procedural scene by its keywords")
+    assert "fill video backend ignores it" in prompt_note("a harbour", preview)
+    files = {**preview, "panorama": "file"}
+    assert prompt_note("a harbour", files) == ("note: --prompt is unused here: the file panorama and the fill video "
+                                               "backend read no text (flux and wan use it)")
+    assert prompt_note("", files) is None and prompt_note("   ", preview) is None
+    assert prompt_note("a harbour", {**preview, "video": "wan"}) is None
+    assert prompt_note("a harbour", {**files, "panorama": "flux"}) is None

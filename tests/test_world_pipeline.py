@@ -102,7 +102,9 @@ def test_chained_exploration(tmp_path):
     # a synthetic indoor scene with its ground-truth video (``oracle``), so that the check
     # measures the chaining, not the preview hole filler
     out = base = tmp_path / "chained"
-    WorldPipeline(log=lambda *_: None)(tiny(out, prompt="a small room", video_backend="oracle"))
+    base_lines = []
+    WorldPipeline(log=base_lines.append)(tiny(out, prompt="a small room", video_backend="oracle"))
+    assert sum(line.strip().startswith("note: --prompt only picks the procedural scene") for line in base_lines) == 1
     before = load_npz(base / "video.npz")["frames"][-1] / 255.0
     sheet_before = read_image(out / "contact_sheet.png")
     lines = []
@@ -139,6 +141,7 @@ def test_chained_exploration(tmp_path):
     # the counts explained: made vs kept, and the merged total as their sum
     made, kept = seg.num_gaussians, int((ids == 1).sum())
     text = "\n".join(lines)
+    assert "note: the world's --prompt is unused here: the oracle video backend reads no text" in text
     assert f"segment 001 made {made:,}; {kept:,} kept in the merged world, {made - kept:,} dropped" in text
     assert f"merged world.ply: {len(merged):,} Gaussians = base {base_count:,} + 001 {kept:,}" in text
     # the second segment's first frame, re-rendered from the merged world, matches the first

@@ -233,6 +233,9 @@ def _explore(config: ExploreConfig, root: Path, log) -> SegmentResult:
     world = _merged_world(run)
     seg = run.segment(name, seed=seed)
     log(f"  threads: {threads} ({why})")
+    if world_config.prompt.strip() and plan.backends["video"] != "wan":
+        log(f"  note: the world's --prompt is unused here: the {plan.backends['video']} video backend reads no text "
+            "(wan uses it)")
     seg.manifest["explore"] = {"start_c2w": start_c2w.reshape(-1).tolist(), "from": str(last_run.path.relative_to(root)),
                                "start_frame": start_index, "trajectory": config.trajectory}
     ctx = StageContext(run=seg, device=plan.device, seed=seed, log=log)

@@ -14,6 +14,7 @@ from matrix_world.pipeline.context import StageContext, progress_bar
 from matrix_world.scaffold.build import Scaffold
 
 CPU_PREVIEW_BUDGET = 200_000
+EXPLORED_PREVIEW_FRAMES = 161  # most poses of an explored world's fly-through (base path + every segment's)
 
 
 def preview_stage(ctx: StageContext, gaussians, traj, height: int, key: dict | None = None) -> None:
@@ -121,7 +122,8 @@ def explored_world_report(ctx: StageContext, gaussians, parts: list[Path], heigh
 
     ``gaussians``: the merged world; ``parts``: the base run's folder then each segment's, in
     order (each with trajectory.json, panorama.png, scaffold.npz, video.npz). The fly-through
-    follows the base path, then every segment's; the sheet's panorama row shows the base
+    follows the base path, then every segment's (at most ``EXPLORED_PREVIEW_FRAMES`` poses,
+    evenly spaced); the sheet's panorama row shows the base
     panorama and the segments' start views, its scaffold and video rows frames spread over all
     parts.
     """
@@ -130,7 +132,10 @@ def explored_world_report(ctx: StageContext, gaussians, parts: list[Path], heigh
     from matrix_world.trajectory import Trajectory
 
     trajs = [Trajectory.from_json(p / "trajectory.json") for p in parts]
-    path = Trajectory(torch.cat([t.c2w for t in trajs]), fps=trajs[0].fps, name="explored world")
+    c2w = torch.cat([t.c2w for t in trajs])
+    if len(c2w) > EXPLORED_PREVIEW_FRAMES:  # evenly spaced poses: the fly-through stays affordable
+        c2w = c2w[np.unique(np.linspace(0, len(c2w) - 1, EXPLORED_PREVIEW_FRAMES).round().astype(int))]
+    path = Trajectory(c2w, fps=trajs[0].fps, name="explored world")
     rel = [str(p.relative_to(ctx.run.path)) if p != ctx.run.path else "." for p in parts]
     preview_stage(ctx, gaussians, path, height, key={"parts": rel})
     files = {f"{r}/{name}": p / name for r, p in zip(rel, parts)
