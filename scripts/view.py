@@ -19,7 +19,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -40,7 +40,10 @@ class ViewOptions:
     """Options of scripts/view.py."""
 
     world: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_OR_PLY")]
-    """A run directory (with world.ply, trajectory.json, manifest.json) or a splat file (.ply, .spz, .splat)."""
+    """A run directory (with world.ply, trajectory.json, manifest.json) or a splat file (.ply, .spz, .splat, .glb)."""
+    spz_axes: Literal["rub", "rdf"] = "rub"
+    """Axes of a .spz file: rub (the SPZ spec; converted, as our world.spz is written by default) or rdf (our
+    frame raw, like .ply: a file written with --spz-axes rdf)."""
     host: str = "127.0.0.1"
     """Address to bind (127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)."""
     port: int = 8080
@@ -63,7 +66,7 @@ def view(argv: Sequence[str] | None = None) -> int:
     options = parse_options(ViewOptions, argv, prog="view.py", doc=__doc__)
     config = ViewerConfig(host=options.host, port=options.port, max_gaussians=options.max_gaussians,
                           max_frustums=options.max_frustums, frustum_scale=options.frustum_scale,
-                          walk_speed=options.walk_speed)
+                          walk_speed=options.walk_speed, spz_axes=options.spz_axes)
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter("always", SplatNote)
         viewer = start_viewer(options.world, config)

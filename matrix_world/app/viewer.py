@@ -245,6 +245,7 @@ class ViewerConfig:
     the "all camera frusta" toggle shows up to ``ALL_FRUSTA`` per trajectory.
     frustum_scale: frustum size in world units; None = 2% of the world's median radius.
     walk_speed: W/A/S/D speed in world units per second; None = the world's median radius / 5.
+    spz_axes: axes of a .spz file ("rub": the SPZ spec, converted; "rdf": our frame raw).
     """
 
     host: str = "127.0.0.1"
@@ -253,6 +254,7 @@ class ViewerConfig:
     max_frustums: int = 5
     frustum_scale: float | None = None
     walk_speed: float | None = None
+    spz_axes: str = "rub"
     title: str = "matrix_world"
 
 
@@ -452,7 +454,7 @@ def start_viewer(path: str | os.PathLike, config: ViewerConfig | None = None, *,
     """
     config = config or ViewerConfig()
     ply, run_dir = resolve_world(path)
-    gaussians = load_splats(ply)
+    gaussians = load_splats(ply, spz_axes=config.spz_axes)
     segments = read_segment_ids(run_dir, len(gaussians)) if run_dir is not None and ply.name == "world.ply" else None
     if segments is not None:
         gaussians.segment = torch.from_numpy(segments[0])

@@ -63,9 +63,9 @@ class ExploreConfig:
     start_pose: str | None = None
     """Start at this pose instead: a JSON file {"convention": "opencv_c2w", "poses": [[16 floats]]} in world coordinates."""
     video_backend: str | None = None
-    """Video backend of the segment (default: the world's)."""
+    """Video backend of the segment: auto | wan | fill | oracle (default: the world's)."""
     recon_backend: str | None = None
-    """Reconstruction backend of the segment (default: the world's)."""
+    """Reconstruction backend of the segment: auto | optimize | lift | lrm (default: the world's)."""
     device: str | None = None
     """Device (default: the world's)."""
     seed: int | None = None
