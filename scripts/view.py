@@ -53,7 +53,7 @@ class ViewOptions:
     max_frustums: int = 5
     """Camera frusta drawn per trajectory (first and last kept); the panel's toggle shows all."""
     frustum_scale: float | None = None
-    """Frustum size in world units; None = 2% of the world's median radius."""
+    """Frustum size in world units; None = 1% of the world's median radius."""
     walk_speed: float | None = None
     """W/A/S/D speed in world units per second; None = a fifth of the world's median radius."""
 

@@ -243,7 +243,7 @@ class ViewerConfig:
     max_gaussians: browser budget (see the module docstring).
     max_frustums: camera frusta drawn per trajectory (evenly spaced, first and last kept);
     the "all camera frusta" toggle shows up to ``ALL_FRUSTA`` per trajectory.
-    frustum_scale: frustum size in world units; None = 2% of the world's median radius.
+    frustum_scale: frustum size in world units; None = 1% of the world's median radius.
     walk_speed: W/A/S/D speed in world units per second; None = the world's median radius / 5.
     spz_axes: axes of a .spz file ("rub": the SPZ spec, converted; "rdf": our frame raw).
     """
@@ -416,7 +416,7 @@ def build_scene(server, splats: SplatArrays, paths: list[CameraPath], config: Vi
                 f"/world/{k}", centers=scale * s.centers, covariances=scale**2 * s.covariances, rgbs=s.rgbs,
                 opacities=s.opacities)
     # 2. the cameras: a thin path, a few small frusta, all frusta hidden behind a toggle
-    size = scale * (config.frustum_scale if config.frustum_scale is not None else 0.02 * radius)
+    size = scale * (config.frustum_scale if config.frustum_scale is not None else 0.01 * radius)
     for k, path in enumerate(paths):
         color = TRAJECTORY_COLORS[k % len(TRAJECTORY_COLORS)]
         nodes = TrajectoryNodes(path)
