@@ -60,7 +60,8 @@ import numpy as np
 import torch
 
 from matrix_world.errors import InputError, require
-from matrix_world.gaussians import Gaussians, rotmat_to_quat
+from matrix_world.app.viewer_gui import add_gui, evenly, wxyz
+from matrix_world.gaussians import Gaussians
 from matrix_world.io import load_npz
 from matrix_world.splat_io import FORMATS, SplatNote, load_splats
 
@@ -258,18 +259,6 @@ class ViewerConfig:
     title: str = "matrix_world"
 
 
-def _wxyz(rotation: np.ndarray) -> np.ndarray:
-    """Rotation matrix [3, 3] -> quaternion (w, x, y, z) [4]."""
-    return rotmat_to_quat(torch.as_tensor(rotation, dtype=torch.float64)).numpy()
-
-
-def _evenly(count: int, limit: int) -> np.ndarray:
-    """At most ``limit`` indices spread over range(count), first and last included."""
-    if count <= limit:
-        return np.arange(count)
-    return np.unique(np.round(np.linspace(0, count - 1, max(limit, 2))).astype(int))
-
-
 @dataclass
 class WorldPart:
     """One visibility unit of the world: the base run or one explored segment."""
@@ -396,8 +385,6 @@ def build_scene(server, splats: SplatArrays, paths: list[CameraPath], config: Vi
                 segment_names: list[str] | None = None) -> WorldViewer:
     """Put the splats (first), the trajectories, the initial camera and the GUI into a viser
     server's scene, scaled by ``KEY_SPEED / walk_speed``."""
-    from matrix_world.app.viewer_gui import add_gui
-
     server.scene.set_up_direction(WORLD_UP)
     server.gui.configure_theme(show_share_button=False, dark_mode=False)
     start = paths[0].c2w[0] if paths else np.eye(4)  # the first trajectory pose, else the world frame
@@ -425,16 +412,16 @@ def build_scene(server, splats: SplatArrays, paths: list[CameraPath], config: Vi
             segs = np.stack([pos[:-1], pos[1:]], axis=1).astype(np.float32)  # [C-1, 2, 3]
             nodes.line = server.scene.add_line_segments(
                 f"/cameras/{k}/path", points=segs, colors=color, thickness=1.5, thickness_units="screen")
-        few = _evenly(len(path.c2w), config.max_frustums)
+        few = evenly(len(path.c2w), config.max_frustums)
         if k == 0 and len(few) > 1:
             few = few[1:]  # the start pose: the viewer's own camera stands there
         for group, indices, visible in ((nodes.frusta, few, True),
-                                        (nodes.all_frusta, _evenly(len(path.c2w), ALL_FRUSTA), False)):
+                                        (nodes.all_frusta, evenly(len(path.c2w), ALL_FRUSTA), False)):
             for i in indices:
                 group.append(server.scene.add_camera_frustum(
                     f"/cameras/{k}/{'few' if visible else 'all'}/{i:05d}", fov=math.radians(60.0), aspect=16 / 9,
                     scale=size, thickness=1.0, thickness_units="screen", color=color,
-                    wxyz=_wxyz(path.c2w[i, :3, :3]), position=pos[i], visible=visible))
+                    wxyz=wxyz(path.c2w[i, :3, :3]), position=pos[i], visible=visible))
         viewer.trajectories.append(nodes)
     # 3. the start: the first camera, looking forward
     position, look_at = viewer.camera_targets(start)

@@ -11,16 +11,29 @@ is saved by the browser, nothing is written on the server):
 
 from __future__ import annotations
 
-import io
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
+import torch
 
-if TYPE_CHECKING:
-    from matrix_world.app.viewer import WorldViewer
+from matrix_world.gaussians import rotmat_to_quat
+
+WorldViewer = Any  # matrix_world.app.viewer.WorldViewer (which imports this module)
 
 RECORD_MAX_FRAMES = 240
 CAPTURE_HEIGHT = 720  # pixels; capped by the browser window's own height
+
+
+def wxyz(rotation: np.ndarray) -> np.ndarray:
+    """Rotation matrix [3, 3] -> quaternion (w, x, y, z) [4]."""
+    return rotmat_to_quat(torch.as_tensor(rotation, dtype=torch.float64)).numpy()
+
+
+def evenly(count: int, limit: int) -> np.ndarray:
+    """At most ``limit`` indices spread over range(count), first and last included."""
+    if count <= limit:
+        return np.arange(count)
+    return np.unique(np.round(np.linspace(0, count - 1, max(limit, 2))).astype(int))
 
 
 def controls_help(viewer: WorldViewer) -> str:
@@ -58,14 +71,12 @@ def _opaque(image: np.ndarray) -> np.ndarray:
 def record(viewer: WorldViewer, client, path_index: int, timeout: float = 30.0) -> np.ndarray:
     """Frames along trajectory ``path_index`` (each pose's position and orientation, the
     browser's vertical FOV): uint8 [F, H, W, 3]."""
-    from matrix_world.app.viewer import _evenly, _wxyz
-
     path = viewer.paths[path_index]
     h, w = _capture_size(client)
     frames = []
-    for i in _evenly(len(path.c2w), RECORD_MAX_FRAMES):
+    for i in evenly(len(path.c2w), RECORD_MAX_FRAMES):
         c2w = path.c2w[i]
-        frames.append(_opaque(client.get_render(h, w, wxyz=_wxyz(c2w[:3, :3]), position=viewer.scale * c2w[:3, 3],
+        frames.append(_opaque(client.get_render(h, w, wxyz=wxyz(c2w[:3, :3]), position=viewer.scale * c2w[:3, 3],
                                                 fov=float(client.camera.fov), transport_format="png",
                                                 timeout=timeout)))
     return np.stack(frames)
