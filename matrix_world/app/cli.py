@@ -96,7 +96,8 @@ def tyro_cli(cls: Any, *, args: Sequence[str], **kwargs: Any) -> Any:
         def isatty(self) -> bool:
             return tty
 
-    buffer, code = Buffer(io.BytesIO(), encoding=getattr(real, "encoding", None) or "utf-8"), 0
+    raw = io.BytesIO()
+    buffer, code = Buffer(raw, encoding=getattr(real, "encoding", None) or "utf-8"), 0
     with contextlib.redirect_stdout(buffer):
         previous, os.environ["COLUMNS"] = os.environ.get("COLUMNS"), columns
         try:
@@ -109,7 +110,7 @@ def tyro_cli(cls: Any, *, args: Sequence[str], **kwargs: Any) -> Any:
             else:
                 os.environ["COLUMNS"] = previous
     buffer.flush()
-    real.write(tidy_help(buffer.buffer.getvalue().decode(buffer.encoding)))
+    real.write(tidy_help(raw.getvalue().decode(buffer.encoding)))
     real.flush()
     raise SystemExit(code)
 

@@ -54,7 +54,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -265,7 +265,7 @@ class WorldPart:
 
     name: str  # "world", or the segment's name in world_segments.npz ("base", "001", ...)
     splats: SplatArrays
-    handle: object | None = None  # viser's splat handle
+    handle: Any = None  # viser's splat handle (None: no splats)
 
 
 @dataclass
@@ -273,9 +273,9 @@ class TrajectoryNodes:
     """The scene nodes of one trajectory: its path, the few frusta, all frusta (hidden at first)."""
 
     path: CameraPath
-    line: object | None = None
-    frusta: list[object] = field(default_factory=list)
-    all_frusta: list[object] = field(default_factory=list)
+    line: Any = None  # viser handles
+    frusta: list[Any] = field(default_factory=list)
+    all_frusta: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -309,12 +309,12 @@ class WorldViewer:
         return f"http://{'[' + shown + ']' if ':' in shown else shown}:{self.port}"
 
     @property
-    def frustum_handles(self) -> list[object]:
+    def frustum_handles(self) -> list[Any]:
         """The frusta shown by default, all trajectories."""
         return [f for t in self.trajectories for f in t.frusta]
 
     @property
-    def path_handles(self) -> list[object]:
+    def path_handles(self) -> list[Any]:
         return [t.line for t in self.trajectories if t.line is not None]
 
     def camera_targets(self, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
