@@ -166,6 +166,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path, run_dir, capsys):
     assert script.main([str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "does not exist" in err and err.count("\n") == 1
+    for bad in (["--walk-speed", "0"], ["--walk-speed", "nan"], ["--max-frustums", "0"]):
+        assert script.main([str(run_dir), *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {bad[0]}: expected") and err.count("\n") == 1, err
 
 
 # --------------------------------------------------------------------------- the scene
