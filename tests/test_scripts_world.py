@@ -162,7 +162,7 @@ def test_explore_merged_world(explored, world_run):
     counts = np.bincount(ids["segment"], minlength=4)
     assert counts[0] == len(read_ply(run / "world_base.ply")[1]) and (counts > 0).all()
     assert np.array_equal(merged[: counts[0]], read_ply(run / "world_base.ply")[1])  # base first, unchanged
-    assert f"{len(merged):,} in the merged world" in explored["stdout"][-1]
+    assert f"merged world.ply: {len(merged):,} Gaussians = base " in explored["stdout"][-1]
 
 
 def test_explore_start_pose_must_be_one_pose(world_run, env, tmp_path):
