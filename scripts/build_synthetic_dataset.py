@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build a synthetic panoramic-video dataset with exact ground truth (issue 3).
+"""Build a synthetic panoramic-video dataset with exact ground truth.
 
     python scripts/build_synthetic_dataset.py --out DIR --clips N --frames F --height H --seed S [--workers W]
 

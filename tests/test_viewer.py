@@ -25,9 +25,10 @@ import torch
 
 from matrix_world.errors import InputError
 from matrix_world.gaussians import Gaussians
-from matrix_world.splat_io import load_splats, write_ply
+from matrix_world.splat_io import SplatNote, load_splats, write_ply
+from matrix_world.app.viewer_gui import record, screenshot
 from matrix_world.app.viewer import (
-    TRAJECTORY_COLORS, ViewerConfig, find_camera_paths, read_camera_path, resolve_world, splats_for_browser, start_viewer,
+    KEY_SPEED, TRAJECTORY_COLORS, ViewerConfig, find_camera_paths, read_camera_path, resolve_world, splats_for_browser, start_viewer,
 )
 
 needs_viser = pytest.mark.skipif(importlib.util.find_spec("viser") is None,
@@ -165,6 +166,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path, run_dir, capsys):
     assert script.main([str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "does not exist" in err and err.count("\n") == 1
+    for bad in (["--walk-speed", "0"], ["--walk-speed", "nan"], ["--max-frustums", "0"]):
+        assert script.main([str(run_dir), *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {bad[0]}: expected") and err.count("\n") == 1, err
 
 
 # --------------------------------------------------------------------------- the scene
@@ -176,14 +181,130 @@ def test_scene_starts_at_first_pose_and_draws_trajectory(run_dir):
     try:
         assert viewer.url == f"http://127.0.0.1:{viewer.port}" and viewer.port > 0
         assert len(viewer.splats) == 300
-        np.testing.assert_allclose(viewer.server.initial_camera.position, START)
-        look = viewer.server.initial_camera.look_at - np.asarray(START)
+        s = viewer.scale  # scene = world x scale
+        np.testing.assert_allclose(viewer.server.initial_camera.position, s * np.asarray(START))
+        look = viewer.server.initial_camera.look_at - s * np.asarray(START)
         np.testing.assert_allclose(look / np.linalg.norm(look), (0.0, 0.0, 1.0), atol=1e-12)
-        assert len(viewer.frustum_handles) == 4  # 6 poses, at most 4 frustums: first and last kept
-        np.testing.assert_allclose(viewer.frustum_handles[-1].position, (2.0, 0.5, 1.5), atol=1e-6)
+        # 6 poses, at most 4 frusta (first and last kept), less the first: the viewer stands there
+        assert len(viewer.frustum_handles) == 3
+        np.testing.assert_allclose([f.position for f in viewer.frustum_handles],
+                                   s * viewer.paths[0].positions[[2, 3, 5]], atol=1e-5)
+        np.testing.assert_allclose(viewer.frustum_handles[-1].position, s * np.array((2.0, 0.5, 1.5)), atol=1e-5)
         points = viewer.path_handles[0].points  # [C-1, 2, 3]
-        np.testing.assert_allclose(points[:, 0], viewer.paths[0].positions[:-1], atol=1e-6)
-        np.testing.assert_allclose(points[:, 1], viewer.paths[0].positions[1:], atol=1e-6)
+        np.testing.assert_allclose(points[:, 0], s * viewer.paths[0].positions[:-1], atol=1e-5)
+        np.testing.assert_allclose(points[:, 1], s * viewer.paths[0].positions[1:], atol=1e-5)
+    finally:
+        viewer.stop()
+
+
+def splat_buffer(handle) -> tuple[np.ndarray, np.ndarray]:
+    """(centers [N, 3] float32, covariance upper triangles [N, 6] float16) as viser sends them."""
+    buffer = np.asarray(handle.buffer)  # [N, 8] uint32: xyz, (reserved), 6 x float16 covariance, rgba
+    return buffer[:, :3].copy().view(np.float32), buffer[:, 4:7].copy().view(np.float16)
+
+
+def assert_scene_finite(viewer) -> None:
+    """Every position, orientation and size the viewer sent to the browser is finite."""
+    for part in viewer.parts:
+        if part.handle is not None:
+            centers, cov = splat_buffer(part.handle)
+            assert np.isfinite(centers).all() and np.isfinite(cov).all(), part.name
+    for nodes in viewer.trajectories:
+        if nodes.line is not None:
+            assert np.isfinite(nodes.line.points).all()
+        for f in nodes.frusta + nodes.all_frusta:
+            assert np.isfinite(f.position).all() and np.isfinite(f.wxyz).all() and np.isfinite(f.scale).all()
+    camera = viewer.server.initial_camera
+    for value in (camera.position, camera.look_at, camera.near, camera.far):
+        assert np.isfinite(value).all()
+
+
+def write_explored(run_dir: Path) -> None:
+    """Make ``run_dir`` an explored world: red = the base run, green + blue = segment 001
+    (world_segments.npz in the merged world.ply's order) with its own trajectory."""
+    ids = np.repeat([0, 1, 1], 100)
+    np.savez(run_dir / "world_segments.npz", segment=ids.astype(np.int32), names=np.array(["base", "001"]))
+    write_trajectory(run_dir / "segments" / "001" / "trajectory.json",
+                     [pose((1.0, 0.2 * i, 1.0 + 0.3 * i), yaw_deg=20.0 * i) for i in range(5)])
+    (run_dir / "manifest.json").write_text(json.dumps({"segments": {"001": "segments/001"}}))
+
+
+@needs_viser
+def test_segments_listed_with_visibility_and_camera_toggles(run_dir):
+    write_explored(run_dir)
+    viewer = start_viewer(run_dir, ViewerConfig(port=0, max_frustums=3))
+    try:
+        assert [p.name for p in viewer.parts] == ["base", "001"]
+        assert [len(p.splats) for p in viewer.parts] == [100, 200]
+        centers, _ = splat_buffer(viewer.parts[0].handle)  # the base part is the red cluster, scaled
+        np.testing.assert_allclose(centers.mean(0) / viewer.scale, CLUSTERS["red"][0], atol=0.05)
+        run, seg = viewer.trajectories
+        assert (run.path.name, seg.path.name) == ("run", "segment 001")
+        assert len(seg.frusta) == 3 and len(seg.all_frusta) == 5 and len(run.frusta) == 2  # run: less its first pose
+        assert not any(f.visible for f in run.all_frusta + seg.all_frusta)
+        # hiding a segment hides its splats and its trajectory, nothing else
+        viewer.set_part_visible("001", False)
+        assert not viewer.parts[1].handle.visible and viewer.parts[0].handle.visible
+        assert not seg.line.visible and not any(f.visible for f in seg.frusta)
+        assert run.line.visible and all(f.visible for f in run.frusta)
+        # all frusta: every camera of the visible trajectories, the few hidden
+        viewer.show_cameras(True, True)
+        assert all(f.visible for f in run.all_frusta) and not any(f.visible for f in run.frusta)
+        assert not any(f.visible for f in seg.all_frusta)  # its segment is still hidden
+        viewer.set_part_visible("001", True)
+        assert all(f.visible for f in seg.all_frusta) and seg.line.visible
+        viewer.show_cameras(False, True)  # cameras off: the world alone
+        assert not any(h.visible for t in viewer.trajectories for h in [t.line, *t.frusta, *t.all_frusta])
+        assert all(p.handle.visible for p in viewer.parts)
+        assert_scene_finite(viewer)
+    finally:
+        viewer.stop()
+    # a world_segments.npz of another world: a note, and the world shown whole
+    np.savez(run_dir / "world_segments.npz", segment=np.zeros(7, np.int32), names=np.array(["base"]))
+    with pytest.warns(SplatNote, match="does not match world.ply"):
+        viewer = start_viewer(run_dir, ViewerConfig(port=0))
+    try:
+        assert [p.name for p in viewer.parts] == ["world"] and len(viewer.parts[0].splats) == 300
+    finally:
+        viewer.stop()
+
+
+@needs_viser
+def test_walk_speed_scales_the_scene(run_dir):
+    # default: keys (2 scene units/s in viser's client) walk a fifth of the median radius
+    # (median distance of the splats from the start camera) per second
+    viewer = start_viewer(run_dir, ViewerConfig(port=0))
+    try:
+        splats = viewer.splats
+        radius = float(np.median(np.linalg.norm(splats.centers - np.asarray(START), axis=1)))
+        assert viewer.walk_speed == pytest.approx(radius / 5, rel=1e-6)
+        assert viewer.scale == pytest.approx(KEY_SPEED / viewer.walk_speed, rel=1e-6)
+        centers, cov = splat_buffer(viewer.parts[0].handle)
+        np.testing.assert_allclose(centers, viewer.scale * splats.centers, rtol=1e-5, atol=1e-5)
+        expected = (viewer.scale ** 2 * splats.covariances).reshape(-1, 9)[:, [0, 1, 2, 4, 5, 8]]
+        np.testing.assert_allclose(cov.astype(np.float32), expected, rtol=2e-3, atol=1e-5)  # float16 on the wire
+    finally:
+        viewer.stop()
+    viewer = start_viewer(run_dir, ViewerConfig(port=0, walk_speed=0.5))
+    try:
+        assert viewer.scale == pytest.approx(4.0) and viewer.walk_speed == 0.5
+        np.testing.assert_allclose(viewer.server.initial_camera.position, 4.0 * np.asarray(START))
+    finally:
+        viewer.stop()
+
+
+@needs_viser
+def test_degenerate_scenes_send_only_finite_geometry(tmp_path):
+    # one pose (no path line), and a world whose Gaussians are all invisible (no splat node)
+    write_world(tmp_path / "world.ply", np.zeros((4, 3)), np.full((4, 3), 0.5), np.full((4, 3), 0.1),
+                np.full(4, 1e-4), np.tile([1.0, 0, 0, 0], (4, 1)))
+    write_trajectory(tmp_path / "trajectory.json", [pose((0.0, 0.0, 0.0))])
+    viewer = start_viewer(tmp_path, ViewerConfig(port=0))
+    try:
+        assert len(viewer.splats) == 0 and viewer.parts[0].handle is None
+        (nodes,) = viewer.trajectories
+        assert nodes.line is None and len(nodes.frusta) == 1  # a single pose keeps its frustum
+        assert_scene_finite(viewer)
     finally:
         viewer.stop()
 
@@ -247,7 +368,32 @@ class HeadlessChromium:
         self._ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
         self._id = 0
         self._events: list[str | None] = []
+        self.console: list[tuple[str, str, list[str]]] = []  # (level, text, function names of the stack)
         self.call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1, mobile=False)
+        self.call("Runtime.enable")
+        self.call("Log.enable")
+
+    def _note(self, message: dict) -> str | None:
+        """Keep console messages; return the event's method name."""
+        method, params = message.get("method"), message.get("params", {})
+        if method == "Runtime.consoleAPICalled":
+            text = " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
+            stack = [f.get("functionName", "") for f in params.get("stackTrace", {}).get("callFrames", [])]
+            self.console.append((params.get("type", ""), text, stack))
+        elif method == "Log.entryAdded":
+            self.console.append((params["entry"].get("level", ""), params["entry"].get("text", ""), []))
+        elif method == "Runtime.exceptionThrown":
+            self.console.append(("exception", str(params.get("exceptionDetails", ""))[:2000], []))
+        return method
+
+    def pump(self, seconds: float) -> None:
+        """Read events (console messages) for ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                self._events.append(self._note(json.loads(self._ws.recv(timeout=remaining))))
+            except TimeoutError:
+                break
 
     def call(self, method: str, **params) -> dict:
         self._id += 1
@@ -257,7 +403,7 @@ class HeadlessChromium:
             if message.get("id") == self._id:
                 assert "error" not in message, f"{method}: {message['error']}"
                 return message["result"]
-            self._events.append(message.get("method"))
+            self._events.append(self._note(message))
 
     def navigate(self, url: str, timeout: float = 20.0) -> None:
         """Open ``url`` and wait for its load event."""
@@ -268,7 +414,7 @@ class HeadlessChromium:
         while "Page.loadEventFired" not in self._events:
             remaining = deadline - time.monotonic()
             assert remaining > 0, f"{url} did not load in {timeout} s"
-            self._events.append(json.loads(self._ws.recv(timeout=remaining)).get("method"))
+            self._events.append(self._note(json.loads(self._ws.recv(timeout=remaining))))
 
     def text(self) -> str:
         return self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''")["result"].get("value", "")
@@ -347,12 +493,17 @@ def test_headless_browser_draws_splats_where_they_are(run_dir, tmp_path):
         # Our panel text comes after the splats in viser's message stream: once it shows and
         # the picture stops changing, the splats have arrived and faded in.
         shots["start"] = browser.settled_screenshot(lambda text: "300 splats" in text)
-        # "Go to frame": move the browser's camera to trajectory frame 2.
+        # the panel's Screenshot button: the browser renders the view (no panel) at its size
         (client,) = viewer.server.get_clients().values()
+        shots["button"] = screenshot(viewer, client)
+        # the Record button: one frame per pose of the trajectory, rendered by the browser
+        recording = record(viewer, client, 0)
+        shots["record0"], shots["record2"] = recording[0], recording[2]
+        # "Go to frame": move the browser's camera to trajectory frame 2.
         viewer.move_camera(client, viewer.paths[0].c2w[2])
         time.sleep(0.5)
         shots["frame2"] = browser.settled_screenshot(lambda text: True)
-        viewer.splat_handle.visible = False
+        viewer.parts[0].handle.visible = False
         time.sleep(0.5)
         shots["frame2_hidden"] = browser.settled_screenshot(lambda text: True)
     finally:
@@ -360,11 +511,41 @@ def test_headless_browser_draws_splats_where_they_are(run_dir, tmp_path):
         viewer.stop()
         for name, image in shots.items():  # kept in tmp_path for a look when it fails
             iio.imwrite(tmp_path / f"{name}.png", image)
-    assert all(image.shape == (600, 800, 3) for image in shots.values())
+    assert all(image.shape == (600, 800, 3) for image in shots.values()), {k: v.shape for k, v in shots.items()}
 
     check_clusters(shots["start"], None, START)  # the camera starts at the first trajectory pose
+    check_clusters(shots["button"], None, START)  # the screenshot shows what the page shows
+    assert len(recording) == 6  # the recording: pose i's view (the page's own, checked below)
+    check_clusters(shots["record0"], None, START)
+    check_clusters(shots["record2"], None, viewer.paths[0].c2w[2, :3, 3])
+    # three.js's "Computed radius is NaN": only from frustum culling of viser's splat mesh (its
+    # quad has a 2-component position; see viewer.py), once; none of our nodes cause it
+    # (test_no_console_errors_from_our_geometry)
+    nan = [m for m in browser.console if "Computed radius is NaN" in m[1]]
+    assert len(nan) <= 1 and all("intersectsFrustum" in m[2] for m in nan), nan
     check_clusters(shots["frame2"], shots["frame2_hidden"], viewer.paths[0].c2w[2, :3, 3])
     # The trajectory (first trajectory colour) is drawn with and without splats.
     traj = np.asarray(TRAJECTORY_COLORS[0])
     for image in shots.values():
         assert (np.abs(image.astype(int) - traj).max(-1) < 40).sum() > 20
+
+
+@needs_viser
+def test_no_console_errors_from_our_geometry(run_dir):
+    """The page without splats (trajectories, all frusta, the panel) logs no error of ours:
+    no NaN bounding sphere."""
+    browser = HeadlessChromium(chromium_or_skip())
+    write_explored(run_dir)
+    viewer = start_viewer(run_dir, ViewerConfig(port=0))
+    try:
+        for part in viewer.parts:
+            part.handle.remove()
+        viewer.show_cameras(True, True)
+        browser.navigate(viewer.url)
+        browser.settled_screenshot(lambda text: "300 splats" in text)
+        browser.pump(1.0)
+    finally:
+        browser.close()
+        viewer.stop()
+    ours = [m for m in browser.console if m[0] in ("error", "exception") or "NaN" in m[1]]
+    assert ours == [], ours

@@ -102,9 +102,13 @@ def test_chained_exploration(tmp_path):
     # a synthetic indoor scene with its ground-truth video (``oracle``), so that the check
     # measures the chaining, not the preview hole filler
     out = base = tmp_path / "chained"
-    WorldPipeline(log=lambda *_: None)(tiny(out, prompt="a small room", video_backend="oracle"))
+    base_lines = []
+    WorldPipeline(log=base_lines.append)(tiny(out, prompt="a small room", video_backend="oracle"))
+    assert sum(line.strip().startswith("note: --prompt only picks the procedural scene") for line in base_lines) == 1
     before = load_npz(base / "video.npz")["frames"][-1] / 255.0
-    seg = explore(ExploreConfig(run_dir=str(out), trajectory="straight", frames=9), log=lambda *_: None)
+    sheet_before = read_image(out / "contact_sheet.png")
+    lines = []
+    seg = explore(ExploreConfig(run_dir=str(out), trajectory="straight", frames=9), log=lines.append)
     manifest = json.loads((out / "manifest.json").read_text())
     assert list(manifest["segments"]) == ["001"] and manifest["world"]["segments"] == ["001"]
     first = Trajectory.from_json(out / "trajectory.json")
@@ -119,6 +123,27 @@ def test_chained_exploration(tmp_path):
     base_count = len(load_splats(out / "world_base.ply"))
     assert len(ids) == len(merged) == seg.merged_gaussians and set(np.unique(ids)) == {0, 1}
     assert (ids == 0).sum() == base_count and (ids == 1).sum() > 0
+    # the world's own outputs are refreshed for the merged world: preview.mp4 flies the base
+    # path then the segment's, the contact sheet's panorama row shows both start views
+    from matrix_world.io import read_video, video_length
+    from matrix_world.pipeline.report import LABEL_HEIGHT
+
+    assert video_length(out / "preview.mp4") == 9 + 9
+    assert manifest["stages"]["preview"]["config"]["parts"] == [".", "segments/001"]
+    sheet = read_image(out / "contact_sheet.png")
+    assert sheet.shape == sheet_before.shape and not np.array_equal(sheet, sheet_before)
+    pano_row = sheet[LABEL_HEIGHT:LABEL_HEIGHT + 192]  # 4 columns of 384 x 192
+    assert (pano_row[:, 384:768] < 0.98).any(-1).mean() > 0.5  # the segment's start view (was white)
+    assert (pano_row[:, 768:] > 0.99).all()  # no third part
+    last = read_video(out / "preview.mp4", [17])[0] / 255.0  # the merged world at the segment's last pose
+    seg_last = read_video(out / "segments" / "001" / "preview.mp4", [8])[0] / 255.0
+    assert np.abs(last - seg_last).mean() < 0.1
+    # the counts explained: made vs kept, and the merged total as their sum
+    made, kept = seg.num_gaussians, int((ids == 1).sum())
+    text = "\n".join(lines)
+    assert "note: the world's --prompt is unused here: the oracle video backend reads no text" in text
+    assert f"segment 001 made {made:,}; {kept:,} kept in the merged world, {made - kept:,} dropped" in text
+    assert f"merged world.ply: {len(merged):,} Gaussians = base {base_count:,} + 001 {kept:,}" in text
     # the second segment's first frame, re-rendered from the merged world, matches the first
     # segment's last frame on the pixels the world covers
     last = before

@@ -67,12 +67,59 @@ def parse_options(cls: type[T], argv: Sequence[str] | None, *, prog: str, doc: s
     import tyro
 
     args = list(sys.argv[1:] if argv is None else argv)
-    options = tyro.cli(cls, args=args, prog=prog, description=help_description(doc or ""),
+    options = tyro_cli(cls, args=args, prog=prog, description=help_description(doc or ""),
                        config=(tyro.conf.FlagCreatePairsOff,))
     check = getattr(options, "check", None)
     if callable(check):
         check()
     return options
+
+
+def tyro_cli(cls: Any, *, args: Sequence[str], **kwargs: Any) -> Any:
+    """``tyro.cli(cls, args=args, **kwargs)`` with a tidier ``--help``: tyro writes an optional
+    value's metavar as ``{None}|STR``; the help shows ``STR`` (the "(default: None)" after it
+    says the rest). The help is drawn at the terminal's width, as tyro would."""
+    import contextlib
+    import io
+    import os
+    import shutil
+
+    import tyro
+
+    if not any(a in ("-h", "--help") for a in args):
+        return tyro.cli(cls, args=args, **kwargs)
+    columns = os.environ.get("COLUMNS") or str(shutil.get_terminal_size().columns)
+    real = sys.stdout
+    tty = bool(getattr(real, "isatty", lambda: False)())
+
+    class Buffer(io.TextIOWrapper):  # what tyro's console sees: the real stream's encoding and tty-ness
+        def isatty(self) -> bool:
+            return tty
+
+    raw = io.BytesIO()
+    buffer, code = Buffer(raw, encoding=getattr(real, "encoding", None) or "utf-8"), 0
+    with contextlib.redirect_stdout(buffer):
+        previous, os.environ["COLUMNS"] = os.environ.get("COLUMNS"), columns
+        try:
+            tyro.cli(cls, args=args, **kwargs)
+        except SystemExit as exited:
+            code = exited.code
+        finally:
+            if previous is None:
+                os.environ.pop("COLUMNS", None)
+            else:
+                os.environ["COLUMNS"] = previous
+    buffer.flush()
+    real.write(tidy_help(raw.getvalue().decode(buffer.encoding)))
+    real.flush()
+    raise SystemExit(code)
+
+
+def tidy_help(text: str) -> str:
+    """``{None}|METAVAR`` -> ``METAVAR`` with the width kept (tyro's boxes stay aligned)."""
+    import re
+
+    return re.sub(r"\{None\}\|(\S+)", lambda m: m.group(1) + " " * 7, text)
 
 
 def help_description(doc: str) -> str:

@@ -2,15 +2,18 @@
 
 ``python scripts/view.py RUN_DIR`` (or ``world.ply``; .spz and .splat work too) serves a page at
 http://127.0.0.1:8080 that draws the splats with viser's WebGL Gaussian splat renderer,
-the run's camera trajectories (a polyline plus camera frustums per trajectory; every
-segment of a chained world is drawn in its own colour) and starts the camera at the first
-trajectory pose.
+then the run's camera trajectories (a thin polyline plus a few small camera frusta per
+trajectory, all of them behind a toggle; every segment of a chained world in its own colour),
+and starts the camera at the first trajectory pose looking along its forward axis. An explored
+world (``world_segments.npz`` next to ``world.ply``) lists its segments in the panel, each with
+a visibility checkbox (its splats and its trajectory).
 
 Conventions (DESIGN.md §3):
 
-* Everything is shown in the world frame as stored: OpenCV axes (x right, y down,
-  z forward), world = the first camera of the first segment. The scene's up direction is
-  set to -y, so the world appears upright and the orbit controls turn about -y.
+* Everything is shown in the world frame: OpenCV axes (x right, y down, z forward), world =
+  the first camera of the first segment, uniformly scaled by ``WorldViewer.scale`` (see
+  the walk speed below; directions and proportions are unchanged). The scene's up direction
+  is set to -y, so the world appears upright and the orbit controls turn about -y.
 * Trajectories are read from ``trajectory.json`` files (``{"convention": "opencv_c2w",
   "poses": [[16 floats, row-major c2w], ...], "fps": ...}``): the run directory's own,
   plus ``segments/<name>/trajectory.json`` for each segment the manifest lists
@@ -22,12 +25,23 @@ Conventions (DESIGN.md §3):
   2,000,000) are pruned to the most important ones (``Gaussians.prune``: opacity x
   volume); Gaussians with opacity < 1/255 are never sent (they draw nothing).
 
-Controls (viser 1.1.1's client; see :data:`CONTROLS_HELP`): mouse drag orbits about the
+Controls (viser 1.1.1's client; see ``viewer_gui.controls_help``): mouse drag orbits about the
 look-at point, right drag pans, wheel zooms; W/S move forward/back, A/D left/right, Q/E
-down/up (2 scene units per second, fixed in viser's client), arrow keys turn. The GUI
-panel switches between first-person (look-at point just ahead of the camera, so dragging
-looks around in place) and orbit (look-at point at the world's centre), and jumps to any
-trajectory frame.
+down/up, arrow keys turn. viser's client moves 2 scene units per second, whatever the scene:
+the viewer therefore scales the scene so that this is the walk speed asked for (default:
+a fifth of the world's median radius per second, about 5 s to walk it). The GUI panel
+switches between first-person (look-at point just ahead of the camera, so dragging looks
+around in place) and orbit (look-at point at the world's centre), jumps to any trajectory
+frame, and saves a screenshot (PNG) or a recording along a trajectory (MP4), both rendered by
+the browser (viser's ``get_render``) and downloaded to it.
+
+The three.js warning "BufferGeometry.computeBoundingSphere(): Computed radius is NaN" in the
+browser console comes from viser 1.1.1's own splat mesh, not from our data: its quad geometry
+has a 2-component ``position`` attribute and the mesh is frustum-culled, so three.js reads a
+missing z when it first computes the bounding sphere (harmless: a NaN sphere is never culled).
+The fix belongs in viser's client (``frustumCulled={false}`` on the splat mesh in
+``client/src/Splatting/GaussianSplats.tsx``); everything this module sends is finite
+(``tests/test_viewer.py`` checks both).
 
 ``viser`` is an optional dependency, imported only when a viewer is started.
 """
@@ -37,16 +51,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from matrix_world.errors import InputError, require
-from matrix_world.gaussians import Gaussians, rotmat_to_quat
-from matrix_world.splat_io import FORMATS, load_splats
+from matrix_world.app.viewer_gui import add_gui, evenly, wxyz
+from matrix_world.gaussians import Gaussians
+from matrix_world.io import load_npz
+from matrix_world.splat_io import FORMATS, SplatNote, load_splats
 
 if TYPE_CHECKING:
     import viser
@@ -55,13 +72,9 @@ VISER_INSTALL = "pip install viser==1.1.1"
 DEFAULT_MAX_GAUSSIANS = 2_000_000
 MIN_VISIBLE_OPACITY = 1.0 / 255.0  # below this a splat adds less than one 8-bit level
 WORLD_UP = (0.0, -1.0, 0.0)  # OpenCV world: -y is up
+KEY_SPEED = 2.0  # scene units per second of viser 1.1.1's W/A/S/D/Q/E keys (fixed in its client)
+ALL_FRUSTA = 200  # most frusta per trajectory behind the "all camera frusta" toggle
 TRAJECTORY_COLORS = ((255, 140, 0), (220, 0, 220), (0, 190, 210), (240, 200, 0), (140, 90, 255), (120, 120, 120))
-CONTROLS_HELP = """\
-**Mouse**: drag to look around (first person) or orbit (orbit mode); right-drag pans; wheel zooms.
-
-**Keys** (click the 3D view first): **W/S** forward/back, **A/D** left/right, **Q/E** down/up,
-**arrows** turn. Keys move 2 scene units per second.
-"""
 
 
 # --------------------------------------------------------------------------- inputs
@@ -159,16 +172,33 @@ def resolve_world(path: str | os.PathLike) -> tuple[Path, Path | None]:
     return path, parent if has_run else None
 
 
+def read_segment_ids(run_dir: Path, count: int) -> tuple[np.ndarray, list[str]] | None:
+    """An explored world's ``world_segments.npz`` (``segment`` [N] int, ``names`` [S]) -> (ids [N],
+    names), or None when there is none. One that does not match ``world.ply`` (another length,
+    ids out of range) is ignored with a :class:`SplatNote`: the world is then shown as one part."""
+    path = run_dir / "world_segments.npz"
+    if not path.is_file():
+        return None
+    data = load_npz(path)
+    ids, names = data.get("segment"), data.get("names")
+    if ids is None or names is None or ids.ndim != 1 or len(ids) != count or len(names) == 0 \
+            or not np.issubdtype(ids.dtype, np.integer) or ids.min(initial=0) < 0 or ids.max(initial=0) >= len(names):
+        warnings.warn(SplatNote(f"{path} does not match world.ply ({count:,} Gaussians): segments not listed"))
+        return None
+    return ids.astype(np.int64), [str(n) for n in names]
+
+
 # --------------------------------------------------------------------------- splats for the browser
 
 
 @dataclass
 class SplatArrays:
-    """What viser's splat renderer takes, float32 numpy.
+    """What viser's splat renderer takes, float32 numpy, in world units.
 
     centers [N, 3]; covariances [N, 3, 3] (R S^2 R^T); rgbs [N, 3] in [0, 1];
-    opacities [N, 1] in [0, 1]; total: how many Gaussians the world had before
-    dropping invisible ones and pruning to the browser budget.
+    opacities [N, 1] in [0, 1]; segments [N] int64 or None (segment id of each splat in an
+    explored world); total: how many Gaussians the world had before dropping invisible ones
+    and pruning to the browser budget.
     """
 
     centers: np.ndarray
@@ -176,14 +206,20 @@ class SplatArrays:
     rgbs: np.ndarray
     opacities: np.ndarray
     total: int
+    segments: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.centers.shape[0])
 
+    def subset(self, keep: np.ndarray) -> SplatArrays:
+        """The splats where ``keep`` [N] bool holds (``total`` unchanged)."""
+        return SplatArrays(self.centers[keep], self.covariances[keep], self.rgbs[keep], self.opacities[keep],
+                           self.total, None if self.segments is None else self.segments[keep])
+
 
 def splats_for_browser(gaussians: Gaussians, max_gaussians: int = DEFAULT_MAX_GAUSSIANS) -> SplatArrays:
     """Drop invisible Gaussians (opacity < 1/255), prune to ``max_gaussians`` by importance
-    (opacity x volume), and convert to the arrays viser draws."""
+    (opacity x volume), and convert to the arrays viser draws (``segment`` ids carried along)."""
     if max_gaussians < 1:
         raise InputError(f"max_gaussians must be >= 1, got {max_gaussians}")
     total = len(gaussians)
@@ -195,6 +231,7 @@ def splats_for_browser(gaussians: Gaussians, max_gaussians: int = DEFAULT_MAX_GA
         rgbs=g.rgb.numpy().astype(np.float32),
         opacities=g.opacities.numpy().astype(np.float32)[:, None],
         total=total,
+        segments=None if g.segment is None else g.segment.numpy().astype(np.int64),
     )
 
 
@@ -205,42 +242,61 @@ def splats_for_browser(gaussians: Gaussians, max_gaussians: int = DEFAULT_MAX_GA
 class ViewerConfig:
     """host/port: where to serve (127.0.0.1 keeps it local; port 0 picks a free one).
     max_gaussians: browser budget (see the module docstring).
-    max_frustums: camera frustums drawn per trajectory (evenly spaced, first and last kept).
-    frustum_scale: frustum size in scene units; None = 4% of the world's median radius.
+    max_frustums: camera frusta drawn per trajectory (evenly spaced, first and last kept);
+    the "all camera frusta" toggle shows up to ``ALL_FRUSTA`` per trajectory.
+    frustum_scale: frustum size in world units; None = 1% of the world's median radius.
+    walk_speed: W/A/S/D speed in world units per second; None = the world's median radius / 5.
+    spz_axes: axes of a .spz file ("rub": the SPZ spec, converted; "rdf": our frame raw).
     """
 
     host: str = "127.0.0.1"
     port: int = 8080
     max_gaussians: int = DEFAULT_MAX_GAUSSIANS
-    max_frustums: int = 40
+    max_frustums: int = 5
     frustum_scale: float | None = None
+    walk_speed: float | None = None
+    spz_axes: str = "rub"
     title: str = "matrix_world"
 
 
-def _wxyz(rotation: np.ndarray) -> np.ndarray:
-    """Rotation matrix [3, 3] -> quaternion (w, x, y, z) [4]."""
-    return rotmat_to_quat(torch.as_tensor(rotation, dtype=torch.float64)).numpy()
+@dataclass
+class WorldPart:
+    """One visibility unit of the world: the base run or one explored segment."""
+
+    name: str  # "world", or the segment's name in world_segments.npz ("base", "001", ...)
+    splats: SplatArrays
+    handle: Any = None  # viser's splat handle (None: no splats)
 
 
-def _evenly(count: int, limit: int) -> np.ndarray:
-    """At most ``limit`` indices spread over range(count), first and last included."""
-    if count <= limit:
-        return np.arange(count)
-    return np.unique(np.round(np.linspace(0, count - 1, max(limit, 2))).astype(int))
+@dataclass
+class TrajectoryNodes:
+    """The scene nodes of one trajectory: its path, the few frusta, all frusta (hidden at first)."""
+
+    path: CameraPath
+    line: Any = None  # viser handles
+    frusta: list[Any] = field(default_factory=list)
+    all_frusta: list[Any] = field(default_factory=list)
 
 
 @dataclass
 class WorldViewer:
-    """A running viewer: the viser server, its scene handles and what it shows."""
+    """A running viewer: the viser server, its scene handles and what it shows.
+
+    Scene coordinates are world coordinates times ``scale`` (so that viser's fixed key speed
+    of ``KEY_SPEED`` scene units per second is ``walk_speed`` world units per second).
+    """
 
     server: viser.ViserServer
     splats: SplatArrays
     paths: list[CameraPath]
-    splat_handle: object | None
-    path_handles: list[object] = field(default_factory=list)
-    frustum_handles: list[object] = field(default_factory=list)
-    center: np.ndarray = field(default_factory=lambda: np.zeros(3))
-    look_distance: float = 0.1
+    parts: list[WorldPart] = field(default_factory=list)
+    trajectories: list[TrajectoryNodes] = field(default_factory=list)
+    center: np.ndarray = field(default_factory=lambda: np.zeros(3))  # scene coordinates
+    look_distance: float = 0.1  # scene units
+    scale: float = 1.0
+    walk_speed: float = KEY_SPEED  # world units per second
+    cameras_shown: bool = True
+    all_frusta_shown: bool = False
 
     @property
     def port(self) -> int:
@@ -252,22 +308,63 @@ class WorldViewer:
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
         return f"http://{'[' + shown + ']' if ':' in shown else shown}:{self.port}"
 
+    @property
+    def frustum_handles(self) -> list[Any]:
+        """The frusta shown by default, all trajectories."""
+        return [f for t in self.trajectories for f in t.frusta]
+
+    @property
+    def path_handles(self) -> list[Any]:
+        return [t.line for t in self.trajectories if t.line is not None]
+
     def camera_targets(self, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(position, look_at) that put a viewer camera at ``c2w`` in first-person mode."""
-        position = c2w[:3, 3]
+        """(position, look_at) in scene coordinates that put a viewer camera at world pose
+        ``c2w`` in first-person mode (looking along its +z)."""
+        position = self.scale * c2w[:3, 3]
         forward = c2w[:3, 2] / np.linalg.norm(c2w[:3, 2])
         return position, position + self.look_distance * forward
 
     def move_camera(self, client, c2w: np.ndarray) -> None:
-        """Put one browser's camera at pose ``c2w`` [4, 4], first-person, horizon level (-y up)."""
+        """Put one browser's camera at world pose ``c2w`` [4, 4], first-person, horizon level (-y up)."""
         position, look_at = self.camera_targets(c2w)
         with client.atomic():
             client.camera.up_direction = WORLD_UP
             client.camera.position = position
             client.camera.look_at = look_at
 
+    def set_part_visible(self, name: str, visible: bool) -> None:
+        """Show or hide one part (its splats, and the trajectory of the same segment)."""
+        for part in self.parts:
+            if part.name == name and part.handle is not None:
+                part.handle.visible = visible
+        for nodes in self.trajectories:
+            if _segment_of(nodes.path.name) == name:
+                for h in [nodes.line, *nodes.frusta]:
+                    if h is not None:
+                        h.visible = visible and self.cameras_shown
+                for h in nodes.all_frusta:
+                    h.visible = visible and self.cameras_shown and self.all_frusta_shown
+
+    def show_cameras(self, cameras: bool, all_frusta: bool) -> None:
+        """Trajectories on/off; ``all_frusta``: every camera's frustum instead of the few."""
+        self.cameras_shown, self.all_frusta_shown = cameras, all_frusta
+        hidden = {p.name for p in self.parts if p.handle is not None and not p.handle.visible}
+        for nodes in self.trajectories:
+            on = cameras and _segment_of(nodes.path.name) not in hidden
+            if nodes.line is not None:
+                nodes.line.visible = on
+            for h in nodes.frusta:
+                h.visible = on and not all_frusta
+            for h in nodes.all_frusta:
+                h.visible = on and all_frusta
+
     def stop(self) -> None:
         self.server.stop()
+
+
+def _segment_of(path_name: str) -> str:
+    """A trajectory's name ("run", "segment 001") -> the part it belongs to ("base", "001")."""
+    return path_name.removeprefix("segment ") if path_name.startswith("segment ") else "base"
 
 
 def _scene_radius(centers: np.ndarray, origin: np.ndarray) -> float:
@@ -277,93 +374,83 @@ def _scene_radius(centers: np.ndarray, origin: np.ndarray) -> float:
     return r if math.isfinite(r) and r > 1e-6 else 1.0
 
 
-def build_scene(server, splats: SplatArrays, paths: list[CameraPath], config: ViewerConfig) -> WorldViewer:
-    """Put the splats, trajectories, initial camera and GUI into a viser server's scene."""
+def _parts(splats: SplatArrays, names: list[str] | None) -> list[WorldPart]:
+    """One part for the whole world, or one per segment (in segment order, empty ones kept)."""
+    if names is None or splats.segments is None:
+        return [WorldPart("world", splats)]
+    return [WorldPart(name, splats.subset(splats.segments == i)) for i, name in enumerate(names)]
+
+
+def build_scene(server, splats: SplatArrays, paths: list[CameraPath], config: ViewerConfig,
+                segment_names: list[str] | None = None) -> WorldViewer:
+    """Put the splats (first), the trajectories, the initial camera and the GUI into a viser
+    server's scene, scaled by ``KEY_SPEED / walk_speed``."""
     server.scene.set_up_direction(WORLD_UP)
     server.gui.configure_theme(show_share_button=False, dark_mode=False)
-    splat_handle = None
-    if len(splats):
-        splat_handle = server.scene.add_gaussian_splats(
-            "/world", centers=splats.centers, covariances=splats.covariances, rgbs=splats.rgbs, opacities=splats.opacities)
     start = paths[0].c2w[0] if paths else np.eye(4)  # the first trajectory pose, else the world frame
-    center = np.median(splats.centers, axis=0).astype(np.float64) if len(splats) else start[:3, 3] + start[:3, 2]
     radius = _scene_radius(splats.centers, start[:3, 3])
-    viewer = WorldViewer(server=server, splats=splats, paths=paths, splat_handle=splat_handle,
-                         center=center, look_distance=max(0.05 * radius, 0.02))
-
-    scale = config.frustum_scale if config.frustum_scale is not None else 0.04 * radius
+    walk = config.walk_speed if config.walk_speed is not None else radius / 5.0
+    scale = KEY_SPEED / walk
+    center = np.median(splats.centers, axis=0).astype(np.float64) if len(splats) else start[:3, 3] + start[:3, 2]
+    viewer = WorldViewer(server=server, splats=splats, paths=paths, center=scale * center,
+                         look_distance=scale * max(0.05 * radius, 0.02), scale=scale, walk_speed=walk)
+    # 1. the world, one splat node per part
+    viewer.parts = _parts(splats, segment_names)
+    for k, part in enumerate(viewer.parts):
+        s = part.splats
+        if len(s):
+            part.handle = server.scene.add_gaussian_splats(
+                f"/world/{k}", centers=scale * s.centers, covariances=scale**2 * s.covariances, rgbs=s.rgbs,
+                opacities=s.opacities)
+    # 2. the cameras: a thin path, a few small frusta, all frusta hidden behind a toggle
+    size = scale * (config.frustum_scale if config.frustum_scale is not None else 0.01 * radius)
     for k, path in enumerate(paths):
         color = TRAJECTORY_COLORS[k % len(TRAJECTORY_COLORS)]
-        pos = path.positions.astype(np.float32)
+        nodes = TrajectoryNodes(path)
+        pos = scale * path.positions
         if len(pos) > 1:
-            segs = np.stack([pos[:-1], pos[1:]], axis=1)  # [C-1, 2, 3]
-            viewer.path_handles.append(server.scene.add_line_segments(
-                f"/trajectories/{k}/path", points=segs, colors=color, thickness=3.0, thickness_units="screen"))
-        for i in _evenly(len(path.c2w), config.max_frustums):
-            viewer.frustum_handles.append(server.scene.add_camera_frustum(
-                f"/trajectories/{k}/frame_{i:05d}", fov=math.radians(60.0), aspect=16 / 9, scale=scale,
-                thickness=1.5, thickness_units="screen", color=color,
-                wxyz=_wxyz(path.c2w[i, :3, :3]), position=path.c2w[i, :3, 3]))
-
+            segs = np.stack([pos[:-1], pos[1:]], axis=1).astype(np.float32)  # [C-1, 2, 3]
+            nodes.line = server.scene.add_line_segments(
+                f"/cameras/{k}/path", points=segs, colors=color, thickness=1.5, thickness_units="screen")
+        few = evenly(len(path.c2w), config.max_frustums)
+        if k == 0 and len(few) > 1:
+            few = few[1:]  # the start pose: the viewer's own camera stands there
+        for group, indices, visible in ((nodes.frusta, few, True),
+                                        (nodes.all_frusta, evenly(len(path.c2w), ALL_FRUSTA), False)):
+            for i in indices:
+                group.append(server.scene.add_camera_frustum(
+                    f"/cameras/{k}/{'few' if visible else 'all'}/{i:05d}", fov=math.radians(60.0), aspect=16 / 9,
+                    scale=size, thickness=1.0, thickness_units="screen", color=color,
+                    wxyz=wxyz(path.c2w[i, :3, :3]), position=pos[i], visible=visible))
+        viewer.trajectories.append(nodes)
+    # 3. the start: the first camera, looking forward
     position, look_at = viewer.camera_targets(start)
-    far = max(1000.0, 20.0 * float(np.abs(splats.centers).max(initial=0.0)))
     server.initial_camera.position = position
     server.initial_camera.look_at = look_at
-    server.initial_camera.near = 1e-3 * radius
-    server.initial_camera.far = far
-    _add_gui(server, viewer)
+    server.initial_camera.near = 1e-3 * scale * radius
+    server.initial_camera.far = max(1000.0, 20.0 * scale * float(np.abs(splats.centers).max(initial=0.0)))
+    # 4. the panel
+    add_gui(server, viewer)
     return viewer
 
 
-def _add_gui(server, viewer: WorldViewer) -> None:
-    """Navigation panel: help text, first-person/orbit switch, jump to a trajectory frame."""
-    s = viewer.splats
-    shown = f"{len(s):,} splats" + (f" of {s.total:,} (the rest: invisible or over the budget)" if len(s) < s.total else "")
-    server.gui.add_markdown(f"{shown}; {len(viewer.paths)} trajectory(ies).\n\n" + CONTROLS_HELP)
-    mode = server.gui.add_dropdown("Mouse drag", options=("look around (first person)", "orbit the world"))
-
-    @mode.on_update
-    def _(event) -> None:
-        client = event.client
-        if client is None:
-            return
-        cam = client.camera
-        if mode.value.startswith("orbit"):
-            cam.look_at = viewer.center
-        else:
-            forward = cam.look_at - cam.position
-            forward = forward / max(np.linalg.norm(forward), 1e-12)
-            cam.look_at = cam.position + viewer.look_distance * forward
-
-    if not viewer.paths:
-        return
-    names = [p.name for p in viewer.paths]
-    which = server.gui.add_dropdown("Trajectory", options=names)
-    frame = server.gui.add_slider("Frame", min=0, max=max(1, max(len(p.c2w) for p in viewer.paths) - 1), step=1, initial_value=0)
-    go = server.gui.add_button("Go to frame")
-
-    @go.on_click
-    def _(event) -> None:
-        client = event.client
-        if client is None:
-            return
-        path = viewer.paths[names.index(which.value)]
-        viewer.move_camera(client, path.c2w[min(int(frame.value), len(path.c2w) - 1)])
-
-
 def start_viewer(path: str | os.PathLike, config: ViewerConfig | None = None, *, verbose: bool = False) -> WorldViewer:
-    """Load a splat file (or RUN_DIR/world.ply and its trajectories) and start serving.
+    """Load a splat file (or RUN_DIR/world.ply, its trajectories and segments) and start serving.
 
     Returns at once; the server runs in its own thread until ``viewer.stop()``.
     """
     config = config or ViewerConfig()
     ply, run_dir = resolve_world(path)
-    splats = splats_for_browser(load_splats(ply), config.max_gaussians)
+    gaussians = load_splats(ply, spz_axes=config.spz_axes)
+    segments = read_segment_ids(run_dir, len(gaussians)) if run_dir is not None and ply.name == "world.ply" else None
+    if segments is not None:
+        gaussians.segment = torch.from_numpy(segments[0])
+    splats = splats_for_browser(gaussians, config.max_gaussians)
     paths = find_camera_paths(run_dir) if run_dir is not None else []
     viser = require("viser", VISER_INSTALL)
     server = viser.ViserServer(host=config.host, port=config.port, label=config.title, verbose=verbose)
     try:
-        return build_scene(server, splats, paths, config)
+        return build_scene(server, splats, paths, config, None if segments is None else segments[1])
     except BaseException:
         server.stop()
         raise

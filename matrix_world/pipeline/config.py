@@ -44,13 +44,14 @@ class WorldConfig:
     turbo: few-step distillation LoRAs (Wan: lightx2v, 4 steps, no CFG; FLUX: Turbo-Alpha, 8 steps), 480p.
     A distilled model's quality cannot be measured here (no weights): turbo's speed is measured, not its quality."""
     panorama_backend: str = "auto"
-    """auto | flux | flux-fill | file | procedural"""
+    """auto | flux (text) | flux-fill (photo) | file (--image --panorama) | photo (photo on the sphere, the rest
+    filled classically; no weights) | procedural (a synthetic scene picked by the prompt's keywords; no weights)"""
     depth_backend: str = "auto"
-    """auto | moge | prior | file | procedural"""
+    """auto | moge | prior (no weights) | file (--distance) | procedural (the synthetic scene's exact distance)"""
     video_backend: str = "auto"
-    """auto | wan | fill | oracle"""
+    """auto | wan | fill (no weights) | oracle (the synthetic scene's true frames; benchmarks)"""
     recon_backend: str = "auto"
-    """auto | optimize | lift | lrm"""
+    """auto | optimize | lift (no training) | lrm"""
     scaffold_backend: str = "auto"
     """The scaffold's rasteriser: auto | cpu | cuda (nvdiffrast; auto takes it on a GPU where it works)."""
     trajectory: str = "straight"

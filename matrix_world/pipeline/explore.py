@@ -63,9 +63,9 @@ class ExploreConfig:
     start_pose: str | None = None
     """Start at this pose instead: a JSON file {"convention": "opencv_c2w", "poses": [[16 floats]]} in world coordinates."""
     video_backend: str | None = None
-    """Video backend of the segment (default: the world's)."""
+    """Video backend of the segment: auto | wan | fill | oracle (default: the world's)."""
     recon_backend: str | None = None
-    """Reconstruction backend of the segment (default: the world's)."""
+    """Reconstruction backend of the segment: auto | optimize | lift | lrm (default: the world's)."""
     device: str | None = None
     """Device (default: the world's)."""
     seed: int | None = None
@@ -206,7 +206,7 @@ def _explore(config: ExploreConfig, root: Path, log) -> SegmentResult:
     from matrix_world.pipeline.depth import make_depth_fn
     from matrix_world.pipeline.plan import make_plan
     from matrix_world.pipeline.reconstruction import reconstruction_stage
-    from matrix_world.pipeline.report import contact_sheet_stage, preview_stage
+    from matrix_world.pipeline.report import contact_sheet_stage, explored_world_report, preview_stage
     from matrix_world.pipeline.scaffold import OCCLUSION_THRESHOLD, scaffold_stage
     from matrix_world.pipeline.trajectory import trajectory_stage
     from matrix_world.pipeline.video import video_stage
@@ -233,6 +233,9 @@ def _explore(config: ExploreConfig, root: Path, log) -> SegmentResult:
     world = _merged_world(run)
     seg = run.segment(name, seed=seed)
     log(f"  threads: {threads} ({why})")
+    if world_config.prompt.strip() and plan.backends["video"] != "wan":
+        log(f"  note: the world's --prompt is unused here: the {plan.backends['video']} video backend reads no text "
+            "(wan uses it)")
     seg.manifest["explore"] = {"start_c2w": start_c2w.reshape(-1).tolist(), "from": str(last_run.path.relative_to(root)),
                                "start_frame": start_index, "trajectory": config.trajectory}
     ctx = StageContext(run=seg, device=plan.device, seed=seed, log=log)
@@ -291,9 +294,25 @@ def _explore(config: ExploreConfig, root: Path, log) -> SegmentResult:
     contact_sheet_stage(ctx, rgb, scaffold, frames)
     # 6. merge into the world
     merged = _merge_into_world(run, world_config.exports, log, spz_axes=world_config.spz_axes)
-    log(f"explore: segment {name} done in {time.perf_counter() - t0:.1f} s; {len(gaussians):,} Gaussians in the "
-        f"segment, {merged:,} in the merged world -> {root / 'world.ply'}")
+    # 7. the world's own preview.mp4 and contact sheet, now of the merged world
+    parts = [root] + [root / run.manifest["segments"][n] for n in segment_names(run, finished=True)]
+    explored_world_report(StageContext(run=run, device=plan.device, seed=base.seed, log=log), _merged_world(run),
+                          parts, plan.height)
+    log(f"explore: segment {name} done in {time.perf_counter() - t0:.1f} s -> {root / 'world.ply'}")
+    for line in gaussian_counts(run, name, len(gaussians)):
+        log(line)
     return SegmentResult(name, seg.path, len(gaussians), merged, checks)
+
+
+def gaussian_counts(run: RunDir, name: str, made: int) -> list[str]:
+    """What the merge did with the Gaussians, for a person: made vs kept per segment, and the sum."""
+    info = run.manifest["stages"]["merge"]["info"]
+    kept = info["gaussians_per_segment"]
+    lines = [f"  Gaussians: segment {name} made {made:,}; {kept.get(name, 0):,} kept in the merged world, "
+             f"{made - kept.get(name, 0):,} dropped as already there (a world Gaussian within one standard deviation)"]
+    parts = " + ".join(f"{n} {c:,}" for n, c in kept.items())
+    lines.append(f"  merged world.ply: {info['total']:,} Gaussians = {parts} (kept per part; base = the first run's)")
+    return lines
 
 
 def _keep_base(run: RunDir) -> None:

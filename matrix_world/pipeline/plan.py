@@ -90,3 +90,26 @@ def check_plan(config: WorldConfig, plan: Plan) -> None:
         if plan.backends["video"] != "wan" and plan.recon.lrm.vae is None:
             raise InputError("--recon-backend lrm reads the video's Wan-VAE latents: the video backend is "
                              f"{plan.backends['video']} and no Wan VAE is on this machine (pass --wan-model FOLDER)")
+
+
+# Which backends read the text prompt, and how (the others ignore it).
+PROMPT_READERS = {("panorama", "flux"): "generates the panorama from it",
+                  ("panorama", "flux-fill"): "guides the outpainting with it",
+                  ("panorama", "procedural"): "picks a synthetic scene by its keywords",
+                  ("video", "wan"): "guides the video with it"}
+
+
+def prompt_note(prompt: str, backends: dict[str, str]) -> str | None:
+    """One note line when ``--prompt`` is given but no backend of the plan generates from it
+    (the preview backends: at most the procedural scene's choice by keyword), else None."""
+    if not prompt.strip():
+        return None
+    readers = [(stage, b) for stage, b in backends.items() if (stage, b) in PROMPT_READERS]
+    if any(b in ("flux", "flux-fill", "wan") for _, b in readers):
+        return None
+    video = backends.get("video", "?")
+    if readers:
+        return (f"note: --prompt only picks the procedural scene by its keywords; no model reads the text "
+                f"(the {video} video backend ignores it; flux and wan use it)")
+    return (f"note: --prompt is unused here: the {backends.get('panorama', '?')} panorama and the {video} video "
+            "backend read no text (flux and wan use it)")

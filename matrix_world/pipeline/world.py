@@ -34,7 +34,7 @@ from matrix_world.pipeline.config import WorldConfig, check_inputs
 from matrix_world.pipeline.context import StageContext
 from matrix_world.pipeline.depth import depth_stage, make_depth_fn
 from matrix_world.pipeline.panorama import panorama_stage
-from matrix_world.pipeline.plan import Plan, check_plan, make_plan
+from matrix_world.pipeline.plan import Plan, check_plan, make_plan, prompt_note
 from matrix_world.pipeline.reconstruction import reconstruction_stage
 from matrix_world.pipeline.report import contact_sheet_stage, preview_stage, summarize
 from matrix_world.pipeline.scaffold import OCCLUSION_THRESHOLD, scaffold_stage
@@ -165,6 +165,9 @@ class WorldPipeline:
                  f"{config.frames} frames -> {out}")
         for stage, backend in plan.backends.items():
             self.log(f"  {stage:<15} {backend:<11} ({plan.reasons.get(stage, '')})")
+        note = prompt_note(config.prompt, plan.backends)
+        if note is not None:
+            self.log(f"  {note}")
         if plan.preview_only:
             self.log("  NOTE: only the preview backends run (no model weights or no GPU here). For the real models, "
                      "download FLUX.1-dev + the Matrix-3D LoRA, MoGe-2 and Wan2.1-I2V-14B (see README: 'Real weights') "
