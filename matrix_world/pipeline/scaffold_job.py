@@ -106,14 +106,16 @@ def job_device(job: ScaffoldJob):
     """The torch device of the job: --device, else CUDA when present, else CPU."""
     import torch
 
-    if job.device is not None and not str(job.device).startswith(("cpu", "cuda")):
-        raise InputError(f"--device {job.device!r}; expected cpu, cuda or cuda:N")
-    if job.device is not None and str(job.device).startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {job.device} needs a CUDA GPU, and none is visible; use --device cpu")
+    from matrix_world.runtime import check_device
+
+    check_device(job.device, allow_auto=False)
     return torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 # --------------------------------------------------------------------------- the job
+
+
+SCAFFOLD_BYTES_PER_PIXEL = 12  # rgb + mask of the scaffold, its rasteriser buffers and the video encoder's copy
 
 
 def check_job(job: ScaffoldJob) -> None:
@@ -130,6 +132,12 @@ def check_job(job: ScaffoldJob) -> None:
         raise InputError(f"--mesh-out {job.mesh_out!r}; expected ply or glb")
     if not (math.isfinite(job.move) and job.move > 0):
         raise InputError(f"--move {job.move}; expected a fraction of the forward distance > 0")
+    from matrix_world.runtime import check_memory
+
+    frames = job.frames or 81
+    check_memory(frames * job.height * 2 * job.height * SCAFFOLD_BYTES_PER_PIXEL,
+                 f"a scaffold of {frames} frames of {2 * job.height}x{job.height} (--height {job.height})",
+                 "a smaller --height or fewer --frames")
     out = Path(job.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"output folder {out} is a file; expected a folder (created if missing)")
