@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -515,13 +516,15 @@ def load_weights(path: str | os.PathLike, *, what: str = "weights file", mmap: b
     readable = (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError, IndexError, KeyError, TypeError,
                 AttributeError, ImportError, struct.error, UnicodeDecodeError, OverflowError, MemoryError)
     try:
-        if mmap:
-            try:
-                return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:  # mmap needs the zip format; legacy files load without it
-                if "mmap" not in str(exc):
-                    raise
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's multi-line notes about pickle protocols of a bad file
+            warnings.simplefilter("ignore", UserWarning)
+            if mmap:
+                try:
+                    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as exc:  # mmap needs the zip format; legacy files load without it
+                    if "mmap" not in str(exc):
+                        raise
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except readable as exc:
         text = str(exc)
         refusal = _PICKLE_REFUSAL.search(text)
