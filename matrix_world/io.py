@@ -536,8 +536,8 @@ def load_weights(path: str | os.PathLike, *, what: str = "weights file", mmap: b
             reasons = [p for p in text.split("\n\n") if p.strip()
                        and not p.strip().startswith(("Weights only load failed", "Check the documentation"))]
             text = one_line(reasons[0]).removeprefix("WeightsUnpickler error: ") if reasons else "unreadable"
-            raise InputError(f"{what} {path} is not a torch file of tensors ({text}); expected a .safetensors "
-                             "file or a torch file of tensors") from None
+            raise InputError(f"cannot read {what} {path} with torch.load(weights_only=True) ({text}); expected a "
+                             ".safetensors file or a torch file of tensors") from None
         raise InputError(f"cannot read {what} {path} with torch.load(weights_only=True) ({_short(exc)}); expected "
                          "a .safetensors file or a torch file of tensors") from None
 

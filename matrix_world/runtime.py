@@ -40,8 +40,8 @@ def check_device(name: str | None, option: str = "--device", *, allow_auto: bool
     if str(name).startswith("cuda"):
         if not torch.cuda.is_available():
             raise InputError(f"{option} {name} needs a CUDA GPU, and none is visible; use --device cpu (or auto)")
-        index = int(str(name).partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
+        index = str(name).partition(":")[2]
+        if index and int(index) >= torch.cuda.device_count():
             raise InputError(f"{option} {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s); "
                              f"expected cuda:0 to cuda:{torch.cuda.device_count() - 1}")
 

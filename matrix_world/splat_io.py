@@ -161,8 +161,8 @@ def _check_ply_counts(path: Path) -> None:
         props = props[:next((k for k, p in enumerate(props) if p[:1] != ["property"]), len(props))]
         row = sum(_PLY_SIZES.get(p[1], 1) for p in props if len(p) == 3)  # lists: at least their count byte
         if count < 0 or count * max(row, 1) > body:
-            raise InputError(f"{path}: the PLY header claims {words[2]} {words[1]} rows of {row} bytes but the file "
-                             f"holds {body} bytes of data; expected a complete PLY file")
+            raise InputError(f"{path}: not a valid PLY file (its header claims {words[2]} {words[1]} rows of {row} "
+                             f"bytes but the file holds {body} bytes of data); expected a complete PLY file")
 
 
 def _read_vertex(path: Path):

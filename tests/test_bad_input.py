@@ -203,12 +203,12 @@ CASES = {
     # ---- view.py: ports and splat files (refused before a server starts: nothing hangs)
     "view-port-70000": ("view.py", ["{f}/absurd.ply", "--port", "70000"], ["--port: expected an integer from 0 to 65535, got 70000"]),
     "view-port-negative": ("view.py", ["{f}/absurd.ply", "--port", "-5"], ["--port: expected an integer from 0 to 65535, got -5"]),
-    "view-ply-absurd-count": ("view.py", ["{f}/absurd.ply", "--port", "0"], ["absurd.ply: the PLY header claims 99999999999999999999999 vertex rows", "expected a complete PLY file"]),
+    "view-ply-absurd-count": ("view.py", ["{f}/absurd.ply", "--port", "0"], ["absurd.ply: not a valid PLY file (its header claims 99999999999999999999999 vertex rows", "expected a complete PLY file"]),
     "view-ply-random": ("view.py", ["{f}/random.ply", "--port", "0"], ["random.ply", "not a valid PLY file"]),
     "view-missing": ("view.py", ["{f}/nowhere", "--port", "0"], ["nowhere"]),
     "view-max-gaussians-0": ("view.py", ["{f}/absurd.ply", "--max-gaussians", "0"], ["--max-gaussians: expected a positive integer, got 0"]),
     # ---- convert_splats.py
-    "convert-ply-absurd-count": ("convert_splats.py", ["{f}/absurd.ply", "{out}/w.spz"], ["the PLY header claims 99999999999999999999999 vertex rows"]),
+    "convert-ply-absurd-count": ("convert_splats.py", ["{f}/absurd.ply", "{out}/w.spz"], ["not a valid PLY file (its header claims 99999999999999999999999 vertex rows"]),
     "convert-ply-random": ("convert_splats.py", ["{f}/random.ply", "{out}/w.spz"], ["random.ply", "not a valid PLY file"]),
     "convert-spz-random": ("convert_splats.py", ["{f}/random.spz", "{out}/w.ply"], ["random.spz"]),
     "convert-budget-0": ("convert_splats.py", ["{f}/absurd.ply", "{out}/w.spz", "--budget", "0"], ["--budget: expected a positive integer, got 0"]),
