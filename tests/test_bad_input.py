@@ -278,6 +278,21 @@ def test_memory_is_checked_against_what_the_machine_has(f, tmp_path, capsys, mon
     check_plan(config, make_plan(config))
 
 
+def test_a_trajectory_file_of_many_poses_is_checked_once_read(f, tmp_path, capsys, monkeypatch):
+    """render_scaffold.py without --frames takes the file's pose count: the memory check uses it."""
+    import matrix_world.runtime as runtime
+
+    poses = np.tile(np.eye(4).reshape(1, 16), (3000, 1))
+    poses[:, 11] = np.linspace(0.0, 1.0, len(poses))  # a walk forward
+    (tmp_path / "many.json").write_text(json.dumps({"convention": "opencv_c2w", "poses": poses.tolist(), "fps": 16}))
+    monkeypatch.setattr(runtime, "available_memory", lambda: 8 * 2**20)  # 8 MiB: 81 frames pass, 3000 do not
+    out = tmp_path / "out"
+    line = refuse(capsys, "render_scaffold.py", [a.format(f=f) for a in rs(trajectory=str(tmp_path / "many.json"),
+                                                                              frames=None, out=str(out))], [out])
+    assert "a scaffold of 3000 frames of 32x16 (--height 16) needs about" in line
+    assert "fewer --frames (or poses in the trajectory file)" in line
+
+
 def test_the_pixel_limit_has_an_override(f, monkeypatch):
     from matrix_world.errors import InputError
     from matrix_world.io import check_image_file
