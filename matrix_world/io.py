@@ -14,7 +14,7 @@ import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -459,7 +459,7 @@ def check_distance(d: np.ndarray, what: str, sky: np.ndarray | None = None) -> t
 
 # --------------------------------------------------------------------------- weights files
 
-_PICKLE_REFUSAL = re.compile(r"Unsupported global[^;\n]*?(?=\.?\s|$)|Trying to load unsupported GLOBAL [\w.]+"
+_PICKLE_REFUSAL = re.compile(r"Unsupported global: GLOBAL [\w.]+|Trying to load unsupported GLOBAL [\w.]+"
                              r"|Trying to load unsupported object[^.;\n]*")
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -486,7 +486,7 @@ def check_weights_header(path: str | os.PathLike, *, what: str = "weights file")
                          f"{head!r}); expected a LoRA / weights file")
 
 
-def load_weights(path: str | os.PathLike, *, what: str = "weights file", mmap: bool = False) -> object:
+def load_weights(path: str | os.PathLike, *, what: str = "weights file", mmap: bool = False) -> Any:
     """Read a weights file, the one reader of user checkpoints: ``.safetensors`` with safetensors,
     anything else with ``torch.load(weights_only=True)`` (a pickle's code is never run).
 
@@ -530,8 +530,8 @@ def load_weights(path: str | os.PathLike, *, what: str = "weights file", mmap: b
         refusal = _PICKLE_REFUSAL.search(text)
         if refusal and "Weights only load failed" in text:
             raise InputError(f"{what} {path} holds Python objects beyond tensors ({one_line(refusal.group(0))}); "
-                             "refused without running them: expected a plain dict of tensors (.safetensors, "
-                             ".pt, .ckpt)") from None
+                             "refused by torch.load(weights_only=True) without running them: expected a plain dict of "
+                             "tensors (.safetensors, .pt, .ckpt)") from None
         if "Weights only load failed" in text:  # torch's advice paragraphs dropped: the reason only
             reasons = [p for p in text.split("\n\n") if p.strip()
                        and not p.strip().startswith(("Weights only load failed", "Check the documentation"))]

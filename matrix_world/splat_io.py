@@ -172,7 +172,8 @@ def _read_vertex(path: Path):
         ply = plyfile.PlyData.read(str(path))
     except (plyfile.PlyParseError, ValueError, EOFError, UnicodeDecodeError, IndexError, struct.error,
             OverflowError, MemoryError) as exc:
-        raise InputError(f"{path}: not a valid PLY file ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{path}: not a valid PLY file ({type(exc).__name__}: {exc}); expected a binary or ASCII "
+                         ".ply of 3D Gaussians") from None
     names = [e.name for e in ply.elements]
     if "chunk" in names:
         raise InputError(f"{path}: this is a SuperSplat compressed PLY (element 'chunk'); decompress it in SuperSplat first")

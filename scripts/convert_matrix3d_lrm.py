@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from matrix_world.app.cli import note, run_main
+from matrix_world.app.cli import note, run_main, tyro_cli
 from matrix_world.errors import InputError, one_line
 
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     """The command: ``error: <one line>`` and exit code 2 on bad input, 0 when written."""
 
     def run(args):
-        options = tyro.cli(ConvertLRMOptions, args=args, prog="convert_matrix3d_lrm.py",
+        options = tyro_cli(ConvertLRMOptions, args, prog="convert_matrix3d_lrm.py",
                            description=__doc__.split("\n\n")[0])
         return convert(options)
 

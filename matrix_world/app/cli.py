@@ -110,7 +110,7 @@ def parse_options(cls: type[T], argv: Sequence[str] | None, *, prog: str, doc: s
     return options
 
 
-def tyro_cli(cls: type[T], args: Sequence[str], *, prog: str, description: str, **kwargs: Any) -> T:
+def tyro_cli(cls: type[T], args: Sequence[str] | None, *, prog: str, description: str, **kwargs: Any) -> T:
     """``tyro.cli`` (the one call of it): what tyro refuses is raised as an :class:`InputError`
     of one line (tyro's box condensed: the problem, the options missing or not recognised);
     ``--help`` prints and exits with 0 as usual."""
@@ -119,7 +119,8 @@ def tyro_cli(cls: type[T], args: Sequence[str], *, prog: str, description: str, 
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            options = tyro.cli(cls, args=list(args), prog=prog, description=description, **kwargs)
+            options = tyro.cli(cls, args=list(sys.argv[1:] if args is None else args), prog=prog,
+                               description=description, **kwargs)
     except SystemExit as exited:
         if not exited.code:
             sys.stderr.write(captured.getvalue())
@@ -165,7 +166,9 @@ def condense_tyro_error(text: str) -> str:
         else:
             parts.append(" ".join(x.strip() for x in lines if x.strip()))
     body = "; ".join(p for p in parts if p) or one_line(text) or "invalid arguments"
-    return one_line(f"{title.lower()}: {body}" if title else body)
+    if title and not body.lower().startswith(title.lower()):
+        body = f"{title.lower()}: {body}"
+    return one_line(body)
 
 
 def help_description(doc: str) -> str:
