@@ -361,6 +361,8 @@ def test_debug_shows_the_traceback(capsys, monkeypatch):
     with pytest.raises(KeyError):
         run_main(lambda argv: seen.append(argv) or _buggy(argv), ["--frames", "3", "--debug"])
     assert seen == [["--frames", "3"]]  # the flag is removed before the script parses
+    with pytest.raises(KeyError):  # a script whose main calls run_main itself (view.py) keeps the flag
+        run_main(lambda argv: run_main(_buggy, argv), ["--debug"])
     monkeypatch.setenv("MATRIX_WORLD_DEBUG", "1")
     with pytest.raises(KeyError):
         run_main(_buggy, [])

@@ -40,6 +40,7 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "MATRIX_WORLD_DEBUG"
+_debug = False  # inside a run_main call with --debug
 
 T = TypeVar("T")
 
@@ -62,7 +63,10 @@ def debug_requested(argv: Sequence[str] | None) -> tuple[bool, Sequence[str] | N
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Call ``main(argv)`` and turn every failure into one ``error: ...`` line and an exit code
     (see the module docstring)."""
+    global _debug
     debug, argv = debug_requested(argv)
+    debug, outer = debug or _debug, _debug  # a script's main that calls run_main again keeps the flag
+    _debug = debug
     try:
         code = main(argv)
     except (InputError, OutputError, MissingDependencyError) as exc:
@@ -85,6 +89,8 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
         print(f"error: internal error, {type(exc).__name__}: {text} (rerun with {DEBUG_FLAG} for the traceback)",
               file=sys.stderr, flush=True)
         return EXIT_BUG
+    finally:
+        _debug = outer
     return int(code or 0)
 
 
