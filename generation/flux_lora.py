@@ -72,16 +72,9 @@ def resolve_lora(lora: str, weight_name: str | None = None, *, allow_download: b
 
 def read_lora_state_dict(path: str) -> dict[str, Tensor]:
     """Read a LoRA file (.safetensors, or a torch .bin/.pt/.ckpt) with a clear error when it is not one."""
-    suffix = Path(path).suffix.lower()
-    try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from matrix_world.io import load_weights
 
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - safetensors/pickle raise many types; re-raised as one clear error
-        raise InputError(f"LoRA file {path} cannot be read ({type(exc).__name__}: {str(exc)[:120]}); expected a .safetensors LoRA") from None
+    state = load_weights(path, what="LoRA file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):

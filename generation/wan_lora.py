@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from matrix_world.errors import InputError, one_line
+from matrix_world.errors import InputError
 
 # Original Wan module (inside ``blocks.N.``) -> diffusers WanTransformer3DModel module.
 BLOCK_MODULES: dict[str, str] = {
@@ -66,23 +66,12 @@ DISTILL_FILE = "loras/Wan21_I2V_14B_lightx2v_cfg_step_distill_lora_rank64.safete
 
 def read_lora_file(path: str | Path) -> dict[str, Tensor]:
     """Read a LoRA state dict: .safetensors, or a torch pickle loaded with weights_only=True."""
-    import pickle
+    from matrix_world.io import load_weights
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"LoRA file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as exc:
-            raise InputError(f"cannot read LoRA file {path} as .safetensors ({one_line(exc)})") from None
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as exc:
-        raise InputError(f"cannot read LoRA file {path} with torch.load(weights_only=True): {exc}") from None
+    obj = load_weights(path, what="LoRA file")
     if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), dict):
         obj = next(iter(obj.values()))  # {'state_dict': {...}} / {'module': {...}}
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):

@@ -55,6 +55,9 @@ def check_weights_spec(spec: str, *, what: str, aliases: tuple[str, ...] = ()) -
         return "alias"
     path = Path(spec).expanduser()
     if path.is_file():
+        from matrix_world.io import check_weights_header
+
+        check_weights_header(path, what=what)
         return "file"
     if path.is_dir():
         return "folder"

@@ -65,7 +65,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from matrix_world.errors import InputError
+from matrix_world.errors import InputError, one_line
 from matrix_world.io import OutputError, write_text
 
 MANIFEST = "manifest.json"
@@ -167,6 +167,39 @@ def signature_holds(path: str | os.PathLike, record: dict) -> bool:
             and st.st_ctime_ns == sig.get("ctime_ns") and st.st_ino == sig.get("inode"))
 
 
+def artifact_load_problem(path: Path) -> str | None:
+    """None when the artifact ``path`` reads back as its kind, else why not: every member of an
+    ``.npz`` passes its CRC, a ``.json`` parses, a ``.png`` / ``.jpg`` decodes, a ``.ply`` has a
+    header. A file whose bytes were damaged before its sha256 was recorded (a disk fault while
+    it was written, a copy that truncated it and the manifest with it) fails here."""
+    import zipfile
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+                if bad is not None:
+                    return f"member {bad} fails its CRC"
+                if not all(name.endswith(".npy") for name in archive.namelist()):
+                    return "not an archive of .npy arrays"
+        elif suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+        elif suffix in (".png", ".jpg", ".jpeg"):
+            from PIL import Image
+
+            with Image.open(path) as img:
+                img.load()
+        elif suffix == ".ply":
+            with open(path, "rb") as f:
+                head = f.read(1 << 16)
+            if not head.startswith(b"ply") or b"end_header" not in head:
+                return "no PLY header"
+    except (OSError, ValueError, EOFError, RecursionError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+        return f"{type(exc).__name__}: {one_line(exc)}"
+    return None
+
+
 def package_versions(packages: Sequence[str] = VERSION_PACKAGES) -> dict[str, str]:
     """Python and installed package versions, read from metadata (nothing is imported).
 
@@ -240,6 +273,7 @@ def run_lock(path: str | os.PathLike) -> Iterator[Path]:
     os.ftruncate(fd, 0)
     os.write(fd, (json.dumps(info) + "\n").encode("utf-8"))
     try:
+        check_writable(folder)
         yield folder
     finally:
         with contextlib.suppress(OSError):
@@ -248,6 +282,18 @@ def run_lock(path: str | os.PathLike) -> Iterator[Path]:
         if created:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty: a run that wrote nothing leaves no folder behind
+
+
+def check_writable(folder: Path) -> None:
+    """Create and remove a folder in ``folder`` (a read-only run folder, or one on a
+    read-only disk, is refused before any stage starts); OutputError otherwise."""
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise OutputError(f"cannot write in the output folder {folder} ({exc.strerror or exc}); expected a writable "
+                          "folder (check its permissions and the disk)") from None
 
 
 def _read_holder(fd: int) -> str:
@@ -296,7 +342,11 @@ class Stage:
         if self.done:
             return self.run.path / output
         target = self.staging / output
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot write in the run folder {self.run.path} ({exc.strerror or exc}: "
+                              f"{target.parent}); expected a writable folder") from None
         return target
 
     def final_path(self, output: str) -> Path:
@@ -360,8 +410,9 @@ class RunDir:
             return empty
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"{file} is unreadable ({exc}); delete it or choose another output folder") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise InputError(f"{file} is unreadable ({type(exc).__name__}: {one_line(exc)}); delete it or choose another "
+                             "output folder") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise InputError(f"{file} is not a matrix_world run manifest (format {FORMAT}); choose another output folder")
         return {**empty, **data}
@@ -429,6 +480,9 @@ class RunDir:
                 return f"{rel} is missing"
             if file.stat().st_size != art.get("bytes") or self._sha256(file) != art.get("sha256"):
                 return f"{rel} differs from the sha256 the manifest recorded (changed or corrupt)"
+            problem = artifact_load_problem(file)
+            if problem is not None:
+                return f"{rel} does not load ({problem})"
         return None
 
     def artifact_ok(self, rel: str) -> bool:

@@ -15,9 +15,65 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable
 
 import torch
+
+from matrix_world.errors import InputError
+
+
+DEVICE_RULE = "expected auto, cpu, cuda or cuda:N (N = a GPU index)"
+MEMORY_HEADROOM = 0.8  # what a run may plan to hold of the memory that is available when it starts
+
+
+def check_device(name: str | None, option: str = "--device", *, allow_auto: bool = True) -> None:
+    """A device string the CLI accepts (None skipped): ``auto`` (when allowed), ``cpu``, ``cuda``
+    or ``cuda:N``; a CUDA device must exist. An :class:`InputError` naming ``option`` otherwise
+    (torch would list its twenty device types in a RuntimeError)."""
+    if name is None:
+        return
+    allowed = ("auto|" if allow_auto else "") + r"cpu|cuda|cuda:\d{1,3}"
+    if not re.fullmatch(allowed, str(name)):
+        rule = DEVICE_RULE if allow_auto else DEVICE_RULE.replace("auto, ", "")
+        raise InputError(f"{option} {name!r} is not a device; {rule}")
+    if str(name).startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"{option} {name} needs a CUDA GPU, and none is visible; use --device cpu (or auto)")
+        index = str(name).partition(":")[2]
+        if index and int(index) >= torch.cuda.device_count():
+            raise InputError(f"{option} {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+                             f"expected cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still allocate: ``MemAvailable`` of /proc/meminfo (Linux),
+    else physical pages x page size."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return 1 << 62  # unknown: no limit
+
+
+def gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB"
+
+
+def check_memory(nbytes: int, what: str, expected: str) -> None:
+    """Refuse, before allocating, a job whose arrays (``nbytes``, estimated from the sizes the
+    user asked for) exceed :data:`MEMORY_HEADROOM` of the available memory: an InputError
+    naming ``what`` and the sizes to change (``expected``)."""
+    free = available_memory()
+    if nbytes > MEMORY_HEADROOM * free:
+        raise InputError(f"{what} needs about {gib(nbytes)} of memory but {gib(free)} is available; expected "
+                         f"{expected}")
 
 
 def usable_cores() -> int:

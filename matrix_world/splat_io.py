@@ -138,12 +138,42 @@ def write_ply(path: str | os.PathLike, gaussians: Gaussians, *, axes: str = "ope
         f.write(data.tobytes())
 
 
+_PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
+              "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+
+
+def _check_ply_counts(path: Path) -> None:
+    """A binary PLY's header may not claim more rows than the file's bytes can hold (an absurd
+    ``element vertex`` count would make the reader allocate, or overflow, before it reads)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    end = head.find(b"end_header")
+    if not head.startswith(b"ply") or end < 0 or b"format ascii" in head[:end]:
+        return  # not ours to judge here: plyfile's own parse error (or an ASCII file, read line by line)
+    body = path.stat().st_size - head.index(b"\n", end) - 1
+    lines = head[:end].decode("ascii", "replace").splitlines()
+    for i, line in enumerate(lines):
+        words = line.split()
+        if len(words) != 3 or words[0] != "element":
+            continue
+        count = int(words[2]) if words[2].isdigit() else -1
+        props = [p.split() for p in lines[i + 1:]]
+        props = props[:next((k for k, p in enumerate(props) if p[:1] != ["property"]), len(props))]
+        row = sum(_PLY_SIZES.get(p[1], 1) for p in props if len(p) == 3)  # lists: at least their count byte
+        if count < 0 or count * max(row, 1) > body:
+            raise InputError(f"{path}: not a valid PLY file (its header claims {words[2]} {words[1]} rows of {row} "
+                             f"bytes but the file holds {body} bytes of data); expected a complete PLY file")
+
+
 def _read_vertex(path: Path):
     plyfile = __import__("plyfile")
+    _check_ply_counts(path)
     try:
         ply = plyfile.PlyData.read(str(path))
-    except (plyfile.PlyParseError, ValueError, EOFError, UnicodeDecodeError, IndexError, struct.error) as exc:
-        raise InputError(f"{path}: not a valid PLY file ({exc})") from exc
+    except (plyfile.PlyParseError, ValueError, EOFError, UnicodeDecodeError, IndexError, struct.error,
+            OverflowError, MemoryError) as exc:
+        raise InputError(f"{path}: not a valid PLY file ({type(exc).__name__}: {exc}); expected a binary or ASCII "
+                         ".ply of 3D Gaussians") from None
     names = [e.name for e in ply.elements]
     if "chunk" in names:
         raise InputError(f"{path}: this is a SuperSplat compressed PLY (element 'chunk'); decompress it in SuperSplat first")

@@ -216,11 +216,10 @@ def _read_json(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
         raise InputError(f"trajectory file {path} does not exist (expected a .json file)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}); expected {{\"convention\": \"{CONVENTION}\", "
-                         "\"poses\": [[16 floats], ...]}} or a list of 4x4 matrices") from None
+    from matrix_world.io import read_json
+
+    return read_json(path, what="trajectory file",
+                     expected=f'{{"convention": "{CONVENTION}", "poses": [[16 floats], ...]}} or a list of 4x4 matrices')
 
 
 # --------------------------------------------------------------------------- distance helpers

@@ -503,7 +503,6 @@ def read_lrm_checkpoint(path: str | Path, *, config: LRMConfig | None = None) ->
     config: the network of an official-layout file (default: the official one); for a folder,
         None or the folder's own config.
     """
-    import pickle
 
     path = Path(path).expanduser()
     if path.is_dir():
@@ -514,23 +513,16 @@ def read_lrm_checkpoint(path: str | Path, *, config: LRMConfig | None = None) ->
         return found, state, ""
     if not path.is_file():
         raise InputError(f"LRM checkpoint {path} does not exist (expected {OFFICIAL_FILE} or a save_pretrained folder)")
-    try:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:  # mmap needs the zip format; legacy files load without it
-            if "mmap" not in str(exc):
-                raise
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as exc:
-        raise InputError(f"cannot read LRM checkpoint {path} with torch.load(weights_only=True): {one_line(exc)}") from None
+    from matrix_world.io import load_weights
+
+    obj = load_weights(path, what="LRM checkpoint", mmap=True)
     config = config or LRMConfig.official()
     state, note = official_to_network(obj, config, source=str(path))
     return config, state, note
 
 
 def _read_folder(folder: Path) -> tuple[LRMConfig, dict[str, Tensor]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from matrix_world.io import load_weights
 
     cfg_path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not cfg_path.is_file() or not weights.is_file():
@@ -542,10 +534,7 @@ def _read_folder(folder: Path) -> tuple[LRMConfig, dict[str, Tensor]]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("config"), dict):
         raise InputError(f"{cfg_path} is not a PanoLRM config (expected format {FORMAT!r} and a 'config' object)")
     config = LRMConfig.from_dict(meta["config"], source=str(cfg_path))
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as exc:
-        raise InputError(f"cannot read {weights} as .safetensors ({one_line(exc)})") from None
+    state = load_weights(weights, what="LRM weights")
     check_state_dict(state, config, source=str(weights))
     return config, state
 

@@ -23,7 +23,9 @@ from matrix_world.app.cli import (
     parse_options,
     require_finite,
     require_one_of,
+    require_new_or_folder,
     require_positive,
+    require_seed,
     run_main,
 )
 
@@ -63,6 +65,13 @@ class DatasetOptions:
         require_finite(self, "min_length", "look_around")
         require_one_of(self, "backend", BACKENDS)
         require_one_of(self, "distance_dtype", DISTANCE_DTYPES)
+        require_seed(self, "seed")
+        require_new_or_folder(self, "out")
+        from matrix_world.runtime import check_memory
+
+        check_memory(self.workers * self.frames * self.height * 2 * self.height * 12,  # rgb, distance, render buffers
+                     f"--workers {self.workers} clips of --frames {self.frames} at --height {self.height}",
+                     "a smaller --height, fewer --frames or fewer --workers")
 
 
 def main(argv=None) -> int:

@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     """The command: ``error: <one line>`` and exit code 2 on bad input, 0 when written."""
 
     def run(args):
-        options = tyro_cli(ConvertLRMOptions, args=args, prog="convert_matrix3d_lrm.py",
-                          description=__doc__.split("\n\n")[0])
+        options = tyro_cli(ConvertLRMOptions, args, prog="convert_matrix3d_lrm.py",
+                           description=__doc__.split("\n\n")[0])
         return convert(options)
 
     return run_main(run, argv)

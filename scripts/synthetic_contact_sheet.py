@@ -17,7 +17,7 @@ import torch
 from matrix_world.datasets.scenes import make_scene
 from matrix_world.datasets.trajectories import sample_trajectory
 
-from matrix_world.app.cli import parse_options, require_positive, run_main
+from matrix_world.app.cli import parse_options, require_positive, require_seed, run_main
 
 KINDS = ("forest", "city", "beach", "snow", "harbour", "room", "hall")
 
@@ -35,6 +35,7 @@ class SheetOptions:
 
     def check(self) -> None:
         require_positive(self, "height")
+        require_seed(self, "seed")
 
 
 def top_view(scene, path_xz: np.ndarray, size: int) -> np.ndarray:

@@ -27,6 +27,7 @@ from matrix_world.app.cli import (
     require_finite,
     require_one_of,
     require_positive,
+    require_seed,
     run_main,
 )
 from matrix_world.errors import InputError
@@ -67,6 +68,7 @@ class VideoOptions:
         require_one_of(self, "dtype", DTYPES)
         require_positive(self, "steps", "height")
         require_finite(self, "guidance")
+        require_seed(self, "seed")
 
 
 def _free_port() -> int:

@@ -331,8 +331,10 @@ def test_lora_specs_accepted_and_folders(files, tmp_path):
     from matrix_world.generation.flux_lora import validate_lora_spec as flux_spec
     from matrix_world.generation.wan_lora import validate_lora_spec as wan_spec
 
+    from safetensors.torch import save_file
+
     lora = tmp_path / "mine.safetensors"
-    lora.write_bytes(b"x")
+    save_file({"w": torch.zeros(1)}, str(lora))  # a real header: a file spec's header is read (issue 18)
     for spec, kind in (("none", "none"), ("None", "none"), ("matrix3d", "alias"), ("matrix3d-720p", "alias"),
                        (str(lora), "file"), ("Skywork/Matrix-3D", "hub")):
         assert wan_spec(spec) == kind

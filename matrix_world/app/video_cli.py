@@ -10,7 +10,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
-from matrix_world.app.cli import choices_metavar, parse_options, require_one_of, require_positive
+from matrix_world.app.cli import (
+    choices_metavar,
+    parse_options,
+    require_device,
+    require_one_of,
+    require_positive,
+    require_seed,
+)
 from matrix_world.pipeline.video2pano import DEFAULT_PROMPT, Video2PanoConfig
 
 REPRESENTATIONS = ("erp", "viewpoint")
@@ -78,6 +85,8 @@ class VideoOptions:
         from matrix_world.pipeline.config import backend_choices
 
         require_positive(self, "frames", "height", "window", "context_frames", "steps", "view_width")
+        require_seed(self, "seed")
+        require_device(self, "device")
         require_one_of(self, "representation", REPRESENTATIONS)
         require_one_of(self, "preset", PRESETS)
         require_one_of(self, "memory", MEMORY)

@@ -7,17 +7,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from matrix_world.app.cli import tyro_cli
 from matrix_world.errors import InputError
 
 
 def _parse(cls, argv: Sequence[str] | None, positional: str, prog: str, description: str, **defaults):
     """tyro over ``cls`` with its first positional argument moved into ``--<positional>``."""
-    from matrix_world.app.cli import tyro_cli
-
     args = list(sys.argv[1:] if argv is None else argv)
     if args and not args[0].startswith("-"):
         args = [f"--{positional.replace('_', '-')}", args[0]] + args[1:]
-    return tyro_cli(cls, args=args, prog=prog, description=description, default=cls(**defaults))
+    return tyro_cli(cls, args, prog=prog, description=description, default=cls(**defaults))
 
 
 def text2world_main(argv: Sequence[str] | None = None) -> int:
@@ -78,13 +77,12 @@ def split_views_args(argv: Sequence[str]) -> list[str]:
 
 
 def views2world_main(argv: Sequence[str] | None = None) -> int:
-    from matrix_world.app.cli import tyro_cli
     from matrix_world.pipeline import WorldConfig, WorldPipeline
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:
         args = ["--help"]
-    config = tyro_cli(WorldConfig, args=split_views_args(args), prog="views2world.py",
+    config = tyro_cli(WorldConfig, split_views_args(args), prog="views2world.py",
                       description="Sparse 360-degree views (panoramas taken at different places) -> their poses, one 3D "
                                   "cache, a video along a path through them and one world in view A's frame.  Usage: "
                                   "views2world.py A.png B.png [C.png ...] --out DIR [--distance A.npy B.npy ...] "

@@ -125,6 +125,7 @@ EXPORT_CHOICES = ("spz", "splat", "glb", "collider")  # --exports: world.<ext>, 
 MAX_FRAMES = 2000  # ~25 panoramic videos of 81 frames; longer walks are chained segments (explore.py)
 MAX_RESOLUTION = 2048
 MAX_PANORAMA_HEIGHT = 8192
+MIN_IMAGE_SIDE = 16  # smaller inputs have no seam to match, no horizon to find
 
 
 # The backend option of each stage, as the CLI spells it.
@@ -254,6 +255,10 @@ def check_input_files(config: WorldConfig) -> None:
     from matrix_world.io import check_image_file, read_distance
 
     size = check_image_file(config.image) if config.image is not None else None
+    if size is not None and min(size) < MIN_IMAGE_SIDE:
+        what = "panorama" if config.panorama else "image"
+        raise InputError(f"{what} {config.image} is {size[1]}x{size[0]} pixels; expected at least "
+                         f"{2 * MIN_IMAGE_SIDE if config.panorama else MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
     if config.distance is not None:
         read_distance(config.distance, expected_shape=size)
     if config.flux_lora is not None:

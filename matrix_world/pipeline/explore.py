@@ -188,6 +188,9 @@ def check_explore_inputs(config: ExploreConfig) -> None:
     check_trajectory_spec(config.trajectory)
     if config.seed is not None:
         check_seed(config.seed)
+    from matrix_world.runtime import check_device
+
+    check_device(config.device)
     if config.threads is not None and config.threads < 1:
         raise InputError(f"--threads must be at least 1, got {config.threads}")
     if config.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", config.name):

@@ -48,12 +48,12 @@ class Plan:
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when present, else CPU; a CUDA device asked for must exist."""
+    from matrix_world.runtime import check_device
+
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} was asked for but no CUDA GPU is available; use --device cpu or auto")
-    return device
+    return torch.device(name)
 
 
 def make_plan(config: WorldConfig) -> Plan:
@@ -70,8 +70,25 @@ def make_plan(config: WorldConfig) -> Plan:
                 recon=reconstruction.configure(config, backends["reconstruction"]))
 
 
+# Bytes a run holds per pixel of one video frame: scaffold rgb + mask, the video's uint8 and float32 copies,
+# the reconstruction's per-pixel work: an estimate from the arrays a run holds (not a measured peak).
+BYTES_PER_VIDEO_PIXEL = 32
+BYTES_PER_PANORAMA_PIXEL = 48  # float32 rgb, distance, masks and the scaffold mesh's vertices
+
+
+def run_bytes(frames: int, height: int, panorama_height: int) -> int:
+    """Memory estimate of a world run: ``frames`` x ``height`` x 2 ``height`` video pixels and one
+    ``panorama_height`` x 2 ``panorama_height`` panorama."""
+    return frames * height * 2 * height * BYTES_PER_VIDEO_PIXEL + panorama_height * 2 * panorama_height * BYTES_PER_PANORAMA_PIXEL
+
+
 def check_plan(config: WorldConfig, plan: Plan) -> None:
     """What the chosen backends need of the inputs (still before anything is written)."""
+    from matrix_world.runtime import check_memory
+
+    check_memory(run_bytes(config.frames, plan.height, plan.panorama.height),
+                 f"--frames {config.frames} of {2 * plan.height}x{plan.height} (--resolution {plan.height})",
+                 "fewer --frames (longer walks: chained segments with scripts/explore.py) or a smaller --resolution")
     if plan.backends["video"] == "wan" and (config.frames - 1) % 4:
         raise InputError(f"the Wan video model needs 4k+1 frames (e.g. 81, 49, 17), got --frames {config.frames}")
     if plan.backends["reconstruction"] == "lrm":

@@ -106,14 +106,25 @@ def job_device(job: ScaffoldJob):
     """The torch device of the job: --device, else CUDA when present, else CPU."""
     import torch
 
-    if job.device is not None and not str(job.device).startswith(("cpu", "cuda")):
-        raise InputError(f"--device {job.device!r}; expected cpu, cuda or cuda:N")
-    if job.device is not None and str(job.device).startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {job.device} needs a CUDA GPU, and none is visible; use --device cpu")
+    from matrix_world.runtime import check_device
+
+    check_device(job.device, allow_auto=False)
     return torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 # --------------------------------------------------------------------------- the job
+
+
+SCAFFOLD_BYTES_PER_PIXEL = 12  # rgb + mask of the scaffold, its rasteriser buffers and the video encoder's copy
+
+
+def check_scaffold_memory(frames: int, height: int) -> None:
+    """The scaffold video of ``frames`` frames at ``height`` fits in the available memory."""
+    from matrix_world.runtime import check_memory
+
+    check_memory(frames * height * 2 * height * SCAFFOLD_BYTES_PER_PIXEL,
+                 f"a scaffold of {frames} frames of {2 * height}x{height} (--height {height})",
+                 "a smaller --height or fewer --frames (or poses in the trajectory file)")
 
 
 def check_job(job: ScaffoldJob) -> None:
@@ -130,6 +141,7 @@ def check_job(job: ScaffoldJob) -> None:
         raise InputError(f"--mesh-out {job.mesh_out!r}; expected ply or glb")
     if not (math.isfinite(job.move) and job.move > 0):
         raise InputError(f"--move {job.move}; expected a fraction of the forward distance > 0")
+    check_scaffold_memory(job.frames or 81, job.height)  # a file's pose count: checked again once it is read
     out = Path(job.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"output folder {out} is a file; expected a folder (created if missing)")
@@ -152,6 +164,7 @@ def run_scaffold_job(job: ScaffoldJob, log: Callable[[str], None] = print,
     traj = load_trajectory(job.trajectory, distance, job.frames, rescale=CUSTOM_SCALES[job.custom_scale],
                            yaw=job.yaw, scale=job.move, fps=job.fps)
     traj, columns = snap_yaw(traj, w)
+    check_scaffold_memory(len(traj), job.height)
     if job.backend not in BACKENDS:
         raise InputError(f"unknown backend {job.backend!r}; expected one of {', '.join(BACKENDS)}")
     device = job_device(job)

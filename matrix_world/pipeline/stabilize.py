@@ -69,6 +69,9 @@ def check_stabilize_inputs(config: StabilizeConfig) -> int:
     if config.resolution is not None and not (32 <= config.resolution <= 2048 and config.resolution % 16 == 0):
         raise InputError(f"--resolution must be a multiple of 16 from 32 to 2048, got {config.resolution}")
     check_seed(config.seed)
+    from matrix_world.runtime import check_device
+
+    check_device(config.device)
     frames = min(video_length(config.video), config.max_frames)
     if frames < 2:
         raise InputError(f"{config.video} has {frames} frame(s); a video to stabilise needs at least 2")
