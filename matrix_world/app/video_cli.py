@@ -18,10 +18,10 @@ from matrix_world.app.cli import (
     require_positive,
     require_seed,
 )
+from matrix_world.pipeline.config import PRESET_NAMES as PRESETS
 from matrix_world.pipeline.video2pano import DEFAULT_PROMPT, Video2PanoConfig
 
 REPRESENTATIONS = ("erp", "viewpoint")
-PRESETS = ("preview", "fast", "quality")
 MEMORY = ("auto", "full", "offload", "lowvram")
 
 
