@@ -72,7 +72,7 @@ def resolve_lora(lora: str, weight_name: str | None = None, *, allow_download: b
 
 def read_lora_state_dict(path: str) -> dict[str, Tensor]:
     """Read a LoRA file (.safetensors, or a torch .bin/.pt/.ckpt) with a clear error when it is not one."""
-    from matrix_world.io import load_weights
+    from matrix_world.checkpoints import load_weights
 
     state = load_weights(path, what="LoRA file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

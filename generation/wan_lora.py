@@ -66,7 +66,7 @@ DISTILL_FILE = "loras/Wan21_I2V_14B_lightx2v_cfg_step_distill_lora_rank64.safete
 
 def read_lora_file(path: str | Path) -> dict[str, Tensor]:
     """Read a LoRA state dict: .safetensors, or a torch pickle loaded with weights_only=True."""
-    from matrix_world.io import load_weights
+    from matrix_world.checkpoints import load_weights
 
     path = Path(path)
     if not path.is_file():

@@ -55,7 +55,7 @@ def check_weights_spec(spec: str, *, what: str, aliases: tuple[str, ...] = ()) -
         return "alias"
     path = Path(spec).expanduser()
     if path.is_file():
-        from matrix_world.io import check_weights_header
+        from matrix_world.checkpoints import check_weights_header
 
         check_weights_header(path, what=what)
         return "file"

@@ -11,6 +11,13 @@ def one_line(message: object) -> str:
     return " ".join(str(message).split())
 
 
+def short_error(exc: BaseException, limit: int = 160) -> str:
+    """``Type: first sentence`` of an exception, on one line, at most ``limit`` characters."""
+    text = one_line(str(exc).split("\n\n")[0])
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class InputError(ValueError):
     """Bad user input. The message is one line: what was wrong and what is expected.
 

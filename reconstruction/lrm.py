@@ -513,7 +513,7 @@ def read_lrm_checkpoint(path: str | Path, *, config: LRMConfig | None = None) ->
         return found, state, ""
     if not path.is_file():
         raise InputError(f"LRM checkpoint {path} does not exist (expected {OFFICIAL_FILE} or a save_pretrained folder)")
-    from matrix_world.io import load_weights
+    from matrix_world.checkpoints import load_weights
 
     obj = load_weights(path, what="LRM checkpoint", mmap=True)
     config = config or LRMConfig.official()
@@ -522,7 +522,7 @@ def read_lrm_checkpoint(path: str | Path, *, config: LRMConfig | None = None) ->
 
 
 def _read_folder(folder: Path) -> tuple[LRMConfig, dict[str, Tensor]]:
-    from matrix_world.io import load_weights
+    from matrix_world.checkpoints import load_weights
 
     cfg_path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not cfg_path.is_file() or not weights.is_file():

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Annotated
 
 from matrix_world.app.cli import choices_metavar, note, parse_options, require_one_of, require_positive, run_main
-from matrix_world.generation.train_video_lora import VideoLoraTrainConfig
+from matrix_world.generation.video_lora_config import VideoLoraTrainConfig
 
 PAIR_KINDS = ("scaffold", "perspective")
 DEPTH_BACKENDS = ("auto", "prior", "moge", "none")
