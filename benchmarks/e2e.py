@@ -1,8 +1,16 @@
 """End-to-end benchmark: text2world through ``WorldPipeline`` with every real model's full-size
 architecture and random weights, at 480p, on one CUDA GPU (issue 7).
 
-    python benchmarks/e2e.py            # CUDA: ~4-6 minutes on an H100/H200 (build + run)
-    python benchmarks/e2e.py --smoke    # CPU: same code path, tiny models, 64-row video, seconds
+    python benchmarks/e2e.py                                    # CUDA: the quality preset, steps cut, ~4-6 min
+    python benchmarks/e2e.py --variants quality:full:off quality:full:auto turbo:full:auto turbo:lowvram:auto
+    python benchmarks/e2e.py --smoke                            # CPU: same code path, tiny models, seconds
+
+``--variants`` makes several worlds one after the other in ONE process on the same GPU and prints
+them side by side: ``PRESET:MEMORY:SPEED``, where SPEED ``off`` is the stock diffusers path of the
+video model (torch SDPA, eager, bf16; what the pipeline did before the speed options) and ``auto``
+the options the preset's ``auto`` picks for its full step count. The ``turbo`` preset runs its own
+steps (FLUX 8, Wan 4 without CFG), so its world time is measured, not extrapolated; the distillation
+LoRAs are not loaded (no weights: the sampler settings are the same, their quality is not measured).
 
 What runs: the library's own ``WorldPipeline`` (the object behind ``scripts/text2world.py``)
 with backends forced to ``flux`` / ``moge`` / ``wan`` / ``optimize`` and the models injected
@@ -25,9 +33,10 @@ keyframe depth. Stage boundaries are read from the pipeline's own log lines
 forward hooks on the transformers (median pass x passes per step; FLUX: 1 pass, Wan with
 CFG: 2). The stage seconds are the pipeline's own (manifest), model building excluded.
 
-Steps are cut to fit one device call (default FLUX 8, Wan 3, optimisation 1500 iterations,
-panorama 2048x1024 and video 480x960 x 81 frames as the ``quality`` preset); the time of a
-full-quality run (50 / 50 / 3000) is then EXTRAPOLATED from the measured per-step times.
+For ``quality`` and ``fast``, steps are cut to fit one device call (FLUX 8, Wan 3, optimisation
+1500 iterations; panorama 2048x1024 for quality, 1024x512 otherwise; video 480x960 x 81 frames);
+the time at the preset's own steps (quality 50 / 50 / 3000) is then EXTRAPOLATED from the
+measured per-step times, and marked so.
 
 Random weights prove wiring, memory and time per stage, nothing about output quality.
 Writes ``$OUT/e2e.json`` and ``$OUT/e2e_manifest.json`` (the run's manifest) when OUT is set.
@@ -36,6 +45,7 @@ Writes ``$OUT/e2e.json`` and ``$OUT/e2e_manifest.json`` (the run's manifest) whe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -56,7 +66,6 @@ import video as bench_video  # benchmarks/video.py: build_transformer, build_enc
 from common import write_results  # benchmarks/common.py
 
 GB = 1024**3
-FULL = {"panorama": 50, "video": 50, "reconstruction": 3000}  # the quality preset's steps / iterations
 STAGE_END = re.compile(r"^  ([a-z_]+): (?:reused|\d+(?:\.\d+)? s)(?: \[.*\])?$")  # stages._done / report.preview_stage
 STAGES = ("panorama", "depth", "trajectory", "scaffold", "video", "reconstruction", "preview")
 
@@ -252,44 +261,108 @@ class StageMonitor:
 
 # --------------------------------------------------------------------------- main
 
+FULL_STEPS = {  # each preset's own steps / iterations (what a real run does; EXTRAPOLATED to when cut)
+    "quality": {"panorama": 50, "video": 50, "reconstruction": 3000},
+    "fast": {"panorama": 28, "video": 30, "reconstruction": 1500},
+    "turbo": {"panorama": 8, "video": 4, "reconstruction": 1500},
+}
+SPEED_OFF = {"video_attention": "native", "video_compile": "off", "video_fp8": "off"}
+
+
+def parse_variant(text: str) -> dict:
+    """'PRESET:MEMORY:SPEED' (e.g. quality:full:off, turbo:lowvram:auto) -> dict; SPEED off = the video
+    speed options off (torch SDPA, eager, bf16: the stock diffusers path), auto = what the preset's
+    auto picks for its FULL step count (so a run cut to a few steps is timed with the same options)."""
+    parts = text.split(":")
+    if len(parts) != 3 or parts[0] not in FULL_STEPS or parts[1] not in ("full", "offload", "lowvram", "auto") \
+            or parts[2] not in ("off", "auto"):
+        raise argparse.ArgumentTypeError(f"variant {text!r}: expected PRESET:MEMORY:SPEED with PRESET in "
+                                         f"{'|'.join(FULL_STEPS)}, MEMORY full|offload|lowvram|auto, SPEED off|auto")
+    return {"name": text, "preset": parts[0], "memory": parts[1], "speed": parts[2]}
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny models on CPU, 64-row video, 9 frames (seconds)")
-    p.add_argument("--pano-steps", type=int, default=None, help="FLUX steps (default 8; smoke 2)")
-    p.add_argument("--video-steps", type=int, default=None, help="Wan steps with CFG (default 3; smoke 1)")
-    p.add_argument("--iterations", type=int, default=None, help="optimisation iterations (default 1500; smoke 20)")
+    p.add_argument("--variants", nargs="+", type=parse_variant, default=[parse_variant("quality:full:auto")],
+                   help="worlds to make, one after the other in this process: PRESET:MEMORY:SPEED (see parse_variant)")
+    p.add_argument("--pano-steps", type=int, default=None, help="FLUX steps (default: 8 for quality/fast, the preset's for turbo)")
+    p.add_argument("--video-steps", type=int, default=None, help="Wan steps (default: 3 for quality/fast, the preset's for turbo)")
+    p.add_argument("--iterations", type=int, default=None, help="optimisation iterations (default 1500)")
     p.add_argument("--frames", type=int, default=None, help="video frames, 4k+1 (default 81; smoke 9)")
     p.add_argument("--pano-height", type=int, default=None, help="panorama rows (default 1024 = quality preset; smoke 64)")
     p.add_argument("--run-dir", default=None, help="run directory (default /tmp/matrix_world_e2e[_smoke])")
     p.add_argument("--recon", choices=("optimize", "lrm"), default="optimize",
                    help="reconstruction backend: gsplat optimisation, or the panoramic LRM on the video's latents")
+    p.add_argument("--budget-s", type=float, default=1e9, help="skip a variant that would start after this many seconds")
     args = p.parse_args(argv)
-
-    from matrix_world.pipeline import WorldConfig, WorldPipeline
-
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:
         print("no CUDA device: run with --smoke on CPU", file=sys.stderr)
         return 2
+    if args.smoke:
+        torch.set_num_threads(1)  # tiny tensors: a second thread only spin-waits on a shared 2-core machine
+    t_start = time.perf_counter()
+    runs = []
+    for variant in args.variants:
+        if runs and time.perf_counter() - t_start + max(r.get("wall_s", 0) + 30 for r in runs) > args.budget_s:
+            runs.append({"variant": variant["name"], "skipped": "time budget"})
+            print(f"[e2e] skip {variant['name']}: time budget", flush=True)
+            continue
+        runs.append(run_world(args, variant, cuda))
+        write_results("e2e", {"partial": True, "runs": runs})
+    write_results("e2e", {"runs": runs})
+    for r in runs:
+        if "skipped" not in r:
+            report(r)
+    compare(runs)
+    return 0
+
+
+def run_world(args, variant: dict, cuda: bool) -> dict:
+    """One text2world run of ``variant`` with injected random full-size models -> its results."""
+    from matrix_world.pipeline import WorldConfig, WorldPipeline
+    from matrix_world.pipeline.video import configure as configure_video
+
     smoke = args.smoke
     device = torch.device("cuda" if cuda else "cpu")
-    if smoke:
-        torch.set_num_threads(1)  # tiny tensors: a second thread only spin-waits on a shared 2-core machine
-    steps = {"panorama": args.pano_steps or (2 if smoke else 8), "video": args.video_steps or (1 if smoke else 3),
+    preset = variant["preset"]
+    full = FULL_STEPS[preset]
+    turbo = preset == "turbo"  # runs its own steps (the lightx2v sigma list has exactly 4)
+    steps = {"panorama": args.pano_steps or (full["panorama"] if turbo and not smoke else 2 if smoke else 8),
+             "video": args.video_steps or (full["video"] if turbo else 1 if smoke else 3),
              "reconstruction": args.iterations or (20 if smoke else 1500)}
     frames = args.frames or (9 if smoke else 81)
-    pano_height = args.pano_height or (64 if smoke else 1024)
-    run_dir = Path(args.run_dir or ("/tmp/matrix_world_e2e_smoke" if smoke else "/tmp/matrix_world_e2e"))
+    pano_height = args.pano_height or (64 if smoke else 1024 if preset == "quality" else 512)
+    run_dir = Path(args.run_dir or ("/tmp/matrix_world_e2e_smoke" if smoke else "/tmp/matrix_world_e2e")) / variant["name"].replace(":", "_")
     shutil.rmtree(run_dir, ignore_errors=True)
     import diffusers
     import transformers
 
-    results = {"device": torch.cuda.get_device_name(device) if cuda else "cpu (smoke)", "torch": torch.__version__,
-               "diffusers": diffusers.__version__, "transformers": transformers.__version__, "smoke": smoke,
-               "steps": steps, "frames": frames, "panorama_size": [2 * pano_height, pano_height],
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    results = {"variant": variant["name"], **variant, "device": torch.cuda.get_device_name(device) if cuda else "cpu (smoke)",
+               "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+               "smoke": smoke, "steps": steps, "full_steps": full, "frames": frames, "panorama_size": [2 * pano_height, pano_height],
                "video_size": [960, 480] if not smoke else [128, 64], "build": {}, "stages": []}
     torch.manual_seed(0)
+    speed: dict = dict(SPEED_OFF) if variant["speed"] == "off" else {}
+    config = WorldConfig(prompt="a quiet harbour town at sunset", out=str(run_dir), preset=preset,
+                         panorama_backend="flux", depth_backend="moge", video_backend="wan", recon_backend=args.recon,
+                         resolution=64 if smoke else 480, frames=frames, device=str(device), resume=False,
+                         exports=("spz",), memory=variant["memory"], **speed,
+                         **({"distill_lora": "lightx2v"} if smoke and preset == "turbo" else {}))  # smoke: 64-row turbo
+    if variant["speed"] == "auto" and cuda:  # the options auto picks for the FULL step count, fixed for the cut run
+        from matrix_world.generation.video import transformer_passes
+        from matrix_world.generation.wan_speed import plan_speed
+
+        video_full = dataclasses.replace(configure_video(config, "wan"), num_inference_steps=full["video"])
+        plan = plan_speed(attention=config.video_attention, compile=config.video_compile, fp8=config.video_fp8,
+                          device=device, passes=transformer_passes(video_full), memory_mode="full" if variant["memory"] in ("auto", "full") else variant["memory"],
+                          approximate=video_full.approximate)
+        config = dataclasses.replace(config, video_attention=plan.attention, video_compile=plan.compile, video_fp8=plan.fp8)
+        results["speed_plan"] = plan.to_dict()
 
     # 1. Build the first stages' models (FLUX, MoGe) on the device; the monitor builds Wan later.
     models: dict = {}
@@ -301,7 +374,8 @@ def main(argv=None) -> int:
 
     def adjust(plan):
         plan.panorama.steps, plan.panorama.height = steps["panorama"], pano_height
-        plan.video.num_inference_steps, plan.video.lora = steps["video"], None
+        plan.panorama.turbo_lora = None  # no weights here: the turbo sampler settings stay, the LoRA is not loaded
+        plan.video.num_inference_steps, plan.video.lora, plan.video.distill_lora = steps["video"], None, None
         plan.recon.optimize.iterations = steps["reconstruction"]
         if args.recon == "lrm":
             plan.recon.lrm.model = "injected (random official-size network)"  # models["lrm"] is used
@@ -309,11 +383,7 @@ def main(argv=None) -> int:
             plan.depth.view_size = 56  # ViT-S MoGe on the CPU
         return plan
 
-    # 2. The run: text2world with the backends forced (quality preset's sizes, fewer steps).
-    config = WorldConfig(prompt="a quiet harbour town at sunset", out=str(run_dir), preset="quality",
-                         panorama_backend="flux", depth_backend="moge", video_backend="wan", recon_backend=args.recon,
-                         resolution=64 if smoke else 480, frames=frames, device=str(device), resume=False,
-                         exports=("spz",))
+    # 2. The run: text2world with the backends forced.
     monitor.start()
     t0 = time.perf_counter()
     result = WorldPipeline(log=monitor, models=models, adjust_plan=adjust)(config)
@@ -321,12 +391,14 @@ def main(argv=None) -> int:
     results["num_gaussians"] = result.num_gaussians
     results["moge_reused"] = models.get("depth") is not None  # keyframe depth used the injected MoGe
     results["run_dir"] = str(result.out)
+    models.clear()
 
     # 3. Rows: stage seconds from the manifest, per-step times from the hooks, peaks from the monitor.
     manifest = json.loads((result.out / "manifest.json").read_text())
     missing = [s for s in STAGES if s not in monitor.peaks or s not in manifest["stages"]]
     if missing:
         raise RuntimeError(f"stages not seen in the log/manifest: {missing} (did the stage log format change?)")
+    results["video_info"] = {k: manifest["stages"]["video"].get("info", {}).get(k) for k in ("memory_mode", "speed")}
     for stage in STAGES:
         rec = manifest["stages"][stage]
         row = {"stage": stage, "backend": rec.get("backend") or "", "seconds": rec["seconds"],
@@ -343,26 +415,50 @@ def main(argv=None) -> int:
         results["stages"].append(row)
     results["stages"].append({"stage": "contact_sheet", "backend": "cpu", "seconds": manifest["stages"]["contact_sheet"]["seconds"],
                               "per_step_s": None, "steps": None, "peak_gb": None})
+    results["peak_gb"] = max((r["peak_gb"] or 0.0) for r in results["stages"])
 
-    # 4. Extrapolation to a full-quality run (50 FLUX steps, 50 Wan steps, 3000 iterations).
+    # 4. Extrapolation to the preset's own steps where the run was cut (marked as such).
     total = sum(r["seconds"] for r in results["stages"])
-    extra = {s: (FULL[s] - steps[s]) * r["per_step_s"] for r in results["stages"] for s in FULL
-             if r["stage"] == s and r["per_step_s"] is not None}
+    extra = {s: (full[s] - steps[s]) * r["per_step_s"] for r in results["stages"] for s in full
+             if r["stage"] == s and r["per_step_s"] is not None and steps[s] != full[s]}
     results["measured_stage_total_s"] = round(total, 1)
-    results["extrapolated_full_quality"] = {
-        "what": "EXTRAPOLATION, not measured: measured stage seconds + (full steps - run steps) x measured per-step seconds",
-        "full_steps": FULL, "stage_s": {s: round(r["seconds"] + extra.get(s, 0.0), 1) for r in results["stages"] for s in [r["stage"]]},
-        "total_s": round(total + sum(extra.values()), 1)}
-    save(results)
+    results["full_steps_total_s"] = round(total + sum(extra.values()), 1)
+    results["extrapolated"] = bool(extra)
+    results["extrapolated_full"] = {
+        "what": ("EXTRAPOLATION, not measured: measured stage seconds + (full steps - run steps) x measured per-step seconds"
+                 if extra else "measured: the run used the preset's own steps"),
+        "full_steps": full, "stage_s": {s: round(r["seconds"] + extra.get(s, 0.0), 1) for r in results["stages"] for s in [r["stage"]]},
+        "total_s": results["full_steps_total_s"]}
     out = os.environ.get("OUT")
     if out:
-        shutil.copy(result.out / "manifest.json", Path(out) / "e2e_manifest.json")
-    report(results)
-    return 0
+        shutil.copy(result.out / "manifest.json", Path(out) / f"e2e_manifest_{variant['name'].replace(':', '_')}.json")
+    return results
+
+
+def compare(runs: list[dict]) -> None:
+    """Side by side: every variant's stage seconds, total at its preset's full steps and peak, and the ratio
+    to the first speed-off (stock path) variant of the same preset and the same memory mode."""
+    done = [r for r in runs if "skipped" not in r]
+    if not done:
+        return
+    print("\n| variant | " + " | ".join(STAGES) + " | total s (preset's steps) | peak GB | vs speed off |")
+    print("|---|" + "---|" * (len(STAGES) + 3))
+    for r in done:
+        base = next((b for b in done if b["preset"] == r["preset"] and b["speed"] == "off" and b["memory"] == r["memory"]), None)
+        ratio = f"{base['full_steps_total_s'] / r['full_steps_total_s']:.2f}x" if base else ""
+        secs = {row["stage"]: row["seconds"] for row in r["stages"]}
+        mark = " (extrapolated)" if r["extrapolated"] else " (measured)"
+        print(f"| {r['variant']} | " + " | ".join(f"{secs[s]:.1f}" for s in STAGES)
+              + f" | {r['full_steps_total_s']:.1f}{mark} | {r['peak_gb']:.1f} | {ratio} |")
+    for r in done:
+        for b in done:
+            if b is not r and b["preset"] == r["preset"] and b["speed"] == r["speed"] and b["memory"] == "full" and r["memory"] == "lowvram":
+                print(f"{r['variant']} vs {b['variant']}: {r['full_steps_total_s'] / b['full_steps_total_s']:.2f}x the time, "
+                      f"peak {r['peak_gb']:.1f} vs {b['peak_gb']:.1f} GB")
 
 
 def report(r: dict) -> None:
-    print(f"\ntext2world end to end, random weights, on {r['device']} (torch {r['torch']}, diffusers {r['diffusers']})")
+    print(f"\n[{r['variant']}] text2world end to end, random weights, on {r['device']} (torch {r['torch']}, diffusers {r['diffusers']})")
     print(f"panorama {r['panorama_size'][0]}x{r['panorama_size'][1]}, video {r['video_size'][0]}x{r['video_size'][1]} "
           f"x {r['frames']} frames, {r['num_gaussians']:,} Gaussians, wall {r['wall_s']} s (model building excluded)")
     print(f"{'stage':15s} {'backend':10s} {'seconds':>8s} {'per-step s':>10s} {'steps':>6s} {'peak GB':>8s}")
@@ -376,14 +472,14 @@ def report(r: dict) -> None:
     for name, b in r["build"].items():
         print(f"  {name:9s} {b['seconds']:7.2f} s  params (B) {b['params_b']}  allocated after {b['allocated_after_gb']} GB")
     print(f"keyframe depth reused the injected MoGe: {r['moge_reused']}")
-    e = r["extrapolated_full_quality"]
-    print(f"EXTRAPOLATED (not measured) full-quality run, {e['full_steps']}: total {e['total_s']:.0f} s; "
-          + ", ".join(f"{k} {v:.0f} s" for k, v in e["stage_s"].items() if k in FULL))
+    e = r["extrapolated_full"]
+    print(f"{r['variant']} at its preset's steps {e['full_steps']}: total {e['total_s']:.0f} s ({e['what']}); "
+          + ", ".join(f"{k} {v:.0f} s" for k, v in e["stage_s"].items() if k in e["full_steps"]))
 
 
 def save(results: dict) -> None:
-    """Write $OUT/e2e.json (also at every stage end, so a late failure keeps the numbers)."""
-    write_results("e2e", results)
+    """Write $OUT/e2e_current.json: the variant being run, at every stage end (a late failure keeps the numbers)."""
+    write_results("e2e_current", results)
 
 
 if __name__ == "__main__":

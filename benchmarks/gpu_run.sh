@@ -41,6 +41,26 @@ for j in "$@"; do
     video_lowvram720) job video_lowvram720 400 "python benchmarks/video.py --resolutions 720p --modes lowvram --no-stock --steps 2 --warmup 1 --budget-s 380" ;;
     video_bench)   job video_bench 590 "python benchmarks/video.py" ;;
     video_speed)   job video_speed 570 "python benchmarks/video.py --speed --budget-s 520" ;;  # stock vs ours per speed option, 480p
+    sage_build)    # SageAttention 2.2 wheel for sm90 from .sage/src (carried); comes back in $FINAL, installed for later jobs
+      job sage_build 420 "bash benchmarks/build_sage.sh .sage/src $FINAL && \
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $FINAL/sageattention-*.whl && \
+        python -c 'import sageattention, importlib.metadata as m; print(\"sageattention\", m.version(\"sageattention\"))'" ;;
+    sage_build_bg) # the same build in the background (while GPU-bound jobs run); sage_wait joins it
+      ( bash benchmarks/build_sage.sh .sage/src $FINAL > "$OUT/sage_build.log" 2>&1 && \
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $FINAL/sageattention-*.whl \
+        >> "$OUT/sage_build.log" 2>&1; echo "rc=$?" >> "$OUT/sage_build.log" ) &
+      sage_pid=$!; status+=("sage_build_bg started") ;;
+    sage_wait)     job sage_wait 420 "while kill -0 $sage_pid 2>/dev/null; do sleep 2; done; tail -5 $OUT/sage_build.log" ;;
+    video_speed720) # 720p: stock vs ours (cuDNN, compiled, + TaylorSeer) in one run, no Sage needed
+      job video_speed720 400 "python benchmarks/video.py --speed --heights 720 --rows stock cudnn compiled compiled_taylorseer --cache-steps 6 --budget-s 370" ;;
+    video_speed_sage) # 480p: stock vs ours with SageAttention 2 (needs sage_build or a carried wheel)
+      job video_speed_sage 560 "python benchmarks/video.py --speed --heights 480 --budget-s \${SPEED_BUDGET:-520}" ;;
+    video_speed_sage720) # 720p with SageAttention 2: stock vs Sage + compiled (+ TaylorSeer)
+      job video_speed_sage720 500 "python benchmarks/video.py --speed --heights 720 --rows stock sage_compiled sage_compiled_taylorseer --cache-steps 6 --budget-s 470" ;;
+    e2e_worlds)    # whole worlds side by side in one process: quality stock path vs auto (steps cut, extrapolated), turbo measured
+      job e2e_worlds 590 "python benchmarks/e2e.py --variants turbo:full:auto quality:full:off quality:full:auto --budget-s 560" ;;
+    e2e_lowvram)   # the turbo world in full memory and in lowvram, measured end to end
+      job e2e_lowvram 590 "python benchmarks/e2e.py --variants turbo:full:auto turbo:lowvram:auto --budget-s 560" ;;
     video2pano_bench) # wan (full-size random weights) on the canvas of docs/video2pano/city_pan.mp4: erp, windows, viewpoint
       job video2pano_bench 270 "python benchmarks/video2pano_wan.py \$( [ -f build/city_pan_frames.npz ] && echo --video build/city_pan_frames.npz )" ;;
     train_video_bench) job train_video_bench 590 "python benchmarks/train_video.py" ;;  # json + loss curve in results.tgz

@@ -132,8 +132,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cfg-batch-row", action="store_true", help="also time ours with cond+uncond batched (480p, full)")
     parser.add_argument("--budget-s", type=float, default=540.0, help="skip rows predicted to end after this")
     parser.add_argument("--speed", action="store_true",
-                        help="the speed options instead (benchmarks/video_speed.py): stock vs ours with each option, 480p")
-    parser.add_argument("--speed-turbo-only", action="store_true", help="--speed: only the turbo row, with the auto options")
+                        help="the speed options instead (benchmarks/video_speed.py): stock vs ours with each option")
+    parser.add_argument("--rows", nargs="+", default=None, help="--speed: the rows, in order (default: video_speed.DEFAULT_ROWS)")
+    parser.add_argument("--heights", nargs="+", type=int, default=[480], help="--speed: panorama heights (480, 720)")
+    parser.add_argument("--cache-steps", type=int, default=9, help="--speed: steps of the cache / CFG-truncation rows")
     args = parser.parse_args(argv)
     if args.speed:
         from video_speed import main as speed_main  # benchmarks/video_speed.py

@@ -180,6 +180,16 @@ def load_flux_pipeline(config: PanoramaConfig, device, *, fill: bool | None = No
         from matrix_world.generation.flux_lora import TURBO_ADAPTER
 
         info["turbo_lora"] = load_lora(pipe, config.turbo_lora, adapter_name=TURBO_ADAPTER, allow_download=config.allow_download)
+    info.update(place_flux_pipeline(pipe, config, device))
+    return pipe, info
+
+
+def place_flux_pipeline(pipe, config: PanoramaConfig, device) -> dict:
+    """Place a FLUX pipeline for ``config.memory`` on ``device`` (``auto``: by the memory estimate), once:
+    a loaded one here, an injected one (already built, StageContext.models) on its first use -> info."""
+    if getattr(pipe, "_matrix_world_placed", None) is not None:
+        return pipe._matrix_world_placed
+    info: dict[str, Any] = {}
     estimate = estimate_flux_memory_gb(pipe, height=config.height)
     mode, reason = choose_memory_mode(config.memory, estimate_gb=estimate, free_gb=free_gpu_gb(device))
     if (config.lora or config.turbo_lora) and mode == "lowvram":  # group offloading keeps its own weight copies: fuse first
@@ -187,7 +197,8 @@ def load_flux_pipeline(config: PanoramaConfig, device, *, fill: bool | None = No
         info["lora_fused"] = True
     info.update(apply_memory_mode(pipe, mode, device, vae_tiling=False))
     info.update(memory_reason=reason, memory_estimate_gb={k: round(v, 1) for k, v in estimate.items()})
-    return pipe, info
+    pipe._matrix_world_placed = info
+    return info
 
 
 def _generator(config: PanoramaConfig, generator: torch.Generator | None) -> tuple[torch.Generator, torch.Generator]:

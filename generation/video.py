@@ -195,12 +195,6 @@ def _run_fill(config: VideoConfig, rgb, mask, c2w, *, layout: str = "erp", **_) 
 
 def load_video_pipeline(config: VideoConfig, device, *, num_frames: int = 81) -> tuple[Any, dict]:
     """Load the Wan pipeline (+ LoRA), place it for the memory mode; returns (pipe, info)."""
-    from matrix_world.generation.memory import (
-        apply_memory_mode,
-        choose_memory_mode,
-        estimate_memory_gb,
-        free_gpu_gb,
-    )
     from matrix_world.generation.wan_lora import load_lora
     from matrix_world.generation.wan_pipeline import (
         HUB_IDS,
@@ -232,14 +226,27 @@ def load_video_pipeline(config: VideoConfig, device, *, num_frames: int = 81) ->
             pipe, config.distill_lora, adapter_name="distill", strength=config.distill_strength, fuse=config.fuse_lora,
             alphas=True, allow_download=config.allow_download,
         )
+    info.update(place_video_pipeline(pipe, config, device, num_frames=num_frames))
+    return pipe, info
+
+
+def place_video_pipeline(pipe, config: VideoConfig, device, *, num_frames: int) -> dict:
+    """Place a Wan pipeline for ``config.memory`` on ``device`` and apply the speed options, once: a
+    loaded one (after its LoRAs) here, an injected one (StageContext.models) on its first use -> info."""
+    from matrix_world.generation.memory import apply_memory_mode, choose_memory_mode, estimate_memory_gb, free_gpu_gb
+
+    if getattr(pipe, "_matrix_world_placed", None) is not None:
+        return pipe._matrix_world_placed
+    height = config.working_height()
     estimate = estimate_memory_gb(pipe, height=height, width=2 * height, num_frames=num_frames, cfg_batch=config.cfg_batch)
     free = free_gpu_gb(device)
     mode, reason = choose_memory_mode(config.memory, estimate_gb=estimate, free_gb=free)
-    info.update(apply_memory_mode(pipe, mode, device, vae_tiling=config.vae_tiling))
+    info = apply_memory_mode(pipe, mode, device, vae_tiling=config.vae_tiling)
     info.update({"memory_reason": reason, "memory_estimate_gb": {k: round(v, 1) for k, v in estimate.items()},
                  "free_gpu_gb": None if free is None else round(free, 1)})
     info["speed"] = apply_video_speed(pipe, config, device, memory_mode=info.get("memory_mode", mode))
-    return pipe, info
+    pipe._matrix_world_placed = info
+    return info
 
 
 def transformer_passes(config: VideoConfig) -> int:
@@ -273,6 +280,8 @@ def _run_wan(config: VideoConfig, rgb, mask, c2w, *, prompt: str, device, genera
     with oom_guard(mode, what="loading the video model"):
         if pipeline is None:
             pipeline, info = load_video_pipeline(config, device, num_frames=rgb.shape[0])
+        else:  # injected (or loaded for an earlier window / segment): placed and sped up on its first use
+            info = dict(place_video_pipeline(pipeline, config, device, num_frames=rgb.shape[0]))
         mode = info.get("memory_mode", mode)
     scaffold = torch.from_numpy(rgb).permute(3, 0, 1, 2)[None]  # [1, 3, F, H, W]
     masks = torch.from_numpy(mask)[None]  # [1, F, H, W]

@@ -80,11 +80,13 @@ def panorama_stage(ctx: StageContext, config: PanoramaConfig, *, prompt: str, im
                        outputs=["panorama.png"], backend=config.backend) as st:
         if not st.done:
             if "panorama" in ctx.models and config.backend == "flux":
+                from matrix_world.generation.flux_pano import place_flux_pipeline
                 from matrix_world.generation.panorama import generate_with_pipeline
 
+                placed = place_flux_pipeline(ctx.models["panorama"], config, ctx.device)  # --memory, on its first use
                 rgb, info = generate_with_pipeline(ctx.models["panorama"], config, prompt=prompt, device=ctx.device,
                                                    generator=ctx.generator(1))
-                info = {"backend": "flux", "model": "injected", **info}
+                info = {"backend": "flux", "model": "injected", **placed, **info}
             else:
                 result = generate_panorama(config, prompt=prompt, image=image, device=ctx.device,
                                            generator=ctx.generator(1))
