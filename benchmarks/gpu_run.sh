@@ -52,9 +52,9 @@ for j in "$@"; do
       sage_pid=$!; status+=("sage_build_bg started") ;;
     sage_wait)     job sage_wait 420 "while kill -0 $sage_pid 2>/dev/null; do sleep 2; done; tail -5 $OUT/sage_build.log" ;;
     video_speed720) # 720p: stock vs ours (cuDNN, compiled, + TaylorSeer) in one run, no Sage needed
-      job video_speed720 400 "python benchmarks/video.py --speed --heights 720 --rows stock cudnn compiled compiled_taylorseer --cache-steps 6 --budget-s 370" ;;
+      job video_speed720 400 "python benchmarks/video.py --speed --heights 720 --rows stock cudnn compiled compiled_taylorseer --cache-steps 6 --budget-s ${BUDGET720:-370}" ;;
     video_speed_sage) # 480p: stock vs ours with SageAttention 2 (needs sage_build or a carried wheel)
-      job video_speed_sage 560 "python benchmarks/video.py --speed --heights 480 --budget-s \${SPEED_BUDGET:-520}" ;;
+      job video_speed_sage 560 "python benchmarks/video.py --speed --heights 480 --budget-s $(( ${T_END:-$(( $(date +%s) + 540 ))} - $(date +%s) - 20 ))" ;;
     video_speed_sage720) # 720p with SageAttention 2: stock vs Sage + compiled (+ TaylorSeer)
       job video_speed_sage720 500 "python benchmarks/video.py --speed --heights 720 --rows stock sage_compiled sage_compiled_taylorseer --cache-steps 6 --budget-s 470" ;;
     e2e_worlds)    # whole worlds side by side in one process: quality stock path vs auto (steps cut, extrapolated), turbo measured
