@@ -52,7 +52,7 @@ for j in "$@"; do
       sage_pid=$!; status+=("sage_build_bg started") ;;
     sage_wait)     job sage_wait 420 "while kill -0 $sage_pid 2>/dev/null; do sleep 2; done; tail -5 $OUT/sage_build.log" ;;
     video_speed720) # 720p: stock vs ours (cuDNN, compiled, + TaylorSeer) in one run, no Sage needed
-      job video_speed720 400 "python benchmarks/video.py --speed --heights 720 --rows stock cudnn compiled compiled_taylorseer --cache-steps 6 --budget-s ${BUDGET720:-370}" ;;
+      job video_speed720 400 "python benchmarks/video.py --speed --heights 720 --rows stock compiled compiled_taylorseer --steps 1 --cache-steps 6 --budget-s ${BUDGET720:-370}" ;;
     video_speed_sage) # 480p: stock vs ours with SageAttention 2 (needs sage_build or a carried wheel)
       job video_speed_sage 560 "python benchmarks/video.py --speed --heights 480 --budget-s $(( ${T_END:-$(( $(date +%s) + 540 ))} - $(date +%s) - 20 ))" ;;
     video_speed_sage720) # 720p with SageAttention 2: stock vs Sage + compiled (+ TaylorSeer)
