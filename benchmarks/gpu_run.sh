@@ -56,7 +56,7 @@ for j in "$@"; do
     video_speed_sage) # 480p: stock vs ours with SageAttention 2 (needs sage_build or a carried wheel)
       job video_speed_sage 560 "python benchmarks/video.py --speed --heights 480 --budget-s $(( ${T_END:-$(( $(date +%s) + 540 ))} - $(date +%s) - 20 ))" ;;
     video_speed_sage720) # 720p with SageAttention 2: stock vs Sage + compiled (+ TaylorSeer)
-      job video_speed_sage720 500 "python benchmarks/video.py --speed --heights 720 --rows stock sage_compiled sage_compiled_taylorseer --cache-steps 6 --budget-s 470" ;;
+      job video_speed_sage720 500 "python benchmarks/video.py --speed --heights 720 --rows stock sage_compiled sage_compiled_taylorseer --steps 1 --cache-steps 6 --budget-s ${BUDGET720:-470}" ;;
     e2e_worlds)    # whole worlds side by side in one process: quality stock path vs auto (steps cut, extrapolated), turbo measured
       job e2e_worlds 590 "python benchmarks/e2e.py --variants turbo:full:auto quality:full:off quality:full:auto --budget-s 560" ;;
     e2e_lowvram)   # the turbo world in full memory and in lowvram, measured end to end
