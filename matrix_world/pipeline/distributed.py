@@ -174,9 +174,9 @@ class Team:
     # ---- the video stage
     def generate_video(self, config: VideoConfig, *, scaffold_rgb, scaffold_mask, prompt: str, c2w, device=None,
                        generator: torch.Generator | None = None, pipeline=None, scene=None) -> VideoResult:
-        """Rank 0: generation.video.generate_video with every rank's GPU (the Wan backend, context-parallel);
-        other backends run here alone. Same arguments and result."""
-        if config.backend != "wan" or self.world_size == 1:
+        """Rank 0: generation.video.generate_video with every rank's GPU (the Wan backend, context-parallel;
+        the pipeline from the team's loader); other backends run here alone. Same arguments and result."""
+        if config.backend != "wan":
             return generate_video(config, scaffold_rgb=scaffold_rgb, scaffold_mask=scaffold_mask, prompt=prompt, c2w=c2w,
                                   device=self.device if device is None else device, generator=generator,
                                   pipeline=pipeline, scene=scene)
