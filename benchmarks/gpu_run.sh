@@ -36,6 +36,10 @@ for j in "$@"; do
     scaffold_tests) job scaffold_tests 300 "python -m pytest -q -rs -s -p no:cacheprovider tests/test_scaffold_render.py tests/test_scaffold_mesh.py && python -m pytest -q -rs -k cuda tests/test_render_scaffold_cli.py tests/test_scenes.py" ;;
     scaffold_bench) job scaffold_bench 300 "python benchmarks/scaffold.py --decimate 1 2" ;;
     video_tests)   job video_tests 240 "python -m pytest tests/test_video_pipeline.py -m cuda -q -rs" ;;
+    multigpu_bench) # issue 17: s/step of the full-size random Wan on 1, 2, 4 GPUs (one torchrun each), 480p and 720p
+      job multigpu_bench 590 "python benchmarks/multigpu.py --gpus 1 2 4 --timeout-s 190" ;;
+    multigpu_e2e)  # issue 17: a 480p quality world (50 / 50 / 3000) on 4 GPUs, random full-size models
+      job multigpu_e2e 590 "python benchmarks/multigpu.py --gpus 4 --resolutions 480p --steps 1 --e2e --timeout-s 580" ;;
     multigpu)      job multigpu 300 "torchrun --nproc_per_node \$(python -c 'import torch; print(torch.cuda.device_count())') tests/multigpu_video_check.py" ;;
     cuda_rest)     job cuda_rest 300 "python -m pytest -q -rs -k cuda tests/test_render_scaffold_cli.py tests/test_scenes.py" ;;
     video_lowvram720) job video_lowvram720 400 "python benchmarks/video.py --resolutions 720p --modes lowvram --no-stock --steps 2 --warmup 1 --budget-s 380" ;;

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -193,8 +192,11 @@ def _run_fill(config: VideoConfig, rgb, mask, c2w, *, layout: str = "erp", **_) 
     return VideoResult(frames, {"fill": info})
 
 
-def load_video_pipeline(config: VideoConfig, device, *, num_frames: int = 81) -> tuple[Any, dict]:
-    """Load the Wan pipeline (+ LoRA), place it for the memory mode; returns (pipe, info)."""
+def load_video_pipeline(config: VideoConfig, device, *, num_frames: int = 81, parallelize=None) -> tuple[Any, dict]:
+    """Load the Wan pipeline (+ LoRA), place it for the memory mode, apply the speed options; returns (pipe, info).
+
+    parallelize: context parallelism, applied between the attention backend and the other speed
+    options (generation.wan_speed.apply_speed; generation.video_parallel builds it)."""
     from matrix_world.generation.wan_lora import load_lora
     from matrix_world.generation.wan_pipeline import (
         HUB_IDS,
@@ -226,11 +228,11 @@ def load_video_pipeline(config: VideoConfig, device, *, num_frames: int = 81) ->
             pipe, config.distill_lora, adapter_name="distill", strength=config.distill_strength, fuse=config.fuse_lora,
             alphas=True, allow_download=config.allow_download,
         )
-    info.update(place_video_pipeline(pipe, config, device, num_frames=num_frames))
+    info.update(place_video_pipeline(pipe, config, device, num_frames=num_frames, parallelize=parallelize))
     return pipe, info
 
 
-def place_video_pipeline(pipe, config: VideoConfig, device, *, num_frames: int) -> dict:
+def place_video_pipeline(pipe, config: VideoConfig, device, *, num_frames: int, parallelize=None) -> dict:
     """Place a Wan pipeline for ``config.memory`` on ``device`` and apply the speed options, once: a
     loaded one (after its LoRAs) here, an injected one (StageContext.models) on its first use -> info."""
     from matrix_world.generation.memory import apply_memory_mode, choose_memory_mode, estimate_memory_gb, free_gpu_gb
@@ -244,7 +246,7 @@ def place_video_pipeline(pipe, config: VideoConfig, device, *, num_frames: int) 
     info = apply_memory_mode(pipe, mode, device, vae_tiling=config.vae_tiling)
     info.update({"memory_reason": reason, "memory_estimate_gb": {k: round(v, 1) for k, v in estimate.items()},
                  "free_gpu_gb": None if free is None else round(free, 1)})
-    info["speed"] = apply_video_speed(pipe, config, device, memory_mode=info.get("memory_mode", mode))
+    info["speed"] = apply_video_speed(pipe, config, device, memory_mode=info.get("memory_mode", mode), parallelize=parallelize)
     pipe._matrix_world_placed = info
     return info
 
@@ -257,14 +259,14 @@ def transformer_passes(config: VideoConfig) -> int:
     return config.num_inference_steps + guided
 
 
-def apply_video_speed(pipe, config: VideoConfig, device, *, memory_mode: str) -> dict:
+def apply_video_speed(pipe, config: VideoConfig, device, *, memory_mode: str, parallelize=None) -> dict:
     """The speed options of ``config`` (generation.wan_speed) planned for this device and applied -> info."""
     from matrix_world.generation.wan_speed import apply_speed, plan_speed
 
     plan = plan_speed(attention=config.attention, compile=config.compile, fp8=config.fp8, cache=config.cache,
                       cache_threshold=config.cache_threshold, device=torch.device(device),
                       passes=transformer_passes(config), memory_mode=memory_mode, approximate=config.approximate)
-    return apply_speed(pipe, plan)
+    return apply_speed(pipe, plan, parallelize)
 
 
 def _run_wan(config: VideoConfig, rgb, mask, c2w, *, prompt: str, device, generator, pipeline=None, layout: str = "erp",
@@ -397,68 +399,3 @@ def _generate_call(config: VideoConfig, rgb: np.ndarray, mask: np.ndarray, poses
     frames = viewpoint_to_erp(torch.from_numpy(np.ascontiguousarray(out.frames)).permute(0, 3, 1, 2), height)
     info = {**out.info, "viewpoint_size": size}
     return VideoResult(frames.clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy(), info, latents=out.latents)
-
-
-# --------------------------------------------------------------------------- several GPUs
-
-
-def context_parallel_config(degree: int, *, num_tokens: int, num_heads: int, ulysses_anything: bool | None = None):
-    """diffusers Ulysses context-parallel config; ``ulysses_anything`` (None = auto) when the token
-    count or the head count is not divisible by the degree (720p: 21 x 45 x 90 = 85,050 tokens
-    on 4 GPUs, FACTS §A)."""
-    from diffusers import ContextParallelConfig
-
-    anything = degree > 1 and (num_tokens % degree != 0 or num_heads % degree != 0)
-    if ulysses_anything is not None:
-        anything = degree > 1 and bool(ulysses_anything)
-    return ContextParallelConfig(ulysses_degree=degree, ulysses_anything=anything)
-
-
-def generate_video_distributed(
-    config: VideoConfig, *, scaffold_rgb, scaffold_mask, prompt: str, c2w, seed: int = 0, dist_backend: str = "nccl",
-    ulysses_anything: bool | None = None,
-) -> VideoResult:
-    """One video's denoising spread over all processes of a ``torchrun`` launch (one per GPU).
-
-    Every rank loads the whole pipeline (memory mode ``full``) and runs the same call with the
-    same CPU-seeded noise; diffusers' context parallelism (Ulysses) splits the video tokens
-    across the ranks inside the transformer and gathers them at its output, so every rank ends
-    with the same frames (equal to one GPU up to numerical noise). Returns the result on every
-    rank; write it from rank 0 only.
-    """
-    import torch.distributed as dist
-    from matrix_world.generation.wan_pipeline import check_frames_and_size
-
-    if not dist.is_initialized():
-        dist.init_process_group(dist_backend)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if dist_backend == "nccl":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    cfg = dataclasses.replace(config, backend="wan", memory="full")
-    height, frames = cfg.working_height(), len(scaffold_rgb)
-    check_frames_and_size(frames, height, 2 * height)
-    pipe, info = load_video_pipeline(cfg, device, num_frames=frames)
-    tr = pipe.transformer
-    p_t, p_h, p_w = tr.config.patch_size
-    tokens = ((frames - 1) // 4 + 1) // p_t * (height // 8 // p_h) * (2 * height // 8 // p_w)
-    seq: list[int] = []
-    anything = False
-    if world > 1:
-        cp = context_parallel_config(world, num_tokens=tokens, num_heads=tr.config.num_attention_heads, ulysses_anything=ulysses_anything)
-        anything = cp.ulysses_anything
-        tr.enable_parallelism(config=cp)
-
-        def record_tokens_per_rank(module, args):  # what one rank's attention sees, once
-            seq.append(int(args[0].shape[1]))
-            handle.remove()
-
-        handle = tr.blocks[0].attn1.register_forward_pre_hook(record_tokens_per_rank)
-    result = generate_video(cfg, scaffold_rgb=scaffold_rgb, scaffold_mask=scaffold_mask, prompt=prompt, c2w=c2w,
-                            device=device, generator=torch.Generator().manual_seed(seed), pipeline=pipe)
-    result.info.update(info)
-    result.info["context_parallel"] = {"world_size": world, "ulysses_degree": world, "ulysses_anything": anything,
-                                       "tokens": tokens, "tokens_per_rank": seq[0] if seq else tokens}
-    return result

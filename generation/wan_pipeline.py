@@ -188,9 +188,20 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
     then ``pipe(prompt, scaffold=..., mask=...)``. See the module docstring for the layout.
     """
 
+    cfg_split: tuple[Any, int] | None = None
+    """(process group of 2, this rank's index in it) under CFG across GPUs (:meth:`split_cfg`), else None."""
+
     def use_flow_matching(self, shift: float = 5.0) -> None:
         """Replace the shipped scheduler by flow-matching Euler with the given shift (Matrix-3D)."""
         self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+
+    def split_cfg(self, group, index: int) -> None:
+        """CFG across GPUs: in the guided steps this rank runs only the conditional (``index`` 0) or
+        the unconditional (1) pass, and the two predictions are exchanged with ``all_gather`` over
+        ``group`` (2 ranks, or the 2 rank groups' matching members under context parallelism)."""
+        if index not in (0, 1):
+            raise InputError(f"the CFG index must be 0 (conditional) or 1 (unconditional), got {index}")
+        self.cfg_split = (group, index)
 
     # ---- conditioning
 
@@ -383,6 +394,19 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
                                     encoder_hidden_states=text, encoder_hidden_states_image=image,
                                     attention_kwargs=attention_kwargs, return_dict=False)[0]
 
+    def _predict_split(self, hidden: Tensor, t: Tensor, text: Tensor, negative: Tensor | None, image: Tensor,
+                       attention_kwargs: dict | None) -> tuple[Tensor, Tensor]:
+        """(cond, uncond) [B, 16, f, h, w] under CFG across GPUs: this rank's pass, the partner's by all_gather."""
+        import torch.distributed as dist
+
+        assert negative is not None and self.cfg_split is not None  # encode_prompt makes it under CFG
+        group, index = self.cfg_split
+        mine = self._predict("uncond" if index else "cond", hidden, t, negative if index else text, image,
+                             attention_kwargs).contiguous()
+        both = [torch.empty_like(mine) for _ in range(2)]
+        dist.all_gather(both, mine, group=group)
+        return both[0], both[1]
+
     @torch.no_grad()
     def __call__(
         self,
@@ -479,6 +503,8 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
             text = torch.cat([prompt_embeds, negative_prompt_embeds])
         else:
             text = prompt_embeds
+        if do_cfg and cfg_batch and self.cfg_split is not None:
+            raise InputError("cfg_batch and CFG across GPUs (split_cfg) exclude each other; use one of them")
         seed = 0 if generator is None else generator.initial_seed() + 1
         roll_gen = torch.Generator().manual_seed(seed)  # CPU generator for the roll shifts
         rolls = late_step_rolls(
@@ -488,7 +514,11 @@ class PanoVideoPipeline(WanImageToVideoPipeline):
             for i, t in enumerate(timesteps):
                 self._current_timestep = t
                 model_input = torch.cat([latents.to(dtype), condition], dim=1)
-                if i < guided_steps and cfg_batch:  # both guidance passes in one batch
+                if i < guided_steps and self.cfg_split is not None:  # one pass here, the other on the partner rank
+                    cond, uncond = self._predict_split(model_input, t, prompt_embeds, negative_prompt_embeds, image_embeds,
+                                                       attention_kwargs)
+                    noise_pred = uncond + guidance_scale * (cond - uncond)
+                elif i < guided_steps and cfg_batch:  # both guidance passes in one batch
                     both = self._predict("cond_uncond", torch.cat([model_input, model_input]), t, text,
                                          torch.cat([image_embeds, image_embeds]), attention_kwargs)
                     cond, uncond = both.chunk(2)

@@ -184,8 +184,12 @@ def fp8_filter(module: torch.nn.Module, name: str) -> bool:
     return isinstance(module, torch.nn.Linear) and name.startswith("blocks.")
 
 
-def apply_speed(pipe, plan: SpeedPlan) -> dict:
-    """Apply ``plan`` to ``pipe.transformer`` (after the LoRAs are fused and the weights placed) -> info."""
+def apply_speed(pipe, plan: SpeedPlan, parallelize=None) -> dict:
+    """Apply ``plan`` to ``pipe.transformer`` (after the LoRAs are fused and the weights placed) -> info.
+
+    parallelize: ``fn(transformer, plan) -> info`` (generation.video_parallel: context parallelism), called
+    after the attention backend is set (diffusers' ``enable_parallelism`` checks it) and before the cache
+    hooks and the compilation (the compiled blocks see the context-parallel hooks); its info is ``parallel``."""
     tr = pipe.transformer
     info = plan.to_dict()
     if plan.fp8 == "rowwise":
@@ -197,6 +201,8 @@ def apply_speed(pipe, plan: SpeedPlan) -> dict:
         info["fp8_layers"] = sum(1 for name, m in tr.named_modules() if name.startswith("blocks.") and "Float8" in type(
             getattr(m, "weight", None)).__name__)
     tr.set_attention_backend(ATTENTION_BACKENDS[plan.attention])
+    if parallelize is not None:
+        info["parallel"] = parallelize(tr, plan)
     if plan.cache == "fbc":
         from diffusers.hooks import FirstBlockCacheConfig
 

@@ -87,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
 
     import torch.distributed as dist
-    from matrix_world.generation.video import VideoConfig, generate_video_distributed
+    from matrix_world.generation.video import VideoConfig
+    from matrix_world.generation.video_parallel import generate_video_distributed
 
     from matrix_world.io import save_npz, write_video
     from matrix_world.rundir import jsonable

@@ -69,6 +69,13 @@ class WorldConfig:
     """auto (CUDA when present) | cpu | cuda | cuda:N"""
     memory: Literal["auto", "full", "offload", "lowvram"] = "auto"
     """GPU memory mode of the diffusion models."""
+    gpus: int = 1
+    """GPUs of this machine for the run (one process each; or start the script with torchrun --nproc_per_node N).
+    Rank 0 runs every stage and writes the run directory; the video stage is split over all GPUs (context
+    parallelism: every GPU holds the whole Wan model)."""
+    cfg_parallel: bool = False
+    """With an even --gpus: the video's conditional and unconditional passes on two halves of the GPUs (each half
+    context-parallel) instead of one after the other on all of them."""
     resume: bool = True
     """Skip stages whose outputs exist with the same settings (--no-resume reruns all)."""
     overwrite: bool = False
@@ -181,6 +188,7 @@ def check_inputs(config: WorldConfig) -> None:
         raise InputError(f"--panorama-height must be a multiple of 8 from 32 to {MAX_PANORAMA_HEIGHT}, "
                          f"got {config.panorama_height}")
     check_seed(config.seed)
+    check_gpus_options(config)
     if config.threads is not None and config.threads < 1:
         raise InputError(f"--threads must be at least 1, got {config.threads}")
     if config.preset not in PRESET_NAMES:
@@ -200,6 +208,20 @@ def check_inputs(config: WorldConfig) -> None:
     if len(set(config.exports)) != len(config.exports):
         raise InputError(f"--exports names a format twice ({' '.join(config.exports)}); give each once")
     check_input_files(config)  # the files' contents and the LoRA specs (see below)
+
+
+def check_gpus_options(config: WorldConfig) -> None:
+    """--gpus / --cfg-parallel and what they exclude (the machine's GPUs: pipeline.distributed.check_gpus)."""
+    from matrix_world.generation.video_parallel import check_parallel_speed
+
+    if config.gpus < 1:
+        raise InputError(f"--gpus must be at least 1, got {config.gpus}")
+    if config.cfg_parallel and (config.gpus < 2 or config.gpus % 2):
+        raise InputError(f"--cfg-parallel splits the GPUs into two halves; expected an even --gpus, got {config.gpus}")
+    if config.gpus > 1 and config.memory not in ("auto", "full"):
+        raise InputError(f"--gpus {config.gpus}: every GPU holds the whole video model (memory mode full); expected "
+                         f"--memory auto or full, got {config.memory}")
+    check_parallel_speed(config.video_attention, config.video_cache, config.gpus // (2 if config.cfg_parallel else 1))
 
 
 def check_speed_inputs(config: WorldConfig) -> None:

@@ -33,6 +33,10 @@ class StageContext:
     panorama pipeline), "depth" (a LoadedMoGe), "video" (a PanoVideoPipeline). Keeps models
     in memory across runs and segments; the random-weight end-to-end benchmark injects here."""
 
+    distributed: Any = None
+    """The processes of a several-GPU run (a matrix_world.pipeline.distributed.Team; rank 0's view), or None:
+    the video stage then runs its Wan calls on all of them."""
+
     owned: set = dataclasses.field(default_factory=set)
     """Keys of ``models`` this run loaded itself: :meth:`release` drops them after their last use
     (models the caller put into ``models`` are the caller's and stay)."""

@@ -99,9 +99,10 @@ def video_stage(ctx: StageContext, config: VideoConfig, scaffold: Scaffold, traj
     with ctx.run.stage("video", hashed,
                        inputs=["scaffold.npz", "trajectory.json"], outputs=outputs, backend=config.backend) as st:
         if not st.done:
-            result = generate_video(config, scaffold_rgb=scaffold.rgb.astype(np.float32) / 255.0,
-                                    scaffold_mask=scaffold.mask, prompt=prompt, c2w=traj.c2w,
-                                    device=ctx.device, generator=ctx.generator(5), pipeline=ctx.models.get("video"))
+            generate = generate_video if ctx.distributed is None else ctx.distributed.generate_video  # several GPUs
+            result = generate(config, scaffold_rgb=scaffold.rgb.astype(np.float32) / 255.0,
+                              scaffold_mask=scaffold.mask, prompt=prompt, c2w=traj.c2w,
+                              device=ctx.device, generator=ctx.generator(5), pipeline=ctx.models.get("video"))
             frames = to_uint8(result.frames)
             for index, rgb in (anchors or {}).items():  # the input panoramas, exactly
                 frames[index] = to_uint8(resize_rgb(np.asarray(rgb, np.float32), frames.shape[1]))

@@ -73,8 +73,9 @@ class WorldPipeline:
     returns a :class:`WorldResult`.
     """
 
-    def __init__(self, log=print, models: dict | None = None, adjust_plan=None):
+    def __init__(self, log=print, models: dict | None = None, adjust_plan=None, distributed=None):
         self.log = log
+        self.distributed = distributed  # rank 0's Team of a several-GPU run (pipeline.distributed), or None
         self.models = models if models is not None else {}  # loaded models to reuse (see StageContext.models)
         self.adjust_plan = adjust_plan  # optional ``adjust_plan(plan) -> plan`` applied after make_plan
         # (e.g. fewer denoising steps for a benchmark); None: the plan as make_plan resolves it
@@ -105,7 +106,8 @@ class WorldPipeline:
                      f"world and are removed ({', '.join(removed)})")
         self._announce(config, plan, out)
         self.log(f"  threads: {threads}")
-        ctx = StageContext(run=run, device=plan.device, seed=config.seed, log=self.log, models=self.models)
+        ctx = StageContext(run=run, device=plan.device, seed=config.seed, log=self.log, models=self.models,
+                           distributed=self.distributed)
         run.set_inputs(**input_files(config))
         run.manifest["request"] = {"prompt": config.prompt, "preset": config.preset, "trajectory": config.trajectory,
                                    "frames": config.frames, "height": plan.height, "device": str(plan.device)}
@@ -180,7 +182,7 @@ def keyframe_depth_model(plan: Plan) -> bool:
 
 
 # Options that never change an artifact: a change of any other option makes another world.
-_RUN_OPTIONS = ("out", "resume", "overwrite", "threads")
+_RUN_OPTIONS = ("out", "resume", "overwrite", "threads", "gpus", "cfg_parallel")
 
 
 def input_files(config: WorldConfig) -> dict[str, str | None]:
