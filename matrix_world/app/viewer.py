@@ -35,13 +35,14 @@ around in place) and orbit (look-at point at the world's centre), jumps to any t
 frame, and saves a screenshot (PNG) or a recording along a trajectory (MP4), both rendered by
 the browser (viser's ``get_render``) and downloaded to it.
 
-The three.js warning "BufferGeometry.computeBoundingSphere(): Computed radius is NaN" in the
-browser console comes from viser 1.1.1's own splat mesh, not from our data: its quad geometry
-has a 2-component ``position`` attribute and the mesh is frustum-culled, so three.js reads a
-missing z when it first computes the bounding sphere (harmless: a NaN sphere is never culled).
-The fix belongs in viser's client (``frustumCulled={false}`` on the splat mesh in
-``client/src/Splatting/GaussianSplats.tsx``); everything this module sends is finite
-(``tests/test_viewer.py`` checks both).
+The browser gets our build of viser 1.1.1's client (``viser_client/index.html``, made by
+``tools/build_viser_client.sh``): viser's own plus ``tools/viser_client_frustum.patch`` on its
+Gaussian-splat mesh. That mesh's quad geometry has a 2-component ``position`` attribute, so
+three.js computed a NaN bounding sphere (reading a missing z) for frustum culling and for the
+transparent-object sort, and logged "BufferGeometry.computeBoundingSphere(): Computed radius is
+NaN". The patch gives the geometry a finite bounding sphere and turns frustum culling off (the
+shader places every splat; the mesh was never culled). Another installed viser version gets
+viser's own client, with a note saying so (see ``viser_server``).
 
 ``viser`` is an optional dependency, imported only when a viewer is started.
 """
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
     import viser
 
 VISER_INSTALL = "pip install viser==1.1.1"
+VISER_CLIENT = Path(__file__).with_name("viser_client")  # index.html + built_from.json (tools/build_viser_client.sh)
 DEFAULT_MAX_GAUSSIANS = 2_000_000
 MIN_VISIBLE_OPACITY = 1.0 / 255.0  # below this a splat adds less than one 8-bit level
 WORLD_UP = (0.0, -1.0, 0.0)  # OpenCV world: -y is up
@@ -434,6 +436,41 @@ def build_scene(server, splats: SplatArrays, paths: list[CameraPath], config: Vi
     return viewer
 
 
+def viser_server(config: ViewerConfig, *, verbose: bool = False) -> viser.ViserServer:
+    """A started ``viser.ViserServer`` that serves our client (``VISER_CLIENT``) when the installed
+    viser is the version it was built from, else viser's own client and a :class:`SplatNote` saying so.
+
+    viser 1.1.1 fixes its HTTP root when ``ViserServer.__init__`` starts the server thread, reading
+    ``_http_server_root`` of the ``infra.WebsockServer`` it has just stored as ``_websock_server``
+    (setting it afterwards does nothing); the subclass sets ours as it is stored.
+    """
+    viser = require("viser", VISER_INSTALL)
+    stock: Any = viser.ViserServer
+    options = dict(host=config.host, port=config.port, label=config.title, verbose=verbose)
+    try:
+        built_from = str(json.loads((VISER_CLIENT / "built_from.json").read_text())["viser"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        built_from = f"? ({exc})"
+    if not (VISER_CLIENT / "index.html").is_file():
+        built_from = f"? (no {VISER_CLIENT / 'index.html'})"
+    if viser.__version__ != built_from:
+        warnings.warn(SplatNote(f"our viser client was built for viser {built_from} but viser {viser.__version__} is "
+                                "installed: serving viser's own client (the browser may log 'Computed radius is NaN')"))
+        return stock(**options)
+
+    class OurClientServer(stock):
+        @property
+        def _websock_server(self):
+            return self.__dict__["_websock_server"]
+
+        @_websock_server.setter
+        def _websock_server(self, websock) -> None:
+            websock._http_server_root = VISER_CLIENT
+            self.__dict__["_websock_server"] = websock
+
+    return OurClientServer(**options)
+
+
 def start_viewer(path: str | os.PathLike, config: ViewerConfig | None = None, *, verbose: bool = False) -> WorldViewer:
     """Load a splat file (or RUN_DIR/world.ply, its trajectories and segments) and start serving.
 
@@ -447,8 +484,7 @@ def start_viewer(path: str | os.PathLike, config: ViewerConfig | None = None, *,
         gaussians.segment = torch.from_numpy(segments[0])
     splats = splats_for_browser(gaussians, config.max_gaussians)
     paths = find_camera_paths(run_dir) if run_dir is not None else []
-    viser = require("viser", VISER_INSTALL)
-    server = viser.ViserServer(host=config.host, port=config.port, label=config.title, verbose=verbose)
+    server = viser_server(config, verbose=verbose)
     try:
         return build_scene(server, splats, paths, config, None if segments is None else segments[1])
     except BaseException:
