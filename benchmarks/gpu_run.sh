@@ -54,15 +54,20 @@ for j in "$@"; do
         python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $FINAL/sageattention-*.whl \
         >> "$OUT/sage_build.log" 2>&1; echo "rc=$?" >> "$OUT/sage_build.log" ) &
       sage_pid=$!; status+=("sage_build_bg started") ;;
+    gsplat_build_bg) # gsplat_build in the background (CPU compile beside GPU-bound jobs); the .so comes back in $FINAL
+      ( python -c 'import torch, gsplat; from gsplat.cuda._backend import _C; print(_C)' > "$OUT/gsplat_build.log" 2>&1 && \
+        cp $(python -c 'import torch.utils.cpp_extension as c; print(c._get_build_directory("gsplat_cuda", False))')/gsplat_cuda.so $FINAL/ \
+        >> "$OUT/gsplat_build.log" 2>&1; echo "rc=$?" >> "$OUT/gsplat_build.log" ) &
+      status+=("gsplat_build_bg started") ;;
     sage_wait)     job sage_wait 420 "while kill -0 $sage_pid 2>/dev/null; do sleep 2; done; tail -5 $OUT/sage_build.log" ;;
     video_speed720) # 720p: stock vs ours (cuDNN, compiled, + TaylorSeer) in one run, no Sage needed
       job video_speed720 400 "python benchmarks/video.py --speed --heights 720 --rows stock compiled compiled_taylorseer --steps 1 --cache-steps 6 --budget-s ${BUDGET720:-370}" ;;
     video_speed_sage) # 480p: stock vs ours with SageAttention 2 (needs sage_build or a carried wheel)
-      job video_speed_sage 560 "python benchmarks/video.py --speed --heights 480 --budget-s $(( ${T_END:-$(( $(date +%s) + 540 ))} - $(date +%s) - 20 ))" ;;
+      job video_speed_sage 560 "python benchmarks/video.py --speed --heights ${HEIGHTS:-480} ${ROWS:+--rows $ROWS} ${SPEED_ARGS:-} --budget-s ${BUDGET_VIDEO:-$(( ${T_END:-$(( $(date +%s) + 540 ))} - $(date +%s) - 20 ))}" ;;
     video_speed_sage720) # 720p with SageAttention 2: stock vs Sage + compiled (+ TaylorSeer)
       job video_speed_sage720 500 "python benchmarks/video.py --speed --heights 720 --rows stock sage_compiled sage_compiled_taylorseer --steps 1 --cache-steps 6 --budget-s ${BUDGET720:-470}" ;;
     e2e_worlds)    # whole worlds side by side in one process: quality stock path vs auto (steps cut, extrapolated), turbo measured
-      job e2e_worlds 590 "python benchmarks/e2e.py --variants turbo:full:auto quality:full:off quality:full:auto --budget-s 560" ;;
+      job e2e_worlds 590 "python benchmarks/e2e.py --variants ${E2E_VARIANTS:-turbo:full:auto quality:full:off quality:full:auto} --budget-s $(( ${T_END:-$(( $(date +%s) + 570 ))} - $(date +%s) - 20 ))" ;;
     e2e_lowvram)   # the turbo world in full memory and in lowvram, measured end to end
       job e2e_lowvram 590 "python benchmarks/e2e.py --variants turbo:full:auto turbo:lowvram:auto --budget-s 560" ;;
     video2pano_bench) # wan (full-size random weights) on the canvas of docs/video2pano/city_pan.mp4: erp, windows, viewpoint

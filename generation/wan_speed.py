@@ -39,6 +39,7 @@ to the approximations named above (``benchmarks/video.py --speed`` measures each
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass, field
 
@@ -214,8 +215,57 @@ def apply_speed(pipe, plan: SpeedPlan, parallelize=None) -> dict:
         # name the blocks' attention and feed-forward modules.
         tr.enable_cache(TaylorSeerCacheConfig(cache_interval=plan.cache_interval, cache_identifiers=[TAYLORSEER_MODULES]))
     if plan.compile == "blocks":
-        tr.compile_repeated_blocks(fullgraph=True)
+        if plan.attention == "sage":
+            info["sage_op"] = install_sage_op()
+        # the cache hooks run outside the graph (diffusers marks them compiler-disabled): one graph per
+        # stretch between hooks then; otherwise one whole graph per block
+        fullgraph = plan.cache == "off"
+        tr.compile_repeated_blocks(fullgraph=fullgraph)
+        info["compile_fullgraph"] = fullgraph
     return info
+
+
+@functools.cache
+def sage_op():
+    """SageAttention as a torch custom op ``matrix_world::sageattn`` (NHD layout): the compiler treats it
+    as one opaque kernel with a known output shape, where tracing into ``sageattention.sageattn`` fails
+    ("torch.* op returned non-Tensor": its CUDA kernels are plain pybind functions)."""
+
+    @torch.library.custom_op("matrix_world::sageattn", mutates_args=())
+    def sageattn_nhd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, sm_scale: float | None) -> torch.Tensor:
+        from sageattention import sageattn
+
+        return sageattn(q, k, v, tensor_layout="NHD", is_causal=is_causal, sm_scale=sm_scale)
+
+    @sageattn_nhd.register_fake
+    def _(q, k, v, is_causal, sm_scale):  # q, k, v [B, N, H, D] -> [B, N, H, Dv], q's dtype
+        return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+    return sageattn_nhd
+
+
+def install_sage_op() -> str:
+    """Route diffusers' ``sage`` attention backend through :func:`sage_op` (so compiled blocks keep one
+    graph); calls that need the log-sum-exp (context parallelism) still go to ``sageattention.sageattn``.
+    Idempotent; returns what it did."""
+    from diffusers.models import attention_dispatch
+
+    current = attention_dispatch.sageattn
+    if getattr(current, "_matrix_world_op", False):
+        return "already routed through matrix_world::sageattn"
+    if current is None:
+        raise InputError("--video-attention sage needs the package sageattention: " + _PACKAGES["sage"][1])
+    op = sage_op()
+
+    def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, return_lse=False, **kwargs):
+        if tensor_layout != "NHD" or return_lse or kwargs:
+            return current(q, k, v, tensor_layout=tensor_layout, is_causal=is_causal, sm_scale=sm_scale,
+                           return_lse=return_lse, **kwargs)
+        return op(q, k, v, bool(is_causal), sm_scale)
+
+    sageattn._matrix_world_op = True  # type: ignore[attr-defined]
+    attention_dispatch.sageattn = sageattn
+    return "diffusers' sage backend routed through the custom op matrix_world::sageattn"
 
 
 def remove_speed(pipe) -> None:

@@ -322,3 +322,39 @@ def test_wan_backend_runs_the_turbo_config_end_to_end(tmp_path):
     finally:
         handle.remove()
     assert len(calls) == 4 and out.info["sigma_schedule"] == "lightx2v" and math.isfinite(float(out.frames.mean()))
+
+
+def test_sage_op_keeps_compiled_blocks_one_graph(monkeypatch):
+    """diffusers' sage backend routed through the custom op traces as ONE graph (fullgraph=True) and gives
+    what the kernel gives; calls that need the log-sum-exp still reach the original function. SageAttention
+    itself needs CUDA: a stand-in with its signature (SDPA in the NHD layout) plays it here."""
+    import sys
+    import types
+
+    import torch.nn.functional as F
+    from diffusers.models import attention_dispatch
+
+    from matrix_world.generation import wan_speed
+
+    calls = []
+
+    def stand_in(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, return_lse=False, **kwargs):
+        calls.append(return_lse)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=is_causal,
+                                             scale=sm_scale).transpose(1, 2)
+        return (out, torch.zeros(q.shape[:3])) if return_lse else out
+
+    monkeypatch.setitem(sys.modules, "sageattention", types.SimpleNamespace(sageattn=stand_in))
+    monkeypatch.setattr(attention_dispatch, "sageattn", stand_in)
+    assert "routed" in wan_speed.install_sage_op()
+    assert "already" in wan_speed.install_sage_op()  # idempotent: no wrapper around the wrapper
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 24, 2, 8, generator=g) for _ in range(3))  # [B, N, H, D]
+
+    def attend(q, k, v):
+        return attention_dispatch.sageattn(q, k, v, tensor_layout="NHD", sm_scale=0.3) * 2.0
+
+    compiled = torch.compile(attend, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(q, k, v), stand_in(q, k, v, tensor_layout="NHD", sm_scale=0.3) * 2.0)
+    out, lse = attention_dispatch.sageattn(q, k, v, tensor_layout="NHD", return_lse=True)  # the context-parallel path
+    assert calls[-1] is True and lse.shape == (1, 24, 2)
