@@ -360,6 +360,35 @@ def in_background(*jobs: Callable[[], object]) -> Iterator[None]:
         raise errors[0]
 
 
+def _decoded_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """The frames of a video file, uint8 [H, W, 3] each, in order: imageio's FFMPEG plugin (imageio-ffmpeg,
+    a core dependency), else OpenCV's decoder where that plugin is missing (as :func:`write_video` falls
+    back to OpenCV's encoder)."""
+    import imageio.v2 as imageio
+
+    try:
+        reader = imageio.get_reader(str(path), format="FFMPEG")
+    except ImportError:
+        import cv2
+
+        capture = cv2.VideoCapture(str(path))
+        if not capture.isOpened():
+            raise OSError("OpenCV cannot open it (and imageio's FFMPEG plugin is not installed)") from None
+        try:
+            while True:
+                ok, bgr = capture.read()
+                if not ok:
+                    return
+                yield np.ascontiguousarray(bgr[..., ::-1])
+        finally:
+            capture.release()
+    try:
+        for frame in reader:  # type: ignore[attr-defined]  # imageio stubs: __iter__ -> Array
+            yield np.asarray(frame)[..., :3]
+    finally:
+        reader.close()
+
+
 def read_video(path: str | os.PathLike, indices: Sequence[int] | None = None) -> np.ndarray:
     """Read a video file as uint8 frames [F, H, W, 3]. The one video decoder of the project.
 
@@ -367,8 +396,6 @@ def read_video(path: str | os.PathLike, indices: Sequence[int] | None = None) ->
     Decoding stops after the last frame wanted. A file that cannot be decoded, or a requested
     frame it does not have, raises InputError.
     """
-    import imageio.v2 as imageio
-
     order = None if indices is None else [int(i) for i in indices]
     if order is not None and (not order or min(order) < 0):
         raise InputError(f"frames of {path} were requested by index; expected one or more indices >= 0, "
@@ -378,16 +405,12 @@ def read_video(path: str | os.PathLike, indices: Sequence[int] | None = None) ->
     frames: dict[int, np.ndarray] = {}
     decoded = 0
     try:
-        reader = imageio.get_reader(str(path), format="FFMPEG")
-        try:
-            for i, frame in enumerate(reader):  # type: ignore[var-annotated]  # imageio stubs: __iter__ -> Array
-                decoded = i + 1
-                if wanted is None or i in wanted:
-                    frames[i] = np.asarray(frame)[..., :3]  # [H, W, 3] uint8
-                if last is not None and i >= last:
-                    break
-        finally:
-            reader.close()
+        for i, frame in enumerate(_decoded_frames(path)):
+            decoded = i + 1
+            if wanted is None or i in wanted:
+                frames[i] = frame
+            if last is not None and i >= last:
+                break
     except (OSError, RuntimeError, ValueError) as exc:
         raise InputError(f"cannot read {path} as a video: {one_line(exc)}") from None
     order = list(range(decoded)) if order is None else order
@@ -401,14 +424,8 @@ def read_video(path: str | os.PathLike, indices: Sequence[int] | None = None) ->
 
 def video_length(path: str | os.PathLike) -> int:
     """Number of frames of a video (decodes it: exact, not the container's estimate)."""
-    import imageio.v2 as imageio
-
     try:
-        reader = imageio.get_reader(str(path), format="FFMPEG")
-        try:
-            return sum(1 for _ in reader)  # type: ignore[attr-defined,misc]  # imageio stubs: __iter__ -> Array
-        finally:
-            reader.close()
+        return sum(1 for _ in _decoded_frames(path))
     except (OSError, RuntimeError, ValueError) as exc:
         raise InputError(f"cannot read {path} as a video: {one_line(exc)}") from None
 

@@ -347,3 +347,26 @@ def test_every_model_a_run_loads_is_released_after_its_last_use(tmp_path, monkey
     gc.collect()
     assert all(r() is None for r in refs["moge"] + refs["wan"])  # nothing the run loaded outlives it
     assert pipeline.models == {"other": injected}
+
+
+def test_read_video_falls_back_to_opencv_without_the_ffmpeg_plugin(tmp_path, monkeypatch):
+    """Where imageio's FFMPEG plugin is missing (the GPU machine), the one reader decodes with OpenCV:
+    the same frame count and, up to the two decoders' rounding, the same pixels."""
+    import imageio.v2 as imageio
+
+    from matrix_world.io import read_video, video_length, write_video
+
+    g = np.random.default_rng(0)
+    frames = np.repeat(np.repeat(g.integers(0, 255, (5, 8, 16, 3), dtype=np.uint8), 4, axis=1), 4, axis=2)  # [5, 32, 64, 3]
+    path = tmp_path / "clip.mp4"
+    write_video(path, frames, fps=8)
+    with_plugin = read_video(path, [0, 4, 2])
+
+    def no_plugin(*args, **kwargs):
+        raise ImportError("The `FFMPEG` plugin is not installed.")
+
+    monkeypatch.setattr(imageio, "get_reader", no_plugin)
+    assert video_length(path) == 5
+    without = read_video(path, [0, 4, 2])
+    assert without.shape == with_plugin.shape == (3, 32, 64, 3)
+    assert np.abs(without.astype(int) - with_plugin.astype(int)).mean() < 3.0
