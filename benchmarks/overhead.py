@@ -72,7 +72,8 @@ VIDEO_PARTS = [
 RECON_PARTS = [
     ("matrix_world.pipeline.reconstruction", "reconstruct"),
     ("matrix_world.reconstruction.stage", "prepare_keyframes"),
-    ("matrix_world.pipeline.depth", "estimate_frame_distance"),
+    ("matrix_world.pipeline.depth", "estimate_frame_distances"),
+    ("matrix_world.pipeline.depth", "fill_unknown"),
     ("matrix_world.generation.depth", "infer_views"),
     ("matrix_world.generation.depth", "merge_log_distances"),
     ("matrix_world.reconstruction.keyframes", "align_to_previous"),
@@ -225,7 +226,8 @@ def video_part(ctx, scaffold, traj, height: int, device) -> tuple[dict, np.ndarr
             "parts": timers.rows()}, frames
 
 
-def recon_part(ctx, frames, depth, traj, scaffold, iterations: int, moge, view_size: int, num_tokens, device) -> dict:
+def recon_part(ctx, frames, depth, traj, scaffold, iterations: int, moge, view_size: int | None, num_tokens,
+               known_fraction: float | None, batch_size: int, device) -> dict:
     from matrix_world.generation.depth import DepthConfig
     from matrix_world.pipeline.config import WorldConfig
     from matrix_world.pipeline.depth import make_depth_fn
@@ -234,7 +236,8 @@ def recon_part(ctx, frames, depth, traj, scaffold, iterations: int, moge, view_s
     config = configure(WorldConfig(prompt="bench", preset="quality"), "optimize")
     config.optimize.iterations = iterations
     config.optimize.progress = False
-    depth_config = DepthConfig(backend="moge", view_size=view_size, num_tokens=num_tokens)
+    depth_config = DepthConfig(backend="moge", keyframe_view_size=view_size, keyframe_num_tokens=num_tokens,
+                               keyframe_known_fraction=known_fraction, keyframe_batch_size=batch_size)
     ctx.models["depth"] = moge
     depth_fn = make_depth_fn(depth_config, device, scaffold, traj, ctx)
     timers = Timers(device).wrap(RECON_PARTS)
@@ -254,7 +257,8 @@ def recon_part(ctx, frames, depth, traj, scaffold, iterations: int, moge, view_s
     return {"wall_s": round(wall, 4), "manifest_s": rec["seconds"], "iterations": iterations,
             "iterations_s": round(iterations_s, 4), "overhead_s": round(overhead, 4),
             "overhead_ratio": round(overhead / iterations_s, 4) if iterations_s > 0 else None,
-            "gaussians": len(gaussians), "keyframes": len(rec["info"].get("keyframes") or []), "parts": timers.rows()}
+            "gaussians": len(gaussians), "keyframes": len(rec["info"].get("keyframes") or []),
+            "keyframe_depth": rec["info"].get("keyframe_depth"), "parts": timers.rows()}
 
 
 # parts that do not nest in one another (per stage): the rest of the wall time is "other"
@@ -294,13 +298,19 @@ def main(argv=None) -> int:
     ap.add_argument("--panorama", default=None, help="optional texture for the room (an equirect image)")
     ap.add_argument("--iterations", type=int, default=1500, help="optimisation iterations (e2e: 1500)")
     ap.add_argument("--moge", choices=("vitl", "small"), default=None, help="MoGe-2 size (default: vitl; smoke: small)")
-    ap.add_argument("--view-size", type=int, default=768, help="MoGe view size of the keyframes (DepthConfig default 768)")
-    ap.add_argument("--num-tokens", type=int, default=None, help="MoGe tokens per keyframe view (default: the model's maximum)")
+    ap.add_argument("--view-size", type=int, default=None,
+                    help="MoGe view size of the keyframes (default: DepthConfig.keyframe_views' rule from the frame height; "
+                         "768 = the panorama stage's, the code before the rule)")
+    ap.add_argument("--num-tokens", type=int, default=None,
+                    help="MoGe tokens per keyframe view (default: (view size / 14)^2)")
+    ap.add_argument("--known-fraction", type=float, default=0.995,
+                    help="keyframes the scaffold knows this much of skip MoGe (DepthConfig default 0.995; >1: never)")
+    ap.add_argument("--batch-size", type=int, default=48, help="keyframe views per MoGe forward (DepthConfig default 48)")
     ap.add_argument("--run-dir", default=None, help="default: a temporary folder, removed at the end")
     args = ap.parse_args(argv)
     if args.smoke:
         args.device, args.height, args.frames, args.pano_height, args.iterations = "cpu", 32, 9, 64, 10
-        args.moge, args.view_size = args.moge or "small", 56
+        args.moge = args.moge or "small"
         torch.set_num_threads(1)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
@@ -342,11 +352,14 @@ def main(argv=None) -> int:
         warm_up(device)
         moge = LoadedMoGe(bench_depth.build_moge(2, args.moge == "small", device), 2, True, "random MoGe-2 (overhead.py)")
         results["reconstruction"] = recon_part(ctx, frames, depth, traj, scaffold, args.iterations, moge,
-                                               args.view_size, args.num_tokens, device)
+                                               args.view_size, args.num_tokens,
+                                               args.known_fraction if args.known_fraction <= 1 else None,
+                                               args.batch_size, device)
         r = results["reconstruction"]
         add_other("reconstruction", r)
         print_part(f"reconstruction stage (optimize, {r['iterations']} iterations, {r['keyframes']} keyframes)", r)
         ratio = r["overhead_ratio"]
+        print(f"keyframe depth: {r['keyframe_depth']}")
         print(f"overhead {r['overhead_s']:.3f} s = stage wall - iterations {r['iterations_s']:.3f} s; ratio "
               f"{'-' if ratio is None else f'{100 * ratio:.0f} %'} (goal <= {100 * RECON_OVERHEAD_GOAL:.0f} %)")
         write_results("overhead", results)

@@ -117,7 +117,7 @@ def backend_configs(stride: int, iterations: int, batch_size: int, crop_size: in
 
 def run_backend(name: str, clip: dict, config: ReconConfig, device: torch.device, seed: int, eval_size: int) -> dict:
     rgb, dist, sky = clip["rgb"], clip["distance"], clip["sky"]
-    depth_fn = lambda i, _rgb: (dist[i], sky[i])  # (the oracle's distance for keyframe i)
+    depth_fn = lambda i, _rgb: (dist[i], sky[i])  # (the oracle's distances of the keyframes i, a list)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

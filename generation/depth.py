@@ -47,6 +47,9 @@ from matrix_world.generation.panorama import as_rgb_image
 
 MAX_HEIGHT = 4096  # panoramas up to 8192 x 4096
 MAX_MERGE_HEIGHT = 1024  # the merge runs at <= 2048 x 1024 and is upsampled (Matrix-3D: 1920 x 960)
+MAX_MERGE_BATCH = 16  # panoramas merged together (memory: K x 12 views x H x 2H per array)
+PATCH = 14  # MoGe's (DINOv2's) patch size in pixels
+KEYFRAME_OVERSAMPLE = 1.5  # keyframe views: this many times the frame's angular density
 
 
 @dataclass
@@ -68,9 +71,28 @@ class DepthConfig:
     prompt: str | None = None  # procedural backend: the panorama's prompt ...
     seed: int = 0  # ... and seed
     allow_download: bool = False
+    # reconstruction keyframes (video frames, not the panorama): views matched to the frame
+    keyframe_view_size: int | None = None  # None -> keyframe_views(frame height): KEYFRAME_OVERSAMPLE x its density
+    keyframe_num_tokens: int | None = None  # None -> (keyframe view size / 14)^2, MoGe's patch grid of the view
+    keyframe_batch_size: int = 48  # views per MoGe forward across keyframes (4 keyframes of 12 views)
+    keyframe_known_fraction: float | None = 0.995  # a keyframe the scaffold knows this much of skips MoGe (None: never)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def keyframe_views(self, frame_height: int) -> tuple[int, int]:
+        """(view size, MoGe tokens) of the keyframe depth of frames [frame_height, 2 frame_height].
+
+        A frame has frame_height / 180 pixels per degree; a view of ``view_fov`` degrees keeps
+        KEYFRAME_OVERSAMPLE x that (mean over the view), rounded to MoGe's patch (14 px), at least
+        2 patches and at most ``view_size`` (rounded down to the patch) (480-row frames, 100 degrees: 406 px, 29^2 = 841 tokens;
+        the panorama stage's 768 px would be 2.9x the frame's density)."""
+        size = self.keyframe_view_size
+        if size is None:
+            size = PATCH * round(KEYFRAME_OVERSAMPLE * frame_height / 180.0 * self.view_fov / PATCH)
+            size = min(max(size, 2 * PATCH), max(PATCH * (self.view_size // PATCH), 2 * PATCH))
+        tokens = self.keyframe_num_tokens if self.keyframe_num_tokens is not None else (size // PATCH) ** 2
+        return size, tokens
 
 
 @dataclass
@@ -103,6 +125,34 @@ def fill_invalid(distance: np.ndarray, valid: np.ndarray, sky_factor: float) -> 
     return out
 
 
+def fill_unknown(distance: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Fill the unknown pixels of a distance map from the known ones (push-pull of the log-distance).
+
+    distance: [H, W] (anything where not known); known: [H, W] bool, at least one True.
+    returns [H, W] float32: the known values as they are; each unknown pixel gets the mean
+    log-distance of the known pixels in the smallest 2^l x 2^l block of the pyramid that has any,
+    upsampled (nearest) back level by level. Finite and > 0 wherever the known values are.
+    """
+    if not known.any():
+        raise InputError("fill_unknown needs at least one known pixel")
+    x = torch.from_numpy(np.where(known, np.log(np.maximum(distance, 1e-12)), 0.0).astype(np.float64))[None, None]
+    w = torch.from_numpy(known.astype(np.float64))[None, None]
+    pyramid = [(x, w)]
+    while bool((pyramid[-1][1] == 0).any()) and min(pyramid[-1][1].shape[-2:]) > 1:  # push: masked 2x2 means
+        x, w = pyramid[-1]
+        num = torch.nn.functional.avg_pool2d(x * w, 2, ceil_mode=True)
+        den = torch.nn.functional.avg_pool2d(w, 2, ceil_mode=True)
+        pyramid.append((torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num)), (den > 0).double()))
+    x, w = pyramid[-1]
+    if bool((w == 0).any()):  # one row or column left: its known mean everywhere
+        x = torch.where(w > 0, x, (x * w).sum() / w.sum())
+    for fine_x, fine_w in reversed(pyramid[:-1]):  # pull: unknown pixels take the coarser level's value
+        up = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")[..., :fine_x.shape[-2], :fine_x.shape[-1]]
+        x = torch.where(fine_w > 0, fine_x, up)
+    out = x[0, 0].exp().numpy().astype(np.float32)
+    return np.where(known, distance, out).astype(np.float32)
+
+
 # --------------------------------------------------------------------------- moge
 
 
@@ -112,25 +162,58 @@ def check_views(config: DepthConfig) -> None:
 
 
 def panorama_depth_from_model(rgb: np.ndarray, moge: LoadedMoGe, config: DepthConfig, *, device) -> DepthResult:
-    """12-view MoGe panorama depth with a loaded model (or any object with MoGe's ``infer``)."""
+    """12-view MoGe panorama depth with a loaded model (or any object with MoGe's ``infer``).
+
+    rgb: [H, 2H, 3] float32 in [0, 1]. :func:`panorama_depths_from_model` with one panorama."""
+    return panorama_depths_from_model(rgb[None], moge, config, device=device)[0]
+
+
+def panorama_depths_from_model(rgb, moge: LoadedMoGe, config: DepthConfig, *, device) -> list[DepthResult]:
+    """12-view MoGe depth of K panoramas at once: all K x 12 views through MoGe in batches of
+    ``config.batch_size`` views, the K merges solved together (:func:`merge_log_distances`, up to
+    MAX_MERGE_BATCH at a time); each result is what the panorama gives alone.
+
+    rgb: [K, H, 2H, 3] float32 in [0, 1], numpy or a tensor (kept on its device when on ``device``).
+    returns K DepthResults; their ``info`` seconds are the batch's, split evenly.
+    """
     check_views(config)
-    h = rgb.shape[0]
+    k, h = rgb.shape[0], rgb.shape[1]
     start = time.perf_counter()
     views = icosahedron_views(config.view_size, config.view_fov)
-    pano = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device)  # [1, 3, H, 2H]
-    crops = torch.cat([crop_perspective(pano, v)[0] for v in views]).clamp(0, 1)  # [12, 3, s, s]
-    points, mask = infer_views(moge, crops, fov=config.view_fov, num_tokens=config.num_tokens,
-                               batch_size=config.batch_size, use_fp16=config.use_fp16)
+    pano = torch.as_tensor(rgb).to(device=device, dtype=torch.float32).permute(0, 3, 1, 2)  # [K, 3, H, 2H]
+    crops = torch.stack([crop_perspective(pano, v)[0] for v in views], dim=1).clamp(0, 1)  # [K, 12, 3, s, s]
+    points, mask = infer_views(moge, crops.flatten(0, 1), fov=config.view_fov, num_tokens=config.num_tokens,
+                               batch_size=config.batch_size, use_fp16=config.use_fp16)  # [K * 12, s, s, (3)]
+    del crops
     t_views = time.perf_counter() - start
-    dist = points.norm(dim=-1)  # [12, s, s] distance along each view ray
+    dist = points.norm(dim=-1).unflatten(0, (k, len(views)))  # [K, 12, s, s] distance along each view ray
+    mask = mask.unflatten(0, (k, len(views)))
+    del points
     valid = mask & torch.isfinite(dist) & (dist > 0)
     log_d = torch.where(valid, dist.clamp_min(1e-12).log(), torch.zeros_like(dist))
     merge_h = min(h, config.merge_height or MAX_MERGE_HEIGHT)
     merge_h -= merge_h % 2
-    log_pano, seen, merge_info = merge_log_distances(log_d, valid, views, merge_h, MergeConfig())
+    log_pano, seen, merge_info = [], [], []
+    for first in range(0, k, MAX_MERGE_BATCH):
+        x, s, info = merge_log_distances(log_d[first:first + MAX_MERGE_BATCH], valid[first:first + MAX_MERGE_BATCH],
+                                         views, merge_h, MergeConfig())
+        log_pano.append(x)
+        seen.append(s)
+        merge_info += [{**info, "cg_iterations": its} for its in info["cg_iterations"]]
+    log_pano_t, seen_t = torch.cat(log_pano), torch.cat(seen)  # [K, merge_h, 2 merge_h]
     t_merge = time.perf_counter() - start - t_views
+    results = []
+    for i in range(k):
+        results.append(_finish(log_pano_t[i], seen_t[i], h, merge_h, moge, config, len(views), merge_info[i],
+                               t_views / k, t_merge / k))
+    return results
+
+
+def _finish(log_pano, seen, h: int, merge_h: int, moge: LoadedMoGe, config: DepthConfig, num_views: int,
+            merge_info: dict, t_views: float, t_merge: float) -> DepthResult:
+    """One merged log-distance [merge_h, 2 merge_h] -> the panorama's DepthResult at height h."""
     if not seen.any():
-        raise InputError("MoGe found no valid geometry in any of the 12 views (all sky or undefined)")
+        raise InputError(f"MoGe found no valid geometry in any of the {num_views} views (all sky or undefined)")
     if not moge.metric:  # arbitrary scale: geometric-mean distance over valid pixels = 1
         log_pano = log_pano - log_pano[seen].mean()
     distance = log_pano.exp()
@@ -142,7 +225,7 @@ def panorama_depth_from_model(rgb: np.ndarray, moge: LoadedMoGe, config: DepthCo
     info = {
         "backend": "moge", "model": config.model, "checkpoint": moge.checkpoint, "moge_version": moge.version,
         "metric": moge.metric, "units": "metres" if moge.metric else "normalised (geometric-mean distance = 1)",
-        "views": len(views), "view_size": config.view_size, "view_fov": config.view_fov, "merge_height": merge_h,
+        "views": num_views, "view_size": config.view_size, "view_fov": config.view_fov, "merge_height": merge_h,
         "merge": merge_info, "seconds_views": round(t_views, 3), "seconds_merge": round(t_merge, 3),
         "valid_fraction": round(float(valid_np.mean()), 5),
     }
@@ -244,5 +327,5 @@ def estimate_depth(rgb, config: DepthConfig | None = None, *, device="cpu") -> D
     return result
 
 
-__all__ = ["DepthConfig", "DepthResult", "estimate_depth", "fill_invalid", "DEPTH_BACKENDS", "register_depth_backend",
-           "panorama_depth_from_model", "prior_distance", "estimate_fov", "check_panorama"]
+__all__ = ["DepthConfig", "DepthResult", "estimate_depth", "fill_invalid", "fill_unknown", "DEPTH_BACKENDS", "register_depth_backend",
+           "panorama_depth_from_model", "panorama_depths_from_model", "prior_distance", "estimate_fov", "check_panorama"]

@@ -51,54 +51,55 @@ class MergeConfig:
 
 
 def pool_view(log_d: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """Halve per-view maps by masked 2x2 averaging: [V, h, w] -> [V, h/2, w/2]."""
-    v = valid.to(log_d.dtype)[:, None]
-    num = F.avg_pool2d(torch.where(valid, log_d, torch.zeros_like(log_d))[:, None], 2, ceil_mode=True)
+    """Halve per-view maps by masked 2x2 averaging: [K, V, h, w] -> [K, V, h/2, w/2]."""
+    k, n, h, w = log_d.shape
+    v = valid.to(log_d.dtype).reshape(k * n, 1, h, w)
+    num = F.avg_pool2d(torch.where(valid, log_d, torch.zeros_like(log_d)).reshape(k * n, 1, h, w), 2, ceil_mode=True)
     den = F.avg_pool2d(v, 2, ceil_mode=True)
     pooled = torch.where(den > 0, num / den.clamp_min(1e-12), torch.zeros_like(num))
-    return pooled[:, 0], den[:, 0] > 0.999
+    return pooled.reshape(k, n, *pooled.shape[-2:]), (den > 0.999).reshape(k, n, *den.shape[-2:])
 
 
 def warp_views(log_d: Tensor, valid: Tensor, views: list[PerspectiveView], height: int) -> tuple[Tensor, Tensor]:
     """Warp per-view log-distances to an equirect of the given height.
 
-    log_d: Tensor  # [V, h, w] log distance per view pixel (anything where invalid)
-    valid: Tensor  # [V, h, w] bool
-    views: the V crops (their width/height are rescaled to the maps' size)
-    returns (values [V, H, 2H], weights [V, H, 2H]; weight 0 where the view has no valid sample)
+    log_d: Tensor  # [K, V, h, w] log distance per view pixel (anything where invalid), K panoramas
+    valid: Tensor  # [K, V, h, w] bool
+    views: the V crops (their width/height are rescaled to the maps' size), the same for all K
+    returns (values [K, V, H, 2H], weights [K, V, H, 2H]; weight 0 where the view has no valid sample)
     """
-    n, h, w = log_d.shape
+    k, n, h, w = log_d.shape
     dirs = equirect_directions(height, device=log_d.device, dtype=torch.float64)  # [H, W, 3]
     values, weights = [], []
     clean = torch.where(valid, log_d, torch.zeros_like(log_d))
-    for i, view in enumerate(views):
+    for i, view in enumerate(views):  # one projection per view serves all K panoramas
         scaled = PerspectiveView(view.yaw, view.pitch, view.fov, w, h)
         px, py, in_front = project_to_view(dirs, scaled)
         inside = in_front & (px >= 0.5) & (px <= w - 0.5) & (py >= 0.5) & (py <= h - 0.5)
         grid = torch.stack((px / w * 2 - 1, py / h * 2 - 1), dim=-1)[None].to(log_d.dtype)  # [1, H, W, 2]
-        stack = torch.stack((clean[i], valid[i].to(log_d.dtype)))[None]  # [1, 2, h, w]
+        stack = torch.cat((clean[:, i], valid[:, i].to(log_d.dtype)))[None]  # [1, 2K, h, w]: values, then valid
         sampled = F.grid_sample(stack, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
-        ok = inside & (sampled[1] > 0.999)
+        ok = inside & (sampled[k:] > 0.999)  # [K, H, W]
         edge = torch.minimum(torch.minimum(px, w - px) / (w / 2), torch.minimum(py, h - py) / (h / 2))
-        weight = torch.where(ok, edge.clamp(0, 1).to(log_d.dtype) + 1e-3, torch.zeros_like(sampled[0]))
-        values.append(torch.where(ok, sampled[0], torch.zeros_like(sampled[0])))
+        weight = torch.where(ok, edge.clamp(0, 1).to(log_d.dtype) + 1e-3, torch.zeros_like(sampled[:k]))
+        values.append(torch.where(ok, sampled[:k], torch.zeros_like(sampled[:k])))
         weights.append(weight)
-    return torch.stack(values), torch.stack(weights)
+    return torch.stack(values, dim=1), torch.stack(weights, dim=1)
 
 
 def edge_targets(values: Tensor, weights: Tensor, smooth_weight: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Target gradients and weights of horizontal (wrapping) and vertical neighbour pairs.
 
-    values, weights: [V, H, W]
-    returns gh, wh [H, W] (pair (i, j)-(i, j+1 mod W)), gv, wv [H-1, W] (pair (i, j)-(i+1, j))
+    values, weights: [K, V, H, W]
+    returns gh, wh [K, H, W] (pair (i, j)-(i, j+1 mod W)), gv, wv [K, H-1, W] (pair (i, j)-(i+1, j))
     """
     nb_v, nb_w = torch.roll(values, -1, dims=-1), torch.roll(weights, -1, dims=-1)
     pair_w = torch.minimum(weights, nb_w)
-    wh = pair_w.sum(0)
-    gh = (pair_w * (nb_v - values)).sum(0) / wh.clamp_min(1e-12)
-    pair_w = torch.minimum(weights[:, :-1], weights[:, 1:])
-    wv = pair_w.sum(0)
-    gv = (pair_w * (values[:, 1:] - values[:, :-1])).sum(0) / wv.clamp_min(1e-12)
+    wh = pair_w.sum(-3)
+    gh = (pair_w * (nb_v - values)).sum(-3) / wh.clamp_min(1e-12)
+    pair_w = torch.minimum(weights[..., :-1, :], weights[..., 1:, :])
+    wv = pair_w.sum(-3)
+    gv = (pair_w * (values[..., 1:, :] - values[..., :-1, :])).sum(-3) / wv.clamp_min(1e-12)
     wh = torch.where(wh > 0, wh, torch.full_like(wh, smooth_weight))
     wv = torch.where(wv > 0, wv, torch.full_like(wv, smooth_weight))
     gh = torch.where(wh > smooth_weight, gh, torch.zeros_like(gh))
@@ -107,12 +108,12 @@ def edge_targets(values: Tensor, weights: Tensor, smooth_weight: float) -> tuple
 
 
 def apply_operator(x: Tensor, wh: Tensor, wv: Tensor, anchor: float) -> Tensor:
-    """M x for M = Σ_e w_e (e_q - e_p)(e_q - e_p)^T + anchor I, on an [H, W] grid (matrix-free)."""
+    """M x for M = Σ_e w_e (e_q - e_p)(e_q - e_p)^T + anchor I, on [K, H, W] grids (matrix-free)."""
     dh = wh * (torch.roll(x, -1, dims=-1) - x)  # flow along each horizontal pair
     out = anchor * x - dh + torch.roll(dh, 1, dims=-1)
-    dv = wv * (x[1:] - x[:-1])
-    out[:-1] -= dv
-    out[1:] += dv
+    dv = wv * (x[..., 1:, :] - x[..., :-1, :])
+    out[..., :-1, :] -= dv
+    out[..., 1:, :] += dv
     return out
 
 
@@ -121,63 +122,81 @@ def rhs(gh: Tensor, wh: Tensor, gv: Tensor, wv: Tensor, anchor: float, x0: Tenso
     fh = wh * gh
     b = anchor * x0 - fh + torch.roll(fh, 1, dims=-1)
     fv = wv * gv
-    b[:-1] -= fv
-    b[1:] += fv
+    b[..., :-1, :] -= fv
+    b[..., 1:, :] += fv
     return b
 
 
 def diagonal(wh: Tensor, wv: Tensor, anchor: float) -> Tensor:
     d = anchor + wh + torch.roll(wh, 1, dims=-1)
     d = d.clone()
-    d[:-1] += wv
-    d[1:] += wv
+    d[..., :-1, :] += wv
+    d[..., 1:, :] += wv
     return d
 
 
 def solve_direct(gh, wh, gv, wv, anchor: float, x0: Tensor) -> Tensor:
-    """Exact solution of the normal equations with a sparse LU (scipy) on small grids."""
+    """Exact solution of the normal equations with a sparse LU (scipy) on small grids.
+
+    gh, wh: [K, H, W]; gv, wv: [K, H-1, W]; x0: [K, H, W] -> x [K, H, W] (one CPU copy per level,
+    one LU per panorama)."""
     import scipy.sparse as sp
     import scipy.sparse.linalg as spla
 
-    h, w = wh.shape
+    k, h, w = wh.shape
     idx = np.arange(h * w).reshape(h, w)
     p_h, q_h = idx.ravel(), np.roll(idx, -1, axis=1).ravel()
     p_v, q_v = idx[:-1].ravel(), idx[1:].ravel()
     p = np.concatenate((p_h, p_v))
     q = np.concatenate((q_h, q_v))
-    wt = np.concatenate((wh.double().cpu().numpy().ravel(), wv.double().cpu().numpy().ravel()))
     rows = np.concatenate((p, q, p, q))
     cols = np.concatenate((p, q, q, p))
-    vals = np.concatenate((wt, wt, -wt, -wt))
-    m = sp.coo_matrix((vals, (rows, cols)), shape=(h * w, h * w)).tocsc() + anchor * sp.identity(h * w, format="csc")
-    b = rhs(gh.double(), wh.double(), gv.double(), wv.double(), anchor, x0.double()).cpu().numpy().ravel()
-    x = spla.spsolve(m, b)
-    return torch.from_numpy(x.reshape(h, w)).to(device=x0.device, dtype=x0.dtype)
+    wh_np, wv_np = wh.double().cpu().numpy().reshape(k, -1), wv.double().cpu().numpy().reshape(k, -1)
+    b = rhs(gh.double(), wh.double(), gv.double(), wv.double(), anchor, x0.double()).cpu().numpy().reshape(k, -1)
+    out = np.empty((k, h * w))
+    for i in range(k):
+        wt = np.concatenate((wh_np[i], wv_np[i]))
+        vals = np.concatenate((wt, wt, -wt, -wt))
+        m = sp.coo_matrix((vals, (rows, cols)), shape=(h * w, h * w)).tocsc() + anchor * sp.identity(h * w, format="csc")
+        out[i] = spla.spsolve(m, b[i])
+    return torch.from_numpy(out.reshape(k, h, w)).to(device=x0.device, dtype=x0.dtype)
 
 
-def solve_cg(gh, wh, gv, wv, anchor: float, x0: Tensor, *, iterations: int, tolerance: float) -> tuple[Tensor, int]:
-    """Jacobi-preconditioned conjugate gradients on the normal equations, warm-started at x0."""
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Per-panorama inner product of [K, H, W] grids -> [K, 1, 1]."""
+    return (a * b).sum(dim=(-2, -1), keepdim=True)
+
+
+def solve_cg(gh, wh, gv, wv, anchor: float, x0: Tensor, *, iterations: int, tolerance: float) -> tuple[Tensor, list[int]]:
+    """Jacobi-preconditioned conjugate gradients on the normal equations, warm-started at x0.
+
+    All tensors [K, ...] (K independent panoramas, one operator launch for all); each panorama stops
+    at its own convergence (relative residual <= tolerance): its x, r, p freeze there, so the result
+    per panorama is that of solving it alone. returns (x [K, H, W], iterations per panorama)."""
     b = rhs(gh, wh, gv, wv, anchor, x0)
     inv_d = 1.0 / diagonal(wh, wv, anchor)
     x = x0.clone()
     r = b - apply_operator(x, wh, wv, anchor)
     z = inv_d * r
     p = z.clone()
-    rz = (r * z).sum()
-    b_norm = b.norm().clamp_min(1e-30)
-    it = 0
-    for it in range(1, iterations + 1):
+    rz = _dot(r, z)
+    limit = tolerance * _dot(b, b).sqrt().clamp_min(1e-30)  # [K, 1, 1]
+    active = torch.ones_like(rz, dtype=torch.bool)  # [K, 1, 1]: not converged yet
+    counts = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    for _ in range(iterations):
         mp = apply_operator(p, wh, wv, anchor)
-        alpha = rz / (p * mp).sum().clamp_min(1e-30)
+        alpha = torch.where(active, rz / _dot(p, mp).clamp_min(1e-30), torch.zeros_like(rz))
         x = x + alpha * p
         r = r - alpha * mp
-        if r.norm() <= tolerance * b_norm:
+        counts += active.view(-1)
+        active = active & (_dot(r, r).sqrt() > limit)
+        if not bool(active.any()):
             break
         z = inv_d * r
-        rz_new = (r * z).sum()
-        p = z + (rz_new / rz) * p
-        rz = rz_new
-    return x, it
+        rz_new = _dot(r, z)
+        p = torch.where(active, z + (rz_new / rz) * p, p)
+        rz = torch.where(active, rz_new, rz)
+    return x, counts.tolist()
 
 
 def merge_log_distances(
@@ -187,17 +206,24 @@ def merge_log_distances(
     height: int,
     config: MergeConfig | None = None,
 ) -> tuple[Tensor, Tensor, dict]:
-    """Merge V perspective log-distance maps into one equirect log-distance.
+    """Merge V perspective log-distance maps into one equirect log-distance, for one or K panoramas.
 
-    log_d: Tensor  # [V, h, w] log of the distance along each view pixel's ray
-    valid: Tensor  # [V, h, w] bool
-    views: the V crops, in the panorama camera's frame (cameras.PerspectiveView)
+    log_d: Tensor  # [V, h, w] or [K, V, h, w]: log of the distance along each view pixel's ray
+    valid: Tensor  # same shape, bool
+    views: the V crops, in the panorama camera's frame (cameras.PerspectiveView), the same for all K
     height: output height H (width 2H)
-    returns (log_distance [H, 2H] float32, valid [H, 2H] bool: seen by at least one view, info)
+    returns (log_distance [H, 2H] or [K, H, 2H] float32, valid (same shape) bool: seen by at least
+    one view, info). The K panoramas are solved together (one warp per view, one operator launch per
+    CG step for all) and each gives what it gives merged alone.
     """
     config = config or MergeConfig()
-    if log_d.shape != valid.shape or log_d.dim() != 3 or len(views) != log_d.shape[0]:
-        raise ValueError(f"expected log_d and valid [V, h, w] with V = {len(views)} views, got {tuple(log_d.shape)} and {tuple(valid.shape)}")
+    single = log_d.dim() == 3
+    if single:
+        log_d, valid = log_d[None], valid[None]
+    if log_d.shape != valid.shape or log_d.dim() != 4 or len(views) != log_d.shape[1]:
+        raise ValueError(f"expected log_d and valid [V, h, w] or [K, V, h, w] with V = {len(views)} views, "
+                         f"got {tuple(log_d.shape)} and {tuple(valid.shape)}")
+    k = log_d.shape[0]
     dtype = torch.float64 if log_d.device.type == "cpu" else torch.float32
     log_d = log_d.to(dtype)
     valid = valid & torch.isfinite(log_d)
@@ -214,30 +240,33 @@ def merge_log_distances(
         else:
             view_pyramid.append(prev)
     x = None
-    iterations = []
+    iterations: list[list[int]] = []
     for level in reversed(range(len(heights))):
         h = heights[level]
-        values, weights = warp_views(*view_pyramid[level], views, h)
+        values, weights = warp_views(*view_pyramid[level], views, h)  # [K, V, h, 2h]
         gh, wh, gv, wv = edge_targets(values, weights, config.smooth_weight)
         if x is None:
-            x0 = torch.zeros(h, 2 * h, dtype=dtype, device=log_d.device)
+            x0 = torch.zeros(k, h, 2 * h, dtype=dtype, device=log_d.device)
             anchor = 1e-6
         else:
-            x0 = resize_equirect(x[None, None], h, mode="bilinear")[0, 0]
+            x0 = resize_equirect(x[:, None], h, mode="bilinear")[:, 0]
             anchor = config.anchor_weight
         if h * 2 * h <= config.direct_max_pixels:
             x = solve_direct(gh, wh, gv, wv, anchor, x0)
-            iterations.append(0)
+            iterations.append([0] * k)
         else:
             x, its = solve_cg(gh, wh, gv, wv, anchor, x0, iterations=config.cg_iterations, tolerance=config.cg_tolerance)
             iterations.append(its)
         if level == 0:
-            seen = weights.sum(0) > 0
+            seen = weights.sum(-3) > 0
             # 4. the free constant: weighted mean residual to the views is zero
-            resid = (weights * (values - x[None])).sum() / weights.sum().clamp_min(1e-12)
-            x = x + resid
+            resid = (weights * (values - x[:, None])).sum(dim=(-3, -2, -1)) / weights.sum(dim=(-3, -2, -1)).clamp_min(1e-12)
+            x = x + resid[:, None, None]
     assert x is not None  # the loop always ends with level 0
-    info = {"levels": heights[::-1], "cg_iterations": iterations, "views": len(views)}
+    per_level = [list(its) for its in zip(*iterations)]  # [K][levels]
+    info = {"levels": heights[::-1], "cg_iterations": per_level[0] if single else per_level, "views": len(views)}
+    if single:
+        return x[0].float(), seen[0], info
     return x.float(), seen, info
 
 

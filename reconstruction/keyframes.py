@@ -9,8 +9,9 @@ Shared by the ``lift`` and ``optimize`` backends. A clip is
 * ``masks``    [F, H, W] bool, True where a pixel is known (None: all known);
 * ``sky0``     [H, W] bool sky mask of frame 0 (None: only non-finite distances are sky).
 
-The other keyframes' distances come from ``depth_fn(index, rgb) -> distance [H, W]`` (or a
-pair ``(distance, sky)``): MoGe, the ``prior`` heuristic, or ground truth. Each is aligned
+The other keyframes' distances come from one call ``depth_fn(indices, rgb [K, H, W, 3]) ->
+distance [K, H, W]`` (or a pair ``(distance, sky [K, H, W])``) for all of them at once (so a
+model can batch them): MoGe, the ``prior`` heuristic, or ground truth. Each is aligned
 to the previous keyframe's warped distance by a weighted least-squares scale + shift
 (:mod:`reconstruction.align`). Without a ``depth_fn`` only frame 0 carries geometry; the
 other keyframes then only supervise the optimisation.
@@ -31,7 +32,8 @@ from matrix_world.cameras import rigidity_error
 from matrix_world.errors import InputError
 from matrix_world.reconstruction.align import AlignConfig, align_to_previous
 
-DepthFn = Callable[[int, Tensor], "Tensor | tuple[Tensor, Tensor]"]
+# (frame indices [K], their rgb [K, H, W, 3]) -> distance [K, H, W] or (distance, sky [K, H, W] bool)
+DepthFn = Callable[[list[int], Tensor], "Tensor | tuple[Tensor, Tensor]"]
 
 
 @dataclass
@@ -129,15 +131,19 @@ def validate_clip(frames, c2w, distance0, masks=None, sky0=None) -> None:
         raise InputError(f"sky0 must be [H, W] = {(h, w)}, got {tuple(sky0.shape)}")
 
 
-def _call_depth_fn(depth_fn: DepthFn, index: int, rgb: Tensor, shape: tuple[int, int], device) -> tuple[Tensor, Tensor]:
-    out = depth_fn(index, rgb)
+def _call_depth_fn(depth_fn: DepthFn, indices: list[int], rgb: Tensor, shape: tuple[int, int], device) -> tuple[Tensor, Tensor]:
+    """One call of ``depth_fn`` for the keyframes ``indices`` (rgb [K, H, W, 3]) -> (distance, sky) [K, H, W]."""
+    out = depth_fn(indices, rgb)
     sky = None
     if isinstance(out, tuple):
         out, sky = out
     dist = as_tensor(out, device=device, dtype=torch.float32)
-    if tuple(dist.shape) != shape:
-        raise InputError(f"depth_fn returned a distance of shape {tuple(dist.shape)} for frame {index}; expected {shape}")
-    sky = torch.zeros(shape, dtype=torch.bool, device=device) if sky is None else as_tensor(sky, device=device, dtype=torch.bool)
+    expected = (len(indices), *shape)
+    if tuple(dist.shape) != expected:
+        raise InputError(f"depth_fn returned a distance of shape {tuple(dist.shape)} for frames {indices}; expected {expected}")
+    sky = torch.zeros(expected, dtype=torch.bool, device=device) if sky is None else as_tensor(sky, device=device, dtype=torch.bool)
+    if tuple(sky.shape) != expected:
+        raise InputError(f"depth_fn returned a sky mask of shape {tuple(sky.shape)} for frames {indices}; expected {expected}")
     return dist, sky | ~torch.isfinite(dist)
 
 
@@ -166,13 +172,15 @@ def prepare_keyframes(
     d0 = as_tensor(distance0, device=device, dtype=torch.float32)
     s0 = ~torch.isfinite(d0) if sky0 is None else as_tensor(sky0, device=device, dtype=torch.bool) | ~torch.isfinite(d0)
     distances, skies, alignment = [d0], [s0], [(1.0, 0.0)]
+    if depth_fn is not None and len(indices) > 1:  # all keyframes after frame 0 in one call
+        dists, skys = _call_depth_fn(depth_fn, indices[1:], rgb[1:], (h, w), device)
     for k in range(1, len(indices)):
         if depth_fn is None:
             distances.append(torch.full((h, w), float("nan"), device=device))
             skies.append(torch.zeros(h, w, dtype=torch.bool, device=device))
             alignment.append((float("nan"), float("nan")))
             continue
-        dist, sky = _call_depth_fn(depth_fn, indices[k], rgb[k], (h, w), device)
+        dist, sky = dists[k - 1], skys[k - 1]
         if config.align_distances:
             prev = k - 1
             while prev > 0 and not bool(torch.isfinite(distances[prev]).any()):

@@ -12,8 +12,8 @@ One entry point, :func:`reconstruct`, with a backend chosen by name:
 
 Inputs follow DESIGN.md §3: equirect frames [F, H, 2H, 3] float32 in [0, 1], camera-to-world
 poses [F, 4, 4] (OpenCV), frame 0's distance [H, W] along the rays. Other keyframes get
-their distance from ``depth_fn(frame_index, rgb [H, W, 3]) -> distance [H, W]`` (or
-``(distance, sky)``), aligned to the previous keyframe by a weighted least-squares
+their distances from one call ``depth_fn(frame_indices, rgb [K, H, W, 3]) -> distance [K, H, W]``
+(or ``(distance, sky)``), aligned to the previous keyframe by a weighted least-squares
 scale + shift (:mod:`.align`).
 """
 

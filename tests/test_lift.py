@@ -87,7 +87,7 @@ def test_lift_dedupes_covered_points():
     c2w = trajectory(3, length=0.6)
     rgb, dist = render_clip(c2w, 32)
     # the same frame twice: the second adds nothing
-    kf = prepare_keyframes(rgb[[0, 0]], c2w[[0, 0]], dist[0], depth_fn=lambda i, _: dist[0],
+    kf = prepare_keyframes(rgb[[0, 0]], c2w[[0, 0]], dist[0], depth_fn=lambda i, _: dist[[0] * len(i)],
                            config=KeyframeConfig(stride=1, align_distances=False))
     _, info = lift_keyframes(kf)
     assert info["added"][1] == 0 and info["covered"][1] > 0.9 * info["added"][0]

@@ -309,7 +309,7 @@ def test_every_model_a_run_loads_is_released_after_its_last_use(tmp_path, monkey
     refs: dict[str, list] = {"moge": [], "wan": []}
     seen: list[tuple[str, bool]] = []
     real_load_moge, real_load_wan = moge_backend.load_moge, video_module.load_video_pipeline
-    real_estimate = depth_module.estimate_frame_distance
+    real_estimate = depth_module.estimate_frame_distances
 
     def load_moge(*a, **kw):
         moge = real_load_moge(*a, **kw)
@@ -327,10 +327,11 @@ def test_every_model_a_run_loads_is_released_after_its_last_use(tmp_path, monkey
 
     monkeypatch.setattr(moge_backend, "load_moge", load_moge)
     monkeypatch.setattr(video_module, "load_video_pipeline", load_wan)
-    monkeypatch.setattr(depth_module, "estimate_frame_distance", estimate)
+    monkeypatch.setattr(depth_module, "estimate_frame_distances", estimate)
 
     def adjust(plan):
         plan.depth.view_size = 56
+        plan.depth.keyframe_known_fraction = None  # MoGe on every keyframe (the scaffold knows most of them)
         return plan
 
     config = WorldConfig(prompt="a small room", out=str(tmp_path / "run"), preset="preview", depth_backend="moge",

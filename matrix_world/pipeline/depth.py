@@ -3,17 +3,20 @@
 :func:`choose` is the one ``auto`` rule of this stage; :func:`depth_stage` runs the
 backend (:mod:`matrix_world.generation.depth`: ``moge``, ``prior``, ``file``; ``procedural``
 from :mod:`matrix_world.datasets.synthetic_backends`). :func:`make_depth_fn` gives the
-reconstruction the distance of any later video frame with the same backend.
+reconstruction the distances of its keyframes with the same backend (:class:`KeyframeDepth`).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
 
-from matrix_world.generation.depth import DepthConfig, estimate_depth, panorama_depth_from_model, prior_distance
+from matrix_world.generation.depth import (DepthConfig, estimate_depth, fill_invalid, fill_unknown, panorama_depth_from_model,
+                                           panorama_depths_from_model, prior_distance)
 from matrix_world.io import load_npz, save_npz
 from matrix_world.pipeline import panorama
 from matrix_world.pipeline.config import WorldConfig
@@ -74,61 +77,102 @@ def load_depth_model(config: DepthConfig, device: torch.device):
     return moge_backend.load_moge(config.model, device=device, allow_download=config.allow_download)
 
 
-def make_depth_fn(config: DepthConfig, device: torch.device, scaffold, traj, ctx: StageContext):
-    """Distance of a video frame for the reconstruction's keyframes.
+@dataclass
+class KeyframeDepth:
+    """The reconstruction's depth function (a ``DepthFn``): the distances of the keyframes, all in one call.
 
-    Where the scaffold knows the frame (mask), its rendered distance is exact geometry; the
-    rest comes from the depth backend (the procedural scene's truth, the ``prior`` heuristic
-    or MoGe on the generated frame), scaled to agree with the known part (median ratio).
-    scaffold: a :class:`~matrix_world.scaffold.build.Scaffold`. ctx: the run's context, whose
-    MoGe (the depth stage's, or injected) is used, loaded there if the depth stage was reused;
-    a parked (CPU) MoGe goes back to ``device`` on the first keyframe.
+    Where the scaffold knows a frame (mask), its rendered distance is exact geometry; the rest
+    comes from the depth backend (the procedural scene's truth, the ``prior`` heuristic or MoGe
+    on the generated frames), scaled per frame to agree with the known part (median ratio).
+    MoGe runs on views matched to the frames (:meth:`DepthConfig.keyframe_views`), all keyframes'
+    views in batches of ``keyframe_batch_size``, their merges solved together; a keyframe whose
+    known fraction is >= ``keyframe_known_fraction`` skips MoGe: its few unknown pixels are
+    filled from the known distance (:func:`fill_unknown`).
+    scaffold: a :class:`~matrix_world.scaffold.build.Scaffold`. ctx: the run's context, whose MoGe
+    (the depth stage's, or injected) is used, loaded there if the depth stage was reused; a parked
+    (CPU) MoGe goes back to ``device`` first. ``info`` says what the last call did.
     """
-    cache: dict = {}
 
-    def depth_fn(index: int, frame: torch.Tensor):
-        known_distance = scaffold.distance[index].astype(np.float32)  # this keyframe only, not the whole clip
-        k = scaffold.mask[index] & np.isfinite(known_distance)
-        h = k.shape[0]
+    config: DepthConfig
+    device: torch.device
+    scaffold: Any
+    traj: Any  # Trajectory: c2w [F, 4, 4]
+    ctx: StageContext
+    info: dict = field(default_factory=dict)
+    _scene: Any = None
+
+    def __call__(self, indices: list[int], frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """indices: K frame indices; frames: [K, H, 2H, 3] float32 in [0, 1] (their rgb)
+        returns (distance [K, H, 2H] float32, sky [K, H, 2H] bool) on the frames' device."""
+        config, height = self.config, int(frames.shape[1])
+        known_distance = self.scaffold.distance[indices].astype(np.float32)  # these keyframes only
+        mask = self.scaffold.mask[indices]
+        known = mask & np.isfinite(known_distance)  # [K, H, 2H]
+        fraction = mask.reshape(len(indices), -1).mean(axis=1)
+        threshold = config.keyframe_known_fraction
+        skip = (np.zeros(len(indices), bool) if config.backend != "moge" or threshold is None
+                else (fraction >= threshold) & known.reshape(len(indices), -1).any(axis=1))
+        run = [i for i in range(len(indices)) if not skip[i]]
+        out = np.empty_like(known_distance)
+        sky = np.zeros(known.shape, bool)
         moge = None
-        if config.backend == "moge":  # one MoGe for the depth stage and all keyframes
-            moge = ctx.model("depth", lambda: load_depth_model(config, device))
-            moge.model.to(device)  # back from the CPU where it waited during the video stage (no-op otherwise)
-        if config.backend == "procedural" and "scene" not in cache:  # build the synthetic scene once
+        if config.backend == "moge" and run:  # one MoGe for the depth stage and all keyframes
+            moge = self.ctx.model("depth", lambda: load_depth_model(config, self.device))
+            moge.model.to(self.device)  # back from the CPU where it waited during the video stage (no-op otherwise)
+        if config.backend == "procedural" and self._scene is None:  # build the synthetic scene once
             from matrix_world.datasets.procedural import scene_from_prompt
 
-            cache["scene"] = scene_from_prompt(config.prompt or "", config.seed)
-        estimate, sky = estimate_frame_distance(config, device, traj.c2w[index], frame, h, moge,
-                                                scene=cache.get("scene"))
-        out = estimate.copy()
-        if k.any():
-            ratio = np.median(known_distance[k] / np.maximum(estimate[k], 1e-6))
-            out = estimate * float(ratio)
-            out[k] = known_distance[k]
-        return torch.from_numpy(out), torch.from_numpy(sky)  # the depth backend decides what is sky
+            self._scene = scene_from_prompt(config.prompt or "", config.seed)
+        if run:
+            estimate, sky[run] = estimate_frame_distances(config, self.device, self.traj.c2w[[indices[i] for i in run]],
+                                                          frames[run], height, moge, scene=self._scene)
+            for j, i in enumerate(run):
+                out[i] = estimate[j]
+                if known[i].any():
+                    ratio = np.median(known_distance[i][known[i]] / np.maximum(estimate[j][known[i]], 1e-6))
+                    out[i] = estimate[j] * float(ratio)
+                    out[i][known[i]] = known_distance[i][known[i]]
+        for i in np.flatnonzero(skip):
+            sky[i] = mask[i] & ~np.isfinite(known_distance[i])  # the scaffold's own sky (nothing hit)
+            out[i] = fill_invalid(fill_unknown(known_distance[i], known[i]), ~sky[i], config.sky_factor)
+        size, tokens = config.keyframe_views(height)
+        self.info = {"backend": config.backend, "keyframes": len(indices), "estimated": len(run),
+                     "filled_from_scaffold": int(skip.sum()),
+                     **({"view_size": size, "num_tokens": tokens, "batch_size": config.keyframe_batch_size}
+                        if config.backend == "moge" else {})}
+        return torch.from_numpy(out).to(frames.device), torch.from_numpy(sky).to(frames.device)
 
-    return depth_fn
+
+def make_depth_fn(config: DepthConfig, device: torch.device, scaffold, traj, ctx: StageContext) -> KeyframeDepth:
+    """The distances of a clip's keyframes for the reconstruction (see :class:`KeyframeDepth`)."""
+    return KeyframeDepth(config, device, scaffold, traj, ctx)
 
 
-def estimate_frame_distance(config: DepthConfig, device: torch.device, c2w: torch.Tensor, frame, height: int,
-                            moge=None, scene=None) -> tuple[np.ndarray, np.ndarray]:
-    """The depth backend's (distance [height, 2*height] float32, sky [height, 2*height] bool) for a
-    frame at pose ``c2w`` [4, 4] (its rgb is ``frame``): the procedural scene's truth, MoGe on the
-    frame (``moge``: a LoadedMoGe), or the ``prior`` heuristic (no sky)."""
+def estimate_frame_distances(config: DepthConfig, device: torch.device, c2w: torch.Tensor, frames, height: int,
+                             moge=None, scene=None) -> tuple[np.ndarray, np.ndarray]:
+    """The depth backend's (distance [K, height, 2*height] float32, sky [K, height, 2*height] bool) for
+    K frames at poses ``c2w`` [K, 4, 4] (their rgb: ``frames`` [K, height, 2*height, 3] float in [0, 1]):
+    the procedural scene's truth, MoGe on the frames (``moge``: a LoadedMoGe, on views matched to
+    the frames: :meth:`DepthConfig.keyframe_views`), or the ``prior`` heuristic (no sky)."""
+    k = len(c2w)
     if config.backend == "procedural":
         from matrix_world.datasets.procedural import scene_from_prompt
 
         scene = scene if scene is not None else scene_from_prompt(config.prompt or "", config.seed)
         # the run's world frame is the procedural panorama's camera, at scene.camera_c2w(0, 0)
-        c2w_scene = scene.camera_c2w(0.0, 0.0) @ c2w.to(torch.float64)
-        _, distance, sky = scene.render(c2w_scene[None], height)
-        distance, sky = np.asarray(distance[0], dtype=np.float32), np.asarray(sky[0], dtype=bool)
-        surface = np.isfinite(distance) & ~sky
-        far = float(distance[surface].max()) if surface.any() else 100.0
-        return np.where(surface, distance, 2.0 * far).astype(np.float32), ~surface
+        c2w_scene = scene.camera_c2w(0.0, 0.0) @ torch.as_tensor(c2w).to(torch.float64)
+        _, distance, sky = scene.render(c2w_scene, height)
+        distance, sky = np.asarray(distance, dtype=np.float32), np.asarray(sky, dtype=bool)
+        out = np.empty_like(distance)
+        for i in range(k):
+            surface = np.isfinite(distance[i]) & ~sky[i]
+            far = float(distance[i][surface].max()) if surface.any() else 100.0
+            out[i] = np.where(surface, distance[i], 2.0 * far)
+        return out, ~(np.isfinite(distance) & ~sky)
     if config.backend == "moge":
-        rgb = frame.detach().cpu().numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
-        result = panorama_depth_from_model(np.ascontiguousarray(rgb, dtype=np.float32), moge, config, device=device)
-        return result.distance, result.sky
-    return (prior_distance(height, camera_height=config.camera_height, dome_radius=config.dome_radius),
-            np.zeros((height, 2 * height), bool))
+        size, tokens = config.keyframe_views(height)
+        views = replace(config, view_size=size, num_tokens=tokens, batch_size=config.keyframe_batch_size)
+        results = panorama_depths_from_model(frames, moge, views, device=device)
+        return np.stack([r.distance for r in results]), np.stack([r.sky for r in results])
+    prior = prior_distance(height, camera_height=config.camera_height, dome_radius=config.dome_radius)
+    return np.repeat(prior[None], k, axis=0), np.zeros((k, height, 2 * height), bool)

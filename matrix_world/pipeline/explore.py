@@ -337,14 +337,15 @@ def _start_distance(plan, rendered: np.ndarray, covered: np.ndarray, rgb: np.nda
                     height: int) -> tuple[np.ndarray, np.ndarray]:
     """Distance at the start view: the world's render where covered, else the depth backend's
     estimate scaled to agree (median ratio on covered pixels). Returns (distance, sky)."""
-    from matrix_world.pipeline.depth import estimate_frame_distance
+    from matrix_world.pipeline.depth import estimate_frame_distances
 
     moge = None
     if plan.backends["depth"] == "moge":
         from matrix_world.generation.moge_backend import load_moge
 
         moge = load_moge(plan.depth.model, device=plan.device)
-    estimate, estimate_sky = estimate_frame_distance(plan.depth, plan.device, c2w, torch.from_numpy(rgb), height, moge)
+    estimate, estimate_sky = (a[0] for a in estimate_frame_distances(plan.depth, plan.device, c2w[None],
+                                                                     torch.from_numpy(rgb)[None], height, moge))
     good = covered & np.isfinite(rendered) & (rendered > 0)
     ratio = float(np.median(rendered[good] / np.maximum(estimate[good], 1e-6))) if good.any() else 1.0
     distance = np.where(good, rendered, estimate * ratio).astype(np.float32)

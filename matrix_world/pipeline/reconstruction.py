@@ -153,9 +153,9 @@ def reconstruction_stage(ctx: StageContext, config: ReconConfig, frames: np.ndar
             sky0 = resize_nearest(depth["sky"].astype(np.float32), height) > 0.5
             count = len(select_keyframes(len(frames), config.keyframes.stride, config.keyframes.include_last)) - 1
             with progress_bar(count, "keyframe depth", "keyframe") as bar:
-                def counted(index, frame):
-                    out = depth_fn(index, frame)
-                    bar.update(1)
+                def counted(indices, rgb):  # all keyframes in one call (batched by the depth backend)
+                    out = depth_fn(indices, rgb)
+                    bar.update(len(indices))
                     return out
 
                 gaussians, info = reconstruct(config, frames=frames, distance0=distance0,  # uint8: keyframes converted
@@ -168,6 +168,7 @@ def reconstruction_stage(ctx: StageContext, config: ReconConfig, frames: np.ndar
             st.backend = info.get("backend", config.backend)
             st.info.update(num_gaussians=len(gaussians), keyframes=info.get("keyframes"),
                            seconds=info.get("seconds"), **({"latents": info["latents"]} if "latents" in info else {}),
+                           **({"keyframe_depth": depth_fn.info} if isinstance(getattr(depth_fn, "info", None), dict) else {}),
                            **collider)
     log_stage(ctx, st, "reconstruction", t0)
     return load_splats(ctx.run.path / "world.ply", opacity="logit")  # our own file: logits, whatever their range
