@@ -201,8 +201,9 @@ class StageMonitor:
     """The pipeline's log function: prints, and at every stage end records that stage's peak
     GPU memory, then frees / builds the models of the next stages (outside any stage's time)."""
 
-    def __init__(self, models: dict, device: torch.device, smoke: bool, results: dict):
+    def __init__(self, models: dict, device: torch.device, smoke: bool, results: dict, memory: str = "full"):
         self.models, self.device, self.smoke, self.results = models, device, smoke, results
+        self.memory = memory  # offload / lowvram: FLUX and Wan wait on the CPU, as from_pretrained leaves them
         self.timers: dict[str, PassTimer] = {}
         self.peaks: dict[str, dict] = {}
 
@@ -242,6 +243,10 @@ class StageMonitor:
             pipe, sizes = build_lrm(self.smoke, self.device)
         else:
             pipe, sizes = build_wan(self.smoke, self.device)
+        if name in ("panorama", "video") and self.memory in ("offload", "lowvram"):
+            pipe.to("cpu")  # built on the GPU (fast random init), then where a loaded model starts: the stage places it
+            gc.collect()
+            torch.cuda.empty_cache()
         sync(self.device)
         resident = torch.cuda.memory_allocated(self.device) / GB if self.device.type == "cuda" else None
         self.results["build"][name] = {"seconds": round(time.perf_counter() - t0, 2), "params_b": sizes,
@@ -366,7 +371,7 @@ def run_world(args, variant: dict, cuda: bool) -> dict:
 
     # 1. Build the first stages' models (FLUX, MoGe) on the device; the monitor builds Wan later.
     models: dict = {}
-    monitor = StageMonitor(models, device, smoke, results)
+    monitor = StageMonitor(models, device, smoke, results, memory=variant["memory"])
     monitor.build("panorama")
     monitor.build("depth")
     if args.recon == "lrm":
