@@ -72,7 +72,7 @@ for j in "$@"; do
       job e2e_lowvram 590 "python benchmarks/e2e.py --variants turbo:full:auto turbo:lowvram:auto --budget-s 560" ;;
     video2pano_bench) # wan (full-size random weights) on the canvas of docs/video2pano/city_pan.mp4: erp, windows, viewpoint
       job video2pano_bench 270 "python benchmarks/video2pano_wan.py \$( [ -f build/city_pan_frames.npz ] && echo --video build/city_pan_frames.npz )" ;;
-    train_video_bench) job train_video_bench 590 "python benchmarks/train_video.py" ;;  # json + loss curve in results.tgz
+    train_video_bench) job train_video_bench ${TV_LIMIT:-590} "python benchmarks/train_video.py ${TV_ARGS:-}" ;;  # json + loss curve in results.tgz
     recon_bench)   job recon_bench 590 "python benchmarks/recon.py" ;;
     lrm_bench)     job lrm_bench 590 "python benchmarks/lrm.py" ;;
     lrm_train_bench) # train a small LRM from scratch for 5 min (stand-in latents), then lrm vs lift vs optimize
@@ -81,7 +81,7 @@ for j in "$@"; do
     views_bench)   job views_bench 290 "python benchmarks/views.py" ;;  # issue 16: views2world + random Wan on a through-path scaffold
     train_bench)   job train_bench 560 "python benchmarks/train.py --what flux" ;;
     e2e_lrm)       job e2e_lrm 560 "python benchmarks/e2e.py --recon lrm --run-dir /tmp/matrix_world_e2e_lrm" ;;
-    overhead_bench) job overhead_bench 240 "python benchmarks/overhead.py" ;;  # scaffold + reconstruction overheads (issue 14)
+    overhead_bench) job overhead_bench ${OVERHEAD_LIMIT:-240} "python benchmarks/overhead.py" ;;  # scaffold + reconstruction overheads (issue 14)
     split_bench)   job split_bench 300 "python benchmarks/build_benchmark_split.py --backend cuda --out /tmp/split_gpu" ;;
     *) echo "unknown job $j"; status+=("$j unknown") ;;
   esac

@@ -298,6 +298,8 @@ def small_from_scratch(args, device, deadline: float) -> dict:
 
     transformer = WanTransformer3DModel(**(SMOKE_SMALL if args.smoke else SMALL_CONFIG))
     pipe = PanoVideoPipeline(**{**parts, "vae": vae, "transformer": transformer}).to(device)
+    # placed here, exact (torch SDPA): the video stage would otherwise apply its auto speed options on first use
+    pipe._matrix_world_placed = {"memory_mode": "full", "speed": "exact; the variants below set their own"}
     pipe.use_flow_matching(5.0)
     pipe.set_progress_bar_config(disable=True)
 
@@ -385,13 +387,15 @@ def speed_variants(pipe, held: list[dict], args, device, height: int) -> list[di
     """PSNR on the unknown pixels of the held-out clips with each speed option of the video stage on the
     trained small model, and its output's mean absolute difference from the exact run (same seeds)."""
     from matrix_world.generation.video import VideoConfig, generate_video
-    from matrix_world.generation.wan_speed import SpeedPlan, apply_speed, remove_speed
+    from matrix_world.generation.wan_speed import SpeedPlan, _sage_ok, apply_speed, remove_speed
     from matrix_world.metrics import psnr
 
     cuda = device.type == "cuda"
     plans = [("exact (SDPA)", SpeedPlan(attention="native"))]
     if cuda:
         plans += [("cuDNN attention", SpeedPlan(attention="cudnn"))]
+        if _sage_ok():
+            plans += [("SageAttention 2", SpeedPlan(attention="sage"))]
     plans += [("FirstBlockCache 0.05", SpeedPlan(attention="native", cache="fbc", cache_threshold=0.05)),
               ("FirstBlockCache 0.10", SpeedPlan(attention="native", cache="fbc", cache_threshold=0.10)),
               ("TaylorSeer, interval 4", SpeedPlan(attention="native", cache="taylorseer", cache_interval=4))]
