@@ -257,10 +257,11 @@ class StageMonitor:
             self.timers[name] = PassTimer(pipe.transformer, self.device)
 
     def free(self, name: str) -> None:
+        from matrix_world.pipeline.context import free_memory
+
         self.models.pop(name, None)
-        gc.collect()
+        free_memory(self.device)  # GPU cache and the pinned host memory of group offloading
         if self.device.type == "cuda":
-            torch.cuda.empty_cache()
             self.results["build"][name]["allocated_after_free_gb"] = round(torch.cuda.memory_allocated(self.device) / GB, 2)
 
 

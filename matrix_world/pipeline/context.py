@@ -95,3 +95,8 @@ def free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda" and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+        # the pinned host memory that group offloading (--memory lowvram) cached: torch keeps freed pinned
+        # blocks for reuse, so without this the host RAM of one model's weights stays held during the next's
+        empty_host = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
+        if empty_host is not None:
+            empty_host()
