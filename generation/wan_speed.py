@@ -10,7 +10,8 @@ CFG batching and CFG truncation).
   ``native`` (torch SDPA, it picks its kernel), ``cudnn`` (SDPA's cuDNN kernel: 102 ms vs FA2's
   160 ms per 480p panorama call on an H200, FACTS A2), ``flash`` (flash-attn 2), ``flash3``
   (flash-attn 3, Hopper), ``sage`` (SageAttention >= 2.1.1: INT8 QK / FP8 PV, 1.4x cuDNN on
-  an H200, an approximation: 3.9 % relative error on random inputs). ``auto``: cuDNN on a GPU of
+  an H200, an approximation: 3.9 % relative error on random inputs; a whole 480p CFG step 7.27 s vs
+  stock's 8.20, 6.10 s with compiled blocks, through :func:`install_sage_op`). ``auto``: cuDNN on a GPU of
   compute capability >= 9.0, else native; with ``approximate`` (the fast / turbo presets) Sage
   where it is installed.
 * ``compile``: ``blocks`` = ``transformer.compile_repeated_blocks(fullgraph=True)`` (one compiled
