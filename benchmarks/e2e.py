@@ -309,7 +309,7 @@ def main(argv=None) -> int:
     if args.smoke:
         torch.set_num_threads(1)  # tiny tensors: a second thread only spin-waits on a shared 2-core machine
     t_start = time.perf_counter()
-    runs = []
+    runs: list[dict] = []
     for variant in args.variants:
         if runs and time.perf_counter() - t_start + max(r.get("wall_s", 0) + 30 for r in runs) > args.budget_s:
             runs.append({"variant": variant["name"], "skipped": "time budget"})
