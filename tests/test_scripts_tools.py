@@ -217,7 +217,7 @@ def test_video_multigpu_tiny_model_one_cpu_process(world_run, env, tmp_path):
                       "--steps", 2, "--dtype", "float32", "--height", 32, env=env)
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["backend"] == "wan" and (info["height"], info["width"], info["frames"]) == (32, 64, FRAMES)
-    assert info["context_parallel"]["world_size"] == 1 and info["steps"] == 2
+    assert info["parallel"]["world_size"] == 1 and info["steps"] == 2
     frames = np.load(run / "video.npz")["frames"]
     assert frames.shape == (FRAMES, 32, 64, 3) and frames.dtype == np.uint8 and frames.std() > 0
     assert (run / "video.mp4").stat().st_size > 0
