@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import os
 import re
@@ -64,6 +63,7 @@ import depth as bench_depth  # benchmarks/depth.py: build_moge
 import panorama as bench_panorama  # benchmarks/panorama.py: FLUX configs, build_on
 import video as bench_video  # benchmarks/video.py: build_transformer, build_encoders
 from common import write_results  # benchmarks/common.py
+from matrix_world.pipeline.context import free_memory  # gc + the GPU's cache + torch's pinned host cache
 
 GB = 1024**3
 STAGE_END = re.compile(r"^  ([a-z_]+): (?:reused|\d+(?:\.\d+)? s)(?: \[.*\])?$")  # stages._done / report.preview_stage
@@ -208,9 +208,8 @@ class StageMonitor:
         self.peaks: dict[str, dict] = {}
 
     def start(self) -> None:
+        free_memory(self.device)
         if self.device.type == "cuda":
-            gc.collect()
-            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def __call__(self, line: str) -> None:
@@ -245,8 +244,7 @@ class StageMonitor:
             pipe, sizes = build_wan(self.smoke, self.device)
         if name in ("panorama", "video") and self.memory in ("offload", "lowvram"):
             pipe.to("cpu")  # built on the GPU (fast random init), then where a loaded model starts: the stage places it
-            gc.collect()
-            torch.cuda.empty_cache()
+            free_memory(self.device)
         sync(self.device)
         resident = torch.cuda.memory_allocated(self.device) / GB if self.device.type == "cuda" else None
         self.results["build"][name] = {"seconds": round(time.perf_counter() - t0, 2), "params_b": sizes,
@@ -257,8 +255,6 @@ class StageMonitor:
             self.timers[name] = PassTimer(pipe.transformer, self.device)
 
     def free(self, name: str) -> None:
-        from matrix_world.pipeline.context import free_memory
-
         self.models.pop(name, None)
         free_memory(self.device)  # GPU cache and the pinned host memory of group offloading
         if self.device.type == "cuda":
@@ -345,9 +341,7 @@ def run_world(args, variant: dict, cuda: bool) -> dict:
     import diffusers
     import transformers
 
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
+    free_memory(device)  # what the previous variant left
     results = {"variant": variant["name"], **variant, "device": torch.cuda.get_device_name(device) if cuda else "cpu (smoke)",
                "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
                "smoke": smoke, "steps": steps, "full_steps": full, "frames": frames, "panorama_size": [2 * pano_height, pano_height],

@@ -6,6 +6,16 @@ source benchmarks/gpu_env.sh || exit 1
 # At most 8 files come back from the device: logs and JSONs are packed into results.tgz.
 FINAL=$OUT; export OUT=$FINAL/run; mkdir -p "$OUT" .ext
 status=()
+# The two CUDA builds, each written once: in a job (foreground) or beside GPU-bound jobs (background).
+GSPLAT_BUILD="python -c 'import torch, gsplat; from gsplat.cuda._backend import _C; print(_C)' && \
+  cp \$(python -c 'import torch.utils.cpp_extension as c; print(c._get_build_directory(\"gsplat_cuda\", False))')/gsplat_cuda.so $FINAL/gsplat_cuda.so"
+SAGE_BUILD="bash benchmarks/build_sage.sh .sage/src $FINAL && \
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $FINAL/sageattention-*.whl"
+background() {  # background NAME COMMAND: run it beside the next jobs, log in $OUT/NAME.log; its pid in $!
+  local name=$1; shift
+  ( bash -c "$*" > "$OUT/$name.log" 2>&1; echo "rc=$?" >> "$OUT/$name.log" ) &
+  status+=("$name started in the background")
+}
 job() {  # job NAME LIMIT_S COMMAND...
   local name=$1 limit=$2; shift 2
   local t0=$(date +%s)
@@ -20,8 +30,7 @@ job() {  # job NAME LIMIT_S COMMAND...
 for j in "$@"; do
   case $j in
     gsplat_build)  # compile gsplat once and keep the .so for later calls (carried as .ext/)
-      job gsplat_build 300 "python -c 'import torch, gsplat; from gsplat.cuda._backend import _C; print(_C)' && \
-        cp \$(python -c 'import torch.utils.cpp_extension as c; print(c._get_build_directory(\"gsplat_cuda\", False))')/gsplat_cuda.so $FINAL/gsplat_cuda.so && ls -la $FINAL" ;;
+      job gsplat_build 300 "$GSPLAT_BUILD && ls -la $FINAL" ;;
     world_default) # the README's main command on a GPU with its defaults (17 frames): each stage's choose() and
                    # the GPU probes (nvdiffrast, gsplat) on real hardware; plan, manifest check and contact sheet
       job world_default 420 "python scripts/text2world.py 'a quiet harbour town at sunset' --frames 17 --out /tmp/world_gpu && \
@@ -46,19 +55,11 @@ for j in "$@"; do
     video_bench)   job video_bench 590 "python benchmarks/video.py" ;;
     video_speed)   job video_speed 570 "python benchmarks/video.py --speed --budget-s 520" ;;  # stock vs ours per speed option, 480p
     sage_build)    # SageAttention 2.2 wheel for sm90 from .sage/src (carried); comes back in $FINAL, installed for later jobs
-      job sage_build 420 "bash benchmarks/build_sage.sh .sage/src $FINAL && \
-        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $FINAL/sageattention-*.whl && \
-        python -c 'import sageattention, importlib.metadata as m; print(\"sageattention\", m.version(\"sageattention\"))'" ;;
-    sage_build_bg) # the same build in the background (while GPU-bound jobs run); sage_wait joins it
-      ( bash benchmarks/build_sage.sh .sage/src $FINAL > "$OUT/sage_build.log" 2>&1 && \
-        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $FINAL/sageattention-*.whl \
-        >> "$OUT/sage_build.log" 2>&1; echo "rc=$?" >> "$OUT/sage_build.log" ) &
-      sage_pid=$!; status+=("sage_build_bg started") ;;
-    gsplat_build_bg) # gsplat_build in the background (CPU compile beside GPU-bound jobs); the .so comes back in $FINAL
-      ( python -c 'import torch, gsplat; from gsplat.cuda._backend import _C; print(_C)' > "$OUT/gsplat_build.log" 2>&1 && \
-        cp $(python -c 'import torch.utils.cpp_extension as c; print(c._get_build_directory("gsplat_cuda", False))')/gsplat_cuda.so $FINAL/ \
-        >> "$OUT/gsplat_build.log" 2>&1; echo "rc=$?" >> "$OUT/gsplat_build.log" ) &
-      status+=("gsplat_build_bg started") ;;
+      job sage_build 420 "$SAGE_BUILD && python -c 'import sageattention, importlib.metadata as m; print(\"sageattention\", m.version(\"sageattention\"))'" ;;
+    sage_build_bg) # the same build beside GPU-bound jobs; sage_wait joins it
+      background sage_build "$SAGE_BUILD"; sage_pid=$! ;;
+    gsplat_build_bg) # gsplat_build beside GPU-bound jobs; the .so comes back in $FINAL
+      background gsplat_build "$GSPLAT_BUILD" ;;
     sage_wait)     job sage_wait 420 "while kill -0 $sage_pid 2>/dev/null; do sleep 2; done; tail -5 $OUT/sage_build.log" ;;
     video_speed720) # 720p: stock vs ours (cuDNN, compiled, + TaylorSeer) in one run, no Sage needed
       job video_speed720 400 "python benchmarks/video.py --speed --heights 720 --rows stock compiled compiled_taylorseer --steps 1 --cache-steps 6 --budget-s ${BUDGET720:-370}" ;;

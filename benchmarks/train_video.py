@@ -43,6 +43,9 @@ from common import write_results  # benchmarks/common.py (scripts run from this 
 from video import TINY_CONFIG, build_transformer, sync  # benchmarks/video.py
 
 GIB = 2**30
+EXACT = {"attention": "native", "compile": "off", "fp8": "off"}  # the video stage's speed options, exact: the
+# small model is scored as trained; the speed variants of part (b) then set their own on the same pipeline
+
 SMALL_CONFIG = {  # (b): 6 blocks of width 512 (8 heads x 64), text/image dims of the tiny encoders
     "patch_size": (1, 2, 2), "num_attention_heads": 8, "attention_head_dim": 64, "in_channels": 36, "out_channels": 16,
     "text_dim": 32, "freq_dim": 256, "ffn_dim": 2048, "num_layers": 6, "cross_attn_norm": True,
@@ -298,8 +301,6 @@ def small_from_scratch(args, device, deadline: float) -> dict:
 
     transformer = WanTransformer3DModel(**(SMOKE_SMALL if args.smoke else SMALL_CONFIG))
     pipe = PanoVideoPipeline(**{**parts, "vae": vae, "transformer": transformer}).to(device)
-    # placed here, exact (torch SDPA): the video stage would otherwise apply its auto speed options on first use
-    pipe._matrix_world_placed = {"memory_mode": "full", "speed": "exact; the variants below set their own"}
     pipe.use_flow_matching(5.0)
     pipe.set_progress_bar_config(disable=True)
 
@@ -342,7 +343,7 @@ def small_from_scratch(args, device, deadline: float) -> dict:
             continue
         common = dict(scaffold_rgb=scaffold, scaffold_mask=mask, prompt=p["prompt"], c2w=p["c2w"].numpy(), device=device)
         wan = generate_video(VideoConfig(backend="wan", height=height, lora=None, num_inference_steps=args.eval_steps,
-                                         guidance_scale=1.0, shift=5.0, memory="full", seed=k),
+                                         guidance_scale=1.0, shift=5.0, memory="full", seed=k, **EXACT),
                              pipeline=pipe, generator=torch.Generator().manual_seed(k), **common)
         fill = generate_video(VideoConfig(backend="fill", height=height), **common)
         with torch.no_grad():
@@ -387,7 +388,7 @@ def speed_variants(pipe, held: list[dict], args, device, height: int) -> list[di
     """PSNR on the unknown pixels of the held-out clips with each speed option of the video stage on the
     trained small model, and its output's mean absolute difference from the exact run (same seeds)."""
     from matrix_world.generation.video import VideoConfig
-    from matrix_world.generation.wan_speed import SpeedPlan, _sage_ok, apply_speed, remove_speed
+    from matrix_world.generation.wan_speed import SpeedPlan, sage_installed, apply_speed, remove_speed
 
     cuda = device.type == "cuda"
     # the attention kernels (cuDNN, Sage) and FP8 need bf16 activations: the variants run the trained
@@ -397,7 +398,7 @@ def speed_variants(pipe, held: list[dict], args, device, height: int) -> list[di
     plans = [("exact (SDPA)" + (", bf16" if cuda else ""), SpeedPlan(attention="native"))]
     if cuda:
         plans += [("cuDNN attention", SpeedPlan(attention="cudnn"))]
-        if _sage_ok():
+        if sage_installed():
             plans += [("SageAttention 2", SpeedPlan(attention="sage"))]
     plans += [("FirstBlockCache 0.05", SpeedPlan(attention="native", cache="fbc", cache_threshold=0.05)),
               ("FirstBlockCache 0.10", SpeedPlan(attention="native", cache="fbc", cache_threshold=0.10)),
@@ -405,7 +406,7 @@ def speed_variants(pipe, held: list[dict], args, device, height: int) -> list[di
     if cuda and torch.cuda.get_device_capability(device) >= (8, 9):
         plans += [("FP8 row-wise (torchao)", SpeedPlan(attention="native", fp8="rowwise"))]  # irreversible: last
     config = VideoConfig(backend="wan", height=height, lora=None, num_inference_steps=args.eval_steps, guidance_scale=1.0,
-                         shift=5.0, memory="full")
+                         shift=5.0, memory="full", **EXACT)
     exact: list[np.ndarray] = []
     rows: list[dict] = []
     for name, plan in plans:

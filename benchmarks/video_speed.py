@@ -98,9 +98,10 @@ def check_order(names: list[str]) -> None:
             raise ValueError(f"unknown row {name!r}; expected one of {', '.join(ROWS)}")
         row = ROWS[name]
         wants_compile, wants_fp8 = row.plan.get("compile") == "blocks", row.plan.get("fp8") == "rowwise"
-        if row.pipeline in ("stock", "turbo_auto") or (row.pipeline == "ours" and (compiled > wants_compile or fp8 > wants_fp8)):
-            if compiled or fp8:
-                raise ValueError(f"row {name!r} comes after a row that compiled or quantised the shared transformer; put it earlier")
+        needs_fresh = row.pipeline in ("stock", "turbo_auto") and (compiled or fp8)  # the plain transformer
+        would_undo = row.pipeline == "ours" and ((compiled and not wants_compile) or (fp8 and not wants_fp8))
+        if needs_fresh or would_undo:
+            raise ValueError(f"row {name!r} comes after a row that compiled or quantised the shared transformer; put it earlier")
         compiled, fp8 = compiled or wants_compile, fp8 or wants_fp8
 
 
@@ -109,7 +110,7 @@ def main(args) -> int:
     from PIL import Image
 
     from matrix_world.generation.wan_pipeline import WAN_I2V_14B_CONFIG, PanoVideoPipeline
-    from matrix_world.generation.wan_speed import SpeedPlan, _sage_ok, apply_speed, plan_speed, remove_speed
+    from matrix_world.generation.wan_speed import SpeedPlan, sage_installed, apply_speed, plan_speed, remove_speed
     from video import TINY_CONFIG, StepTimer, build_transformer, sync  # benchmarks/video.py
 
     names = list(args.rows or DEFAULT_ROWS)
@@ -205,7 +206,7 @@ def main(args) -> int:
 
     for name in names:
         row = ROWS[name]
-        if "sage" in row.plan.get("attention", "") and not _sage_ok():
+        if "sage" in row.plan.get("attention", "") and not sage_installed():
             rows.append({"row": row.label, "key": name, "skipped": "SageAttention >= 2.1.1 is not installed"})
             print(f"skip {name}: no SageAttention", flush=True)
             continue
@@ -218,7 +219,7 @@ def main(args) -> int:
                 remove_speed(ours)
                 apply_speed(ours, auto)
                 plan: SpeedPlan | None = auto
-            elif row.pipeline in ("ours",):
+            elif row.pipeline == "ours":
                 plan = apply_row(row)
             else:
                 plan = None

@@ -101,7 +101,7 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _sage_ok() -> bool:
+def sage_installed() -> bool:
     """SageAttention of a version diffusers' ``sage`` backend accepts (>= 2.1.1)."""
     if not _installed("sageattention"):
         return False
@@ -127,7 +127,7 @@ def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "au
     reasons: dict[str, str] = {}
     # attention
     if attention == "auto":
-        if approximate and cap is not None and cap >= (8, 0) and _sage_ok():
+        if approximate and cap is not None and cap >= (8, 0) and sage_installed():
             attention, reasons["attention"] = "sage", "auto: SageAttention installed (an approximation, allowed by the preset)"
         elif cap is not None and cap >= (9, 0):
             attention, reasons["attention"] = "cudnn", f"auto: cuDNN attention on compute capability {cap[0]}.{cap[1]}"
@@ -137,7 +137,7 @@ def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "au
         if attention != "native" and cap is None:
             raise InputError(f"--video-attention {attention} needs a CUDA device; use native (or auto) on the CPU")
         package = _PACKAGES.get(attention)
-        if package and not (_sage_ok() if attention == "sage" else _installed(package[0])):
+        if package and not (sage_installed() if attention == "sage" else _installed(package[0])):
             raise InputError(f"--video-attention {attention} needs the package {package[0]}: {package[1]}")
         reasons["attention"] = "requested"
     # compile

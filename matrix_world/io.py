@@ -435,11 +435,19 @@ def video_fps(path: str | os.PathLike) -> float | None:
     import imageio.v2 as imageio
 
     try:
-        reader = imageio.get_reader(str(path), format="FFMPEG")
         try:
-            fps = reader.get_meta_data().get("fps")
-        finally:
-            reader.close()
+            reader = imageio.get_reader(str(path), format="FFMPEG")
+        except ImportError:  # no FFMPEG plugin: OpenCV, as _decoded_frames
+            import cv2
+
+            capture = cv2.VideoCapture(str(path))
+            fps = capture.get(cv2.CAP_PROP_FPS) if capture.isOpened() else None
+            capture.release()
+        else:
+            try:
+                fps = reader.get_meta_data().get("fps")
+            finally:
+                reader.close()
     except (OSError, RuntimeError, ValueError) as exc:
         raise InputError(f"cannot read {path} as a video: {one_line(exc)}") from None
     return float(fps) if fps and fps > 0 else None

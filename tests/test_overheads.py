@@ -355,7 +355,7 @@ def test_read_video_falls_back_to_opencv_without_the_ffmpeg_plugin(tmp_path, mon
     the same frame count and, up to the two decoders' rounding, the same pixels."""
     import imageio.v2 as imageio
 
-    from matrix_world.io import read_video, video_length, write_video
+    from matrix_world.io import read_video, video_fps, video_length, write_video
 
     g = np.random.default_rng(0)
     frames = np.repeat(np.repeat(g.integers(0, 255, (5, 8, 16, 3), dtype=np.uint8), 4, axis=1), 4, axis=2)  # [5, 32, 64, 3]
@@ -368,6 +368,7 @@ def test_read_video_falls_back_to_opencv_without_the_ffmpeg_plugin(tmp_path, mon
 
     monkeypatch.setattr(imageio, "get_reader", no_plugin)
     assert video_length(path) == 5
+    assert abs(video_fps(path) - 8.0) < 1e-3
     without = read_video(path, [0, 4, 2])
     assert without.shape == with_plugin.shape == (3, 32, 64, 3)
     assert np.abs(without.astype(int) - with_plugin.astype(int)).mean() < 3.0
