@@ -160,9 +160,51 @@ def run_depth(version: int, height: int, view_size: int, smoke: bool, device) ->
             "valid_fraction": result.info["valid_fraction"], "finite": bool(np.isfinite(result.distance).all())}
 
 
+def keyframe_views_speed(smoke: bool, device, views: int = 72) -> list[dict]:
+    """MoGe-2 on ``views`` keyframe views (406² px, the 480p rule) per call: cold and warm, batch 48 and 12,
+    841 and 1200 tokens; each call split into MoGe's forward (fp16 autocast) and the rest of its ``infer``
+    (focal/shift recovery, projection, mask)."""
+    from matrix_world.generation.moge_backend import LoadedMoGe, infer_views
+
+    size = 56 if smoke else 406
+    model = build_moge(2, smoke, device)
+    moge = LoadedMoGe(model, 2, True, "random MoGe-2")
+    images = torch.rand(views, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    forward_s = [0.0]
+    real_forward = model.forward
+
+    def timed_forward(*a, **kw):
+        sync(device)
+        t = time.perf_counter()
+        out = real_forward(*a, **kw)
+        sync(device)
+        forward_s[0] += time.perf_counter() - t
+        return out
+
+    model.forward = timed_forward
+    rows = []
+    for tokens, batch, label in ((48 if smoke else 841, 48, "cold"), (48 if smoke else 841, 48, "warm"),
+                                 (48 if smoke else 841, 12, "warm"), (64 if smoke else 1200, 48, "cold (new size)"),
+                                 (64 if smoke else 1200, 48, "warm")):
+        forward_s[0] = 0.0
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            infer_views(moge, images, fov=100.0, num_tokens=tokens, batch_size=batch)
+        sync(device)
+        total = time.perf_counter() - t0
+        rows.append({"views": views, "view_size": size, "num_tokens": tokens, "batch_size": batch, "call": label,
+                     "seconds": round(total, 3), "forward_s": round(forward_s[0], 3), "rest_s": round(total - forward_s[0], 3),
+                     "ms_per_view": round(1000 * total / views, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    model.forward = real_forward
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="ViT-S MoGe on CPU at 128x64, seconds")
+    p.add_argument("--keyframes", action="store_true", help="only the keyframe-view timing (MoGe-2, 72 views of 406²)")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:
@@ -171,6 +213,10 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if cuda else "cpu")
     height, view_size = (1024, 768) if cuda else (64, 56)
     results: dict[str, Any] = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "rows": []}
+    if args.keyframes:
+        results["keyframe_views"] = keyframe_views_speed(args.smoke, device)
+        save(results)
+        return 0
     for version in (2, 1):
         row = run_depth(version, height, view_size, args.smoke, device)
         results["rows"].append(row)

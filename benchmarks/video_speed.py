@@ -26,7 +26,10 @@ Seconds per denoising step (CFG 5 = 2 passes, 81 frames; 480p panorama latent 21
 memory, and each option's output relative error: one transformer pass on fixed inputs against the
 eager SDPA bf16 pass computed before any row (random weights: the error of the arithmetic, not of a
 trained model). Cache rows run ``--cache-steps`` steps (TaylorSeer: 3 full steps, then one full step
-in 4, predicted in between; its skip pattern does not depend on the weights, FirstBlockCache's does).
+in ``cache_interval``, predicted in between; its skip pattern does not depend on the weights,
+FirstBlockCache's does); they and the CFG-truncation rows also give the s/step of a 50-step video,
+from the mean measured time of each kind of step (guided or not, computed or predicted) and how
+many of each the 50 steps have (:func:`extrapolate`).
 Writes $OUT/video_speed.json when OUT is set.
 """
 
@@ -58,6 +61,8 @@ class Row:
 
 CUDNN, SAGE = {"attention": "cudnn"}, {"attention": "sage"}
 TS = {"cache": "taylorseer", "cache_interval": 4}
+TS2 = {"cache": "taylorseer", "cache_interval": 2}
+EXTRAPOLATE_STEPS = 50  # cache / CFG-truncation rows: s/step of a 50-step video from their measured kinds of step
 ROWS: dict[str, Row] = {
     "stock": Row("stock, eager SDPA", pipeline="stock", error=False, note="diffusers WanImageToVideoPipeline"),
     "eager": Row("ours, eager SDPA", {"attention": "native"}),
@@ -74,6 +79,10 @@ ROWS: dict[str, Row] = {
                                  cfg_stop=0.5, cache_steps=True, error=False, note="CFG truncation: unguided steps are one pass"),
     "sage_compiled_taylorseer": Row("ours, Sage + compiled + TaylorSeer (interval 4)", {**SAGE, "compile": "blocks", **TS},
                                     cache_steps=True, error=False),
+    "sage_compiled_ts2": Row("ours, Sage + compiled + TaylorSeer (interval 2)", {**SAGE, "compile": "blocks", **TS2},
+                             cache_steps=True, error=False),
+    "sage_compiled_ts2_cfgstop": Row("ours, Sage + compiled + TaylorSeer (interval 2), CFG in the first half",
+                                     {**SAGE, "compile": "blocks", **TS2}, cfg_stop=0.5, cache_steps=True, error=False),
     "compiled_taylorseer": Row("ours, cuDNN + compiled + TaylorSeer (interval 4)", {**CUDNN, "compile": "blocks", **TS},
                                cache_steps=True, error=False),
     "fp8": Row("ours, cuDNN + compiled + FP8 row-wise", {**CUDNN, "compile": "blocks", "fp8": "rowwise"},
@@ -83,11 +92,36 @@ ROWS: dict[str, Row] = {
                             cfg_stop=0.5, cache_steps=True, error=False, note="CFG truncation: unguided steps are one pass"),
     "sage_fp8_taylorseer": Row("ours, Sage + compiled + FP8 + TaylorSeer", {**SAGE, "compile": "blocks", "fp8": "rowwise", **TS},
                                cache_steps=True, error=False),
+    "sage_fp8_ts2": Row("ours, Sage + compiled + FP8 + TaylorSeer (interval 2)", {**SAGE, "compile": "blocks", "fp8": "rowwise", **TS2},
+                        cache_steps=True, error=False),
     "turbo": Row("turbo video call (4 steps, guidance 1, lightx2v sigmas)", pipeline="turbo", error=False,
                  note="with the options of the rows before it still on the transformer"),
 }
 DEFAULT_ROWS = ("stock", "turbo_auto", "sage", "sage_compiled", "sage_compiled_taylorseer", "sage_compiled_cfgstop",
                 "sage_fp8", "sage_fp8_taylorseer", "turbo")
+
+
+def step_kinds(row: Row, n: int) -> list[tuple[bool, bool]]:
+    """(guided, computed) of each of ``n`` steps: guided = CFG's two passes (else one, after ``cfg_stop``);
+    computed = the blocks run (else TaylorSeer predicts the output: diffusers' rule, full steps before
+    step 3 and at every ``cache_interval``-th from step 4). FirstBlockCache's skips depend on the weights."""
+    interval = row.plan.get("cache_interval") if row.plan.get("cache") == "taylorseer" else None
+    guided = math.ceil(row.cfg_stop * n)
+    return [(i < guided, interval is None or i < 3 or (i - 4) % interval == 0) for i in range(n)]
+
+
+def extrapolate(row: Row, step_s: list[float], n: int = EXTRAPOLATE_STEPS) -> float | None:
+    """s/step of an ``n``-step video from the measured steps of each kind (the first step, which holds the
+    compile, left out); None when a kind the n-step video has was not measured (or the skips are not fixed)."""
+    if row.plan.get("cache") == "fbc":
+        return None
+    measured: dict[tuple[bool, bool], list[float]] = {}
+    for kind, t in list(zip(step_kinds(row, len(step_s)), step_s))[1:]:
+        measured.setdefault(kind, []).append(t)
+    kinds = step_kinds(row, n)
+    if any(k not in measured for k in set(kinds)):
+        return None
+    return sum(sum(measured[k]) / len(measured[k]) for k in kinds) / n
 
 
 def check_order(names: list[str]) -> None:
@@ -252,6 +286,11 @@ def main(args) -> int:
                     else:
                         ours(condition=x["condition"], image_embeds=image_embeds, cfg_batch=row.cfg_batch, cfg_stop=row.cfg_stop, **common)
                     sync(device)
+                    steps_s = [b - a for a, b in zip([t1, *timer.times], timer.times)]
+                    if row.cache_steps:
+                        fifty = extrapolate(row, steps_s)
+                        out["s_per_step_50"] = None if fifty is None else round(fifty, 3)
+                        out["step_kinds"] = ["".join(("G" if g else "1", "" if c else "p")) for g, c in step_kinds(row, n_steps)]
                     out.update({"s_per_step": round(timer.per_step(1 if row.cache_steps else args.warmup), 3),
                                 "first_step_s": round(timer.times[0] - t1, 1), "call_s": round(time.perf_counter() - t1, 1),
                                 "steps": n_steps, "step_s": [round(b - a, 2) for a, b in zip([t1, *timer.times], timer.times)],
@@ -274,16 +313,19 @@ def main(args) -> int:
               "frames": frames, "heights": heights, "build_s": round(build_s, 1), "rows": rows,
               "total_s": round(time.perf_counter() - start, 1), "smoke": args.smoke}
     write_results("video_speed", result)
-    print("\n| row | height | s/step | vs stock | first step s | peak GB | rel. error vs eager SDPA |\n|---|---|---|---|---|---|---|")
+    print(f"\n| row | height | s/step | vs stock | s/step of a {EXTRAPOLATE_STEPS}-step video (cache / CFG rows) | first step s | "
+          "peak GB | rel. error vs eager SDPA |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "skipped" in r:
-            print(f"| {r['row']} | {r.get('height', '')} | skipped: {r['skipped']} | | | | |")
+            print(f"| {r['row']} | {r.get('height', '')} | skipped: {r['skipped']} | | | | | |")
             continue
         stock_s = next((s["s_per_step"] for s in rows if s.get("pipeline") == "stock" and s.get("height") == r["height"]
                         and "s_per_step" in s), math.nan)
         err = r.get("rel_error_vs_eager_sdpa")
         extra = f" (call {r['total_s']} s)" if "total_s" in r else ""
-        print(f"| {r['row']} | {r['height']} | {r['s_per_step']:.3f}{extra} | {stock_s / r['s_per_step']:.2f}x | "
+        fifty = r.get("s_per_step_50")
+        fifty_s = "" if fifty is None else f"{fifty:.3f} ({stock_s / fifty:.2f}x)"
+        print(f"| {r['row']} | {r['height']} | {r['s_per_step']:.3f}{extra} | {stock_s / r['s_per_step']:.2f}x | {fifty_s} | "
               f"{r.get('first_step_s', '')} | {r.get('peak_gb')} | {'' if err is None else f'{err:.4f}'} |")
     print(f"total {result['total_s']:.0f} s")
     return 0

@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from matrix_world.cameras import crop_perspective, icosahedron_views
+from matrix_world.cameras import crop_perspective, icosahedron_views, project_to_view
 from matrix_world.equirect import equirect_directions, resize_equirect
 from matrix_world.errors import InputError
 from matrix_world.generation.depth_merge import MergeConfig, merge_log_distances
@@ -76,6 +76,7 @@ class DepthConfig:
     keyframe_num_tokens: int | None = None  # None -> (keyframe view size / 14)^2, MoGe's patch grid of the view
     keyframe_batch_size: int = 48  # views per MoGe forward across keyframes (4 keyframes of 12 views)
     keyframe_known_fraction: float | None = 0.995  # a keyframe the scaffold knows this much of skips MoGe (None: never)
+    keyframe_skip_known_views: bool = True  # MoGe only on a keyframe's views that see unknown pixels (views_touching)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,23 +169,63 @@ def panorama_depth_from_model(rgb: np.ndarray, moge: LoadedMoGe, config: DepthCo
     return panorama_depths_from_model(rgb[None], moge, config, device=device)[0]
 
 
-def panorama_depths_from_model(rgb, moge: LoadedMoGe, config: DepthConfig, *, device) -> list[DepthResult]:
+def view_footprints(config: DepthConfig, height: int, *, device=None) -> torch.Tensor:
+    """Which pixels of an [height, 2 height] panorama each of the 12 icosahedron views sees.
+
+    returns [12, height, 2 height] bool: the pixel's ray is in front of the view and projects inside it."""
+    views = icosahedron_views(config.view_size, config.view_fov)
+    dirs = equirect_directions(height, device=device, dtype=torch.float64)
+    out = []
+    for v in views:
+        px, py, front = project_to_view(dirs, v)
+        out.append(front & (px >= 0) & (px <= v.width) & (py >= 0) & (py <= v.height))
+    return torch.stack(out)
+
+
+def views_touching(unknown, config: DepthConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The views MoGe has to see to estimate the unknown pixels of K panoramas, and what they cover.
+
+    unknown: [K, H, 2H] bool (pixels without a distance). returns (need [K, 12] bool: the view sees at
+    least one unknown pixel; covered [K, H, 2H] bool: pixels seen by at least one needed view). Every
+    unknown pixel is covered (the 12 views tile the sphere); a view that sees only known pixels adds
+    nothing to them and is skipped (:func:`panorama_depths_from_model`'s ``need``)."""
+    unknown_t = torch.as_tensor(np.asarray(unknown, dtype=bool))
+    feet = view_footprints(config, int(unknown_t.shape[1]))  # [12, H, 2H]
+    need = (unknown_t[:, None] & feet[None]).flatten(2).any(-1)  # [K, 12]
+    covered = (need[:, :, None, None] & feet[None]).any(1)  # [K, H, 2H]
+    return need.numpy(), covered.numpy()
+
+
+def panorama_depths_from_model(rgb, moge: LoadedMoGe, config: DepthConfig, *, device, need=None) -> list[DepthResult]:
     """12-view MoGe depth of K panoramas at once: all K x 12 views through MoGe in batches of
     ``config.batch_size`` views, the K merges solved together (:func:`merge_log_distances`, up to
     MAX_MERGE_BATCH at a time); each result is what the panorama gives alone.
 
     rgb: [K, H, 2H, 3] float32 in [0, 1], numpy or a tensor (kept on its device when on ``device``).
-    returns K DepthResults; their ``info`` seconds are the batch's, split evenly.
+    need: optional [K, 12] bool (:func:`views_touching`): only these views go through MoGe; the others
+    count as seeing nothing (each panorama needs at least one). returns K DepthResults; their ``info``
+    seconds are the batch's, split evenly.
     """
     check_views(config)
     k, h = rgb.shape[0], rgb.shape[1]
     start = time.perf_counter()
     views = icosahedron_views(config.view_size, config.view_fov)
+    run = torch.ones(k * len(views), dtype=torch.bool) if need is None else torch.as_tensor(np.asarray(need, bool)).flatten()
+    if run.numel() != k * len(views) or not run.view(k, -1).any(1).all():
+        raise InputError(f"need must be [{k}, {len(views)}] bool with at least one view per panorama, got {tuple(np.shape(need))}")
     pano = torch.as_tensor(rgb).to(device=device, dtype=torch.float32).permute(0, 3, 1, 2)  # [K, 3, H, 2H]
     crops = torch.stack([crop_perspective(pano, v)[0] for v in views], dim=1).clamp(0, 1)  # [K, 12, 3, s, s]
-    points, mask = infer_views(moge, crops.flatten(0, 1), fov=config.view_fov, num_tokens=config.num_tokens,
-                               batch_size=config.batch_size, use_fp16=config.use_fp16)  # [K * 12, s, s, (3)]
+    crops = crops.flatten(0, 1)[run.to(crops.device)]  # [R, 3, s, s]: the views that run
+    some, some_mask = infer_views(moge, crops, fov=config.view_fov, num_tokens=config.num_tokens,
+                                  batch_size=config.batch_size, use_fp16=config.use_fp16)  # [R, s, s, (3)]
     del crops
+    if bool(run.all()):
+        points, mask = some, some_mask
+    else:  # the skipped views see nothing: zero points, mask False
+        points = some.new_zeros((k * len(views), *some.shape[1:]))
+        mask = some_mask.new_zeros((k * len(views), *some_mask.shape[1:]))
+        points[run.to(points.device)], mask[run.to(mask.device)] = some, some_mask
+        del some, some_mask
     t_views = time.perf_counter() - start
     dist = points.norm(dim=-1).unflatten(0, (k, len(views)))  # [K, 12, s, s] distance along each view ray
     mask = mask.unflatten(0, (k, len(views)))
@@ -204,8 +245,9 @@ def panorama_depths_from_model(rgb, moge: LoadedMoGe, config: DepthConfig, *, de
     t_merge = time.perf_counter() - start - t_views
     results = []
     for i in range(k):
-        results.append(_finish(log_pano_t[i], seen_t[i], h, merge_h, moge, config, len(views), merge_info[i],
-                               t_views / k, t_merge / k))
+        result = _finish(log_pano_t[i], seen_t[i], h, merge_h, moge, config, len(views), merge_info[i], t_views / k, t_merge / k)
+        result.info["views_run"] = int(run.view(k, -1)[i].sum())
+        results.append(result)
     return results
 
 

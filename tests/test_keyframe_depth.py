@@ -1,6 +1,7 @@
 """Keyframe depth for the reconstruction (issue 14, item 3): views matched to the frame, all keyframes
 batched through MoGe and the merge, keyframes the scaffold knows filled without MoGe."""
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from matrix_world.cameras import icosahedron_views
 from matrix_world.errors import InputError
 from matrix_world.generation.depth import (DepthConfig, fill_unknown, panorama_depth_from_model,
-                                           panorama_depths_from_model, prior_distance)
+                                           panorama_depths_from_model, prior_distance, view_footprints, views_touching)
 from matrix_world.generation.depth_merge import MergeConfig, merge_log_distances
 from matrix_world.generation.moge_backend import load_moge
 from matrix_world.pipeline.depth import make_depth_fn
@@ -123,8 +124,10 @@ def test_keyframe_depth_batched_equals_per_keyframe_and_fills_known_keyframes(ti
     dist, sky = fn(indices, torch.from_numpy(rgb[indices]))
     assert dist.shape == (4, 16, 32) and sky.dtype == torch.bool
     assert fn.info["estimated"] == 3 and fn.info["filled_from_scaffold"] == 1 and fn.info["view_size"] == 28
-    assert inferred == [30, 6]  # 3 keyframes x 12 views in batches of 30; frame 3 never reached MoGe
-    known = scaffold.mask[indices] & np.isfinite(scaffold.distance[indices].astype(np.float32))
+    need, _ = views_touching(~known_of(scaffold, [1, 5, 6]), replace(config, view_size=28))
+    assert 0 < need.sum() < 36 and fn.info["views_run"] == need.sum() == sum(inferred)  # the top half is known
+    assert inferred == [30] * (int(need.sum()) // 30) + ([int(need.sum()) % 30] if need.sum() % 30 else [])  # frame 3 never reached MoGe
+    known = known_of(scaffold, indices)
     exact = scaffold.distance[indices].astype(np.float32)
     assert np.array_equal(dist.numpy()[known], exact[known])  # the scaffold's distance where known, exactly
     assert torch.isfinite(dist).all() and (dist > 0).all()
@@ -134,6 +137,65 @@ def test_keyframe_depth_batched_equals_per_keyframe_and_fills_known_keyframes(ti
         one, one_sky = fn([i], torch.from_numpy(rgb[[i]]))
         torch.testing.assert_close(one[0], dist[j], rtol=1e-4, atol=1e-5)
         assert torch.equal(one_sky[0], sky[j])
+
+
+def known_of(scaffold, indices):
+    return scaffold.mask[indices] & np.isfinite(scaffold.distance[indices].astype(np.float32))
+
+
+def test_views_touching_covers_every_unknown_pixel():
+    config = DepthConfig(view_size=28)
+    feet = view_footprints(config, 16)
+    assert feet.shape == (12, 16, 32) and feet.any(0).all()  # the 12 views tile the sphere
+    unknown = np.zeros((3, 16, 32), bool)
+    unknown[0] = True
+    unknown[1, 12:, 5:9] = True  # a patch below the horizon
+    unknown[2, 0, 0] = True  # one pixel
+    need, covered = views_touching(unknown, config)
+    assert need.shape == (3, 12) and need[0].all() and 0 < need[1].sum() < 12 and 0 < need[2].sum() < 12
+    assert (covered | ~unknown).all()  # every unknown pixel is seen by a view that runs
+    for k in range(3):  # a view runs exactly when it sees an unknown pixel
+        assert np.array_equal(need[k], (feet.numpy() & unknown[k]).reshape(12, -1).any(1))
+
+
+class ConstantMoGe:
+    """A stand-in with MoGe's ``infer``: every pixel at distance 1 along its ray (a unit sphere)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self):
+        self.views = 0
+
+    def to(self, device):
+        return self
+
+    def infer(self, images, *, fov_x, num_tokens=None, use_fp16=False):
+        b, _, h, w = images.shape
+        f = 0.5 * w / np.tan(np.radians(fov_x) / 2)
+        v, u = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+        rays = torch.stack([(u - w / 2) / f, (v - h / 2) / f, torch.ones_like(u)], -1)
+        self.views += b
+        return {"points": (rays / rays.norm(dim=-1, keepdim=True)).expand(b, h, w, 3), "mask": torch.ones(b, h, w, dtype=torch.bool)}
+
+
+@pytest.mark.parametrize("skip_views", [True, False])
+def test_keyframe_depth_scales_the_estimate_to_the_known_pixels_its_views_cover(skip_views):
+    from matrix_world.generation.moge_backend import LoadedMoGe
+
+    h = 16
+    model = ConstantMoGe()
+    mask = np.ones((2, h, 2 * h), bool)
+    mask[0, 11:, 4:10] = False  # unknown: a patch below the horizon ...
+    mask[1, :, 20:] = False  # ... and a third of the other frame
+    distance = np.where(mask, 5.0, np.inf).astype(np.float16)  # the scaffold: a sphere of radius 5
+    scaffold = Scaffold(rgb=None, mask=mask, distance=distance)
+    traj = SimpleNamespace(c2w=torch.eye(4, dtype=torch.float64).repeat(2, 1, 1))
+    config = DepthConfig(backend="moge", keyframe_skip_known_views=skip_views, keyframe_known_fraction=None)
+    fn = make_depth_fn(config, torch.device("cpu"), scaffold, traj, _context(LoadedMoGe(model, 2, True, "constant"), []))
+    dist, sky = fn([0, 1], torch.rand(2, h, 2 * h, 3, generator=torch.Generator().manual_seed(0)))
+    np.testing.assert_allclose(dist.numpy(), 5.0, rtol=2e-3)  # MoGe's unit sphere scaled to the known radius
+    assert not sky.any()
+    assert model.views == (fn.info["views_run"] if skip_views else 24) and (model.views < 24) == skip_views
 
 
 @pytest.mark.parametrize("backend", ["prior", "procedural"])

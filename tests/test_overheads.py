@@ -331,7 +331,8 @@ def test_every_model_a_run_loads_is_released_after_its_last_use(tmp_path, monkey
 
     def adjust(plan):
         plan.depth.view_size = 56
-        plan.depth.keyframe_known_fraction = None  # MoGe on every keyframe (the scaffold knows most of them)
+        plan.depth.keyframe_known_fraction = None  # MoGe on every keyframe (the scaffold knows most of them) ...
+        plan.depth.keyframe_skip_known_views = False  # ... and on all their views
         return plan
 
     config = WorldConfig(prompt="a small room", out=str(tmp_path / "run"), preset="preview", depth_backend="moge",

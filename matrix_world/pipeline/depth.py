@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from matrix_world.generation.depth import (DepthConfig, estimate_depth, fill_invalid, fill_unknown, panorama_depth_from_model,
-                                           panorama_depths_from_model, prior_distance)
+                                           panorama_depths_from_model, prior_distance, views_touching)
 from matrix_world.io import load_npz, save_npz
 from matrix_world.pipeline import panorama
 from matrix_world.pipeline.config import WorldConfig
@@ -87,7 +87,9 @@ class KeyframeDepth:
     MoGe runs on views matched to the frames (:meth:`DepthConfig.keyframe_views`), all keyframes'
     views in batches of ``keyframe_batch_size``, their merges solved together; a keyframe whose
     known fraction is >= ``keyframe_known_fraction`` skips MoGe: its few unknown pixels are
-    filled from the known distance (:func:`fill_unknown`).
+    filled from the known distance (:func:`fill_unknown`), and of the other keyframes MoGe sees only the
+    views that hold unknown pixels (``keyframe_skip_known_views``; the estimate is scaled to the known
+    pixels those views cover).
     scaffold: a :class:`~matrix_world.scaffold.build.Scaffold`. ctx: the run's context, whose MoGe
     (the depth stage's, or injected) is used, loaded there if the depth stage was reused; a parked
     (CPU) MoGe goes back to ``device`` first. ``info`` says what the last call did.
@@ -112,6 +114,8 @@ class KeyframeDepth:
         threshold = config.keyframe_known_fraction
         skip = (np.zeros(len(indices), bool) if config.backend != "moge" or threshold is None
                 else (fraction >= threshold) & known.reshape(len(indices), -1).any(axis=1))
+        if config.backend == "moge" and config.keyframe_skip_known_views:
+            skip |= ~(~known).reshape(len(indices), -1).any(axis=1)  # nothing unknown: no view to run
         run = [i for i in range(len(indices)) if not skip[i]]
         out = np.empty_like(known_distance)
         sky = np.zeros(known.shape, bool)
@@ -123,21 +127,31 @@ class KeyframeDepth:
             from matrix_world.datasets.procedural import scene_from_prompt
 
             self._scene = scene_from_prompt(config.prompt or "", config.seed)
+        views_run = None
         if run:
-            estimate, sky[run] = estimate_frame_distances(config, self.device, self.traj.c2w[[indices[i] for i in run]],
-                                                          frames[run], height, moge, scene=self._scene)
+            need = covered = None
+            if config.backend == "moge" and config.keyframe_skip_known_views:  # MoGe only on views with unknown pixels
+                need, covered = views_touching(~known[run], replace(config, view_size=config.keyframe_views(height)[0]))
+                views_run = int(need.sum())
+            estimate, est_sky = estimate_frame_distances(config, self.device, self.traj.c2w[[indices[i] for i in run]],
+                                                         frames[run], height, moge, scene=self._scene, need=need)
             for j, i in enumerate(run):
+                sky[i] = est_sky[j] & ~known[i]  # where the scaffold knows a distance there is geometry
+                use = known[i] & ~est_sky[j]  # known pixels the estimate has a distance for ...
+                if covered is not None:
+                    use &= covered[j]  # ... inside the views that ran
                 out[i] = estimate[j]
-                if known[i].any():
-                    ratio = np.median(known_distance[i][known[i]] / np.maximum(estimate[j][known[i]], 1e-6))
+                if use.any():
+                    ratio = np.median(known_distance[i][use] / np.maximum(estimate[j][use], 1e-6))
                     out[i] = estimate[j] * float(ratio)
-                    out[i][known[i]] = known_distance[i][known[i]]
+                out[i][known[i]] = known_distance[i][known[i]]
         for i in np.flatnonzero(skip):
             sky[i] = mask[i] & ~np.isfinite(known_distance[i])  # the scaffold's own sky (nothing hit)
             out[i] = fill_invalid(fill_unknown(known_distance[i], known[i]), ~sky[i], config.sky_factor)
         size, tokens = config.keyframe_views(height)
         self.info = {"backend": config.backend, "keyframes": len(indices), "estimated": len(run),
                      "filled_from_scaffold": int(skip.sum()),
+                     **({"views_run": views_run, "views_skipped": 12 * len(run) - views_run} if views_run is not None else {}),
                      **({"view_size": size, "num_tokens": tokens, "batch_size": config.keyframe_batch_size}
                         if config.backend == "moge" else {})}
         return torch.from_numpy(out).to(frames.device), torch.from_numpy(sky).to(frames.device)
@@ -149,11 +163,12 @@ def make_depth_fn(config: DepthConfig, device: torch.device, scaffold, traj, ctx
 
 
 def estimate_frame_distances(config: DepthConfig, device: torch.device, c2w: torch.Tensor, frames, height: int,
-                             moge=None, scene=None) -> tuple[np.ndarray, np.ndarray]:
+                             moge=None, scene=None, need=None) -> tuple[np.ndarray, np.ndarray]:
     """The depth backend's (distance [K, height, 2*height] float32, sky [K, height, 2*height] bool) for
     K frames at poses ``c2w`` [K, 4, 4] (their rgb: ``frames`` [K, height, 2*height, 3] float in [0, 1]):
     the procedural scene's truth, MoGe on the frames (``moge``: a LoadedMoGe, on views matched to
-    the frames: :meth:`DepthConfig.keyframe_views`), or the ``prior`` heuristic (no sky)."""
+    the frames: :meth:`DepthConfig.keyframe_views`; ``need`` [K, 12] bool: only these views, see
+    :func:`~matrix_world.generation.depth.views_touching`), or the ``prior`` heuristic (no sky)."""
     k = len(c2w)
     if config.backend == "procedural":
         from matrix_world.datasets.procedural import scene_from_prompt
@@ -172,7 +187,7 @@ def estimate_frame_distances(config: DepthConfig, device: torch.device, c2w: tor
     if config.backend == "moge":
         size, tokens = config.keyframe_views(height)
         views = replace(config, view_size=size, num_tokens=tokens, batch_size=config.keyframe_batch_size)
-        results = panorama_depths_from_model(frames, moge, views, device=device)
+        results = panorama_depths_from_model(frames, moge, views, device=device, need=need)
         return np.stack([r.distance for r in results]), np.stack([r.sky for r in results])
     prior = prior_distance(height, camera_height=config.camera_height, dome_radius=config.dome_radius)
     return np.repeat(prior[None], k, axis=0), np.zeros((k, height, 2 * height), bool)

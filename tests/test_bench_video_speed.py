@@ -1,0 +1,45 @@
+"""benchmarks/video_speed.py's bookkeeping: which steps a cache / CFG-truncation row computes, the
+50-step extrapolation from measured step kinds, and the row order rule (irreversible options last)."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import video_speed as vs  # noqa: E402
+
+
+def test_taylorseer_steps_follow_diffusers_rule():
+    # diffusers' TaylorSeer: full steps 0, 1, 2 (warm-up), then the step with (i - 4) % interval == 0
+    kinds = vs.step_kinds(vs.ROWS["sage_compiled_taylorseer"], 12)
+    assert [c for _, c in kinds] == [True, True, True, False, True, False, False, False, True, False, False, False]
+    assert all(g for g, _ in kinds)  # guided throughout
+    two = vs.step_kinds(vs.ROWS["sage_compiled_ts2"], 50)
+    assert sum(c for _, c in two) == 3 + len(range(4, 50, 2))  # 26 computed, 24 predicted
+    cfg = vs.step_kinds(vs.ROWS["sage_compiled_cfgstop"], 8)
+    assert [g for g, _ in cfg] == [True] * 4 + [False] * 4 and all(c for _, c in cfg)
+
+
+def test_extrapolation_weights_each_kind_of_step_by_its_count():
+    row = vs.ROWS["sage_compiled_ts2_cfgstop"]  # interval 2 and CFG in the first half
+    n = 8
+    cost = {(True, True): 6.0, (True, False): 0.2, (False, True): 3.0, (False, False): 0.1}
+    steps = [60.0] + [cost[k] for k in vs.step_kinds(row, n)[1:]]  # the first step holds the compile: left out
+    fifty = vs.step_kinds(row, 50)
+    expected = sum(cost[k] for k in fifty) / 50
+    assert vs.extrapolate(row, steps) == pytest.approx(expected)
+    assert vs.extrapolate(row, steps[:4]) is None  # no unguided step measured: no number
+    assert vs.extrapolate(vs.ROWS["fbc"], [1.0] * 8) is None  # FirstBlockCache's skips depend on the weights
+    plain = vs.ROWS["sage_compiled"]
+    assert vs.extrapolate(plain, [20.0, 6.0, 6.2]) == pytest.approx(6.1)
+    assert math.isclose(vs.extrapolate(vs.ROWS["sage_compiled_cfgstop"], [9, 6, 6, 6, 3, 3, 3, 3]), 4.5)
+
+
+def test_row_order():
+    vs.check_order(["stock", "sage", "sage_compiled", "sage_compiled_ts2", "sage_fp8", "sage_fp8_ts2", "turbo"])
+    with pytest.raises(ValueError, match="put it earlier"):
+        vs.check_order(["sage_fp8", "sage_compiled"])
+    with pytest.raises(ValueError, match="unknown row"):
+        vs.check_order(["stock", "nope"])
