@@ -115,7 +115,7 @@ class KeyframeDepth:
         skip = (np.zeros(len(indices), bool) if config.backend != "moge" or threshold is None
                 else (fraction >= threshold) & known.reshape(len(indices), -1).any(axis=1))
         if config.backend == "moge" and config.keyframe_skip_known_views:
-            skip |= ~(~known).reshape(len(indices), -1).any(axis=1)  # nothing unknown: no view to run
+            skip |= known.reshape(len(indices), -1).all(axis=1)  # nothing unknown: no view to run
         run = [i for i in range(len(indices)) if not skip[i]]
         out = np.empty_like(known_distance)
         sky = np.zeros(known.shape, bool)
@@ -131,7 +131,7 @@ class KeyframeDepth:
         if run:
             need = covered = None
             if config.backend == "moge" and config.keyframe_skip_known_views:  # MoGe only on views with unknown pixels
-                need, covered = views_touching(~known[run], replace(config, view_size=config.keyframe_views(height)[0]))
+                need, covered = views_touching(~known[run], config)  # footprints depend on the FOV only
                 views_run = int(need.sum())
             estimate, est_sky = estimate_frame_distances(config, self.device, self.traj.c2w[[indices[i] for i in run]],
                                                          frames[run], height, moge, scene=self._scene, need=need)
