@@ -58,8 +58,11 @@ for j in "$@"; do
       job sage_build 420 "$SAGE_BUILD && python -c 'import sageattention, importlib.metadata as m; print(\"sageattention\", m.version(\"sageattention\"))'" ;;
     sage_build_bg) # the same build beside GPU-bound jobs; sage_wait joins it
       background sage_build "$SAGE_BUILD"; sage_pid=$! ;;
-    gsplat_build_bg) # gsplat_build beside GPU-bound jobs; the .so comes back in $FINAL
-      background gsplat_build "$GSPLAT_BUILD" ;;
+    gsplat_build_bg) # gsplat_build beside GPU-bound jobs; the .so comes back in $FINAL; gsplat_wait joins it
+      background gsplat_build "$GSPLAT_BUILD"; gsplat_pid=$! ;;
+    gsplat_wait)   job gsplat_wait 300 "while kill -0 $gsplat_pid 2>/dev/null; do sleep 2; done; tail -5 $OUT/gsplat_build.log" ;;
+    depth_keyframes) # issue 14: MoGe on the 72 keyframe views (cold / warm, batch, tokens; forward vs post-processing)
+      job depth_keyframes 240 "python benchmarks/depth.py --keyframes" ;;
     sage_wait)     job sage_wait 420 "while kill -0 $sage_pid 2>/dev/null; do sleep 2; done; tail -5 $OUT/sage_build.log" ;;
     video_speed720) # 720p: stock vs ours (cuDNN, compiled, + TaylorSeer) in one run, no Sage needed
       job video_speed720 400 "python benchmarks/video.py --speed --heights 720 --rows stock compiled compiled_taylorseer --steps 1 --cache-steps 6 --budget-s ${BUDGET720:-370}" ;;

@@ -351,6 +351,16 @@ def main(argv=None) -> int:
 
         warm_up(device)
         moge = LoadedMoGe(bench_depth.build_moge(2, args.moge == "small", device), 2, True, "random MoGe-2 (overhead.py)")
+        # A world run's depth stage has already run MoGe once on the panorama (same process, ctx.models):
+        # that first call (kernel selection, allocator growth) is not the reconstruction stage's overhead.
+        from matrix_world.generation.depth import DepthConfig, panorama_depth_from_model
+
+        sync(device)
+        t0 = time.perf_counter()
+        panorama_depth_from_model(rgb, moge, DepthConfig(backend="moge"), device=device)
+        sync(device)
+        results["moge_depth_stage_call_s"] = round(time.perf_counter() - t0, 4)
+        print(f"MoGe warm-up (the depth stage's 12-view call on the panorama): {results['moge_depth_stage_call_s']:.3f} s")
         results["reconstruction"] = recon_part(ctx, frames, depth, traj, scaffold, args.iterations, moge,
                                                args.view_size, args.num_tokens,
                                                args.known_fraction if args.known_fraction <= 1 else None,

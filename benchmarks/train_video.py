@@ -402,7 +402,10 @@ def speed_variants(pipe, held: list[dict], args, device, height: int) -> list[di
             plans += [("SageAttention 2", SpeedPlan(attention="sage"))]
     plans += [("FirstBlockCache 0.05", SpeedPlan(attention="native", cache="fbc", cache_threshold=0.05)),
               ("FirstBlockCache 0.10", SpeedPlan(attention="native", cache="fbc", cache_threshold=0.10)),
-              ("TaylorSeer, interval 4", SpeedPlan(attention="native", cache="taylorseer", cache_interval=4))]
+              ("TaylorSeer, interval 4", SpeedPlan(attention="native", cache="taylorseer", cache_interval=4)),
+              ("TaylorSeer, interval 2", SpeedPlan(attention="native", cache="taylorseer", cache_interval=2))]
+    if cuda and sage_installed():  # the fast path of the speed benchmark (Sage + TaylorSeer 2), compile aside
+        plans += [("SageAttention 2 + TaylorSeer, interval 2", SpeedPlan(attention="sage", cache="taylorseer", cache_interval=2))]
     if cuda and torch.cuda.get_device_capability(device) >= (8, 9):
         plans += [("FP8 row-wise (torchao)", SpeedPlan(attention="native", fp8="rowwise"))]  # irreversible: last
     config = VideoConfig(backend="wan", height=height, lora=None, num_inference_steps=args.eval_steps, guidance_scale=1.0,
