@@ -5,7 +5,11 @@
               transformer alone: ~41 GB at 480p, ~52 GB at 720p, FACTS §A); VAE tiling on.
 * ``lowvram`` diffusers group offloading, block level, one block per group, prefetched on a
               CUDA stream (weights live in pinned CPU RAM; ~11 GB at 480p at ~1.07x the
-              time, FACTS §A); VAE tiling on.
+              time, FACTS §A); VAE tiling on. Pinning every weight up front needs host RAM for a
+              second copy of the weights, each tensor rounded up to a power of two by torch's
+              pinned allocator (Wan2.1-I2V-14B: 32.8 GB of weights -> 49.1 GB pinned, beside the
+              unpinned originals until the first pass); where the host's available RAM cannot
+              hold it, the weights are pinned a group at a time instead (:func:`pin_up_front`).
 
 ``auto`` picks the fastest mode whose estimate fits the free GPU memory, with a margin. The
 estimate is weights (bytes of the loaded modules) + transformer activations, calibrated on
@@ -42,6 +46,40 @@ def module_bytes(module) -> int:
     if module is None:
         return 0
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def pinned_bytes(module) -> int:
+    """Bytes of pinned host memory a module's tensors take when each is pinned: torch's caching host
+    allocator rounds every allocation up to the next power of two."""
+    if module is None:
+        return 0
+    sizes = (t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    return sum(1 << (n - 1).bit_length() for n in sizes if n > 0)
+
+
+def host_available_gb() -> float | None:
+    """The host RAM the kernel can give without swapping (``MemAvailable`` of /proc/meminfo), in GB;
+    None where it cannot be read (not Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 / GB
+    except OSError:
+        return None
+    return None
+
+
+def pin_up_front(pinned_gb: float, available_gb: float | None, *, margin_gb: float = 8.0) -> tuple[bool, str]:
+    """(pin every weight when group offloading starts?, reason). Up front is diffusers' default and the
+    fastest (transfers overlap the compute from the first pass); a group at a time (its
+    ``low_cpu_mem_usage``) when the pinned copy would not fit next to the unpinned weights."""
+    if available_gb is None:
+        return True, f"pinned up front ({pinned_gb:.1f} GB; the host's free RAM is unknown)"
+    if pinned_gb + margin_gb <= available_gb:
+        return True, f"pinned up front: {pinned_gb:.1f} GB of {available_gb:.1f} GB available host RAM"
+    return False, (f"pinned a group at a time: pinning up front needs {pinned_gb:.1f} GB (+{margin_gb:.0f} GB margin) "
+                   f"of host RAM, {available_gb:.1f} GB available")
 
 
 def estimate_memory_gb(pipe, *, height: int, width: int, num_frames: int, cfg_batch: bool = False) -> dict[str, float]:
@@ -123,19 +161,26 @@ def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None
     elif mode == "offload":
         pipe.enable_model_cpu_offload(device=device)
     else:
+        modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+        pinned_gb = sum(pinned_bytes(m) for m in modules) / GB
+        up_front, pin_reason = pin_up_front(pinned_gb, host_available_gb())
         pipe.enable_group_offload(
             onload_device=device,
             offload_device=torch.device("cpu"),
             offload_type="block_level",
             num_blocks_per_group=1,
             use_stream=device.type == "cuda",
+            low_cpu_mem_usage=not up_front,
         )
     tiling = (mode != "full") if vae_tiling is None else bool(vae_tiling)
     if tiling:
         pipe.vae.enable_tiling()
     else:
         pipe.vae.disable_tiling()
-    return {"memory_mode": mode, "vae_tiling": tiling}
+    info = {"memory_mode": mode, "vae_tiling": tiling}
+    if mode == "lowvram" and device.type == "cuda":
+        info["pinning"] = pin_reason
+    return info
 
 
 @contextlib.contextmanager

@@ -65,6 +65,7 @@ class VideoConfig:
     fp8: str = "auto"  # auto | off | rowwise
     cache: str = "off"  # off | fbc | taylorseer
     cache_threshold: float | None = None
+    cache_interval: int | None = None  # taylorseer: full computations every this many steps (None: 2)
     cfg_stop: float = 1.0  # guidance in the first cfg_stop fraction of the steps only
     approximate: bool = False  # auto may pick an approximate attention kernel (Sage): the fast / turbo presets
     # few-step distillation (the turbo preset): a distilled LoRA stacked on ``lora``, its sampler
@@ -264,7 +265,7 @@ def apply_video_speed(pipe, config: VideoConfig, device, *, memory_mode: str, pa
     from matrix_world.generation.wan_speed import apply_speed, plan_speed
 
     plan = plan_speed(attention=config.attention, compile=config.compile, fp8=config.fp8, cache=config.cache,
-                      cache_threshold=config.cache_threshold, device=torch.device(device),
+                      cache_threshold=config.cache_threshold, cache_interval=config.cache_interval, device=torch.device(device),
                       passes=transformer_passes(config), memory_mode=memory_mode, approximate=config.approximate)
     return apply_speed(pipe, plan, parallelize)
 

@@ -30,10 +30,13 @@ CFG batching and CFG truncation).
 * ``cache``: diffusers' ``transformer.enable_cache``: ``fbc`` (FirstBlockCache: when the first
   block's residual changed less than ``cache_threshold`` (default 0.05) since the last computed step,
   the other blocks are skipped and their last residual reused) or ``taylorseer`` (TaylorSeer:
-  between full computations every ``cache_interval`` (default 4) steps, after 3 full ones, the blocks are
+  between full computations every ``cache_interval`` (default 2) steps, after 3 full ones, the blocks are
   skipped and the transformer's output projection is predicted by a first-order Taylor expansion —
-  diffusers' "lite" mode; predicting each block's modules instead needs more memory than an H200 has). Approximations whose cost depends on the trained weights:
-  random weights say nothing about them. Off unless asked for.
+  diffusers' "lite" mode; predicting each block's modules instead needs more memory than an H200 has).
+  Interval 2 with Sage + compiled blocks: 3.32 s per 480p step over 50 steps (stock 8.01), and on the
+  small trained Wan of benchmarks/train_video.py no PSNR loss on held-out clips (RESULTS.md, issue 14).
+  Approximations whose cost depends on the trained weights: random weights say nothing about them, a
+  small model only a little. Off unless asked for.
 
 Nothing here changes the conditioning or the sampler: the same inputs give the same video up
 to the approximations named above (``benchmarks/video.py --speed`` measures each).
@@ -54,6 +57,7 @@ ATTENTION_CHOICES = ("auto", *ATTENTION_BACKENDS)
 COMPILE_CHOICES = ("auto", "off", "blocks")
 FP8_CHOICES = ("auto", "off", "rowwise")
 CACHE_CHOICES = ("off", "fbc", "taylorseer")
+TAYLORSEER_INTERVAL = 2  # full computations every 2nd step after the first 3: half the passes (RESULTS.md, issue 14)
 COMPILE_MIN_PASSES = 24  # compile (~13 s on an H200) pays for itself after ~21 passes of 0.61 s saved each
 _PACKAGES = {"flash": ("flash_attn", "pip install flash-attn"),
              "flash3": ("flash_attn_interface", "build flash-attention's hopper/ folder (FlashAttention-3)"),
@@ -83,7 +87,8 @@ class SpeedPlan:
                 "approximations": self.approximations(), "reasons": dict(self.reasons)}
 
 
-def check_speed_options(attention: str, compile: str, fp8: str, cache: str, cache_threshold: float | None = None) -> None:
+def check_speed_options(attention: str, compile: str, fp8: str, cache: str, cache_threshold: float | None = None,
+                        cache_interval: int | None = None) -> None:
     """InputError (one line) for an unknown option value."""
     for option, value, allowed in (("--video-attention", attention, ATTENTION_CHOICES), ("--video-compile", compile, COMPILE_CHOICES),
                                    ("--video-fp8", fp8, FP8_CHOICES), ("--video-cache", cache, CACHE_CHOICES)):
@@ -91,6 +96,12 @@ def check_speed_options(attention: str, compile: str, fp8: str, cache: str, cach
             raise InputError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
     if cache_threshold is not None and not (0.0 < cache_threshold < 10.0):
         raise InputError(f"--video-cache-threshold must be a number in (0, 10), got {cache_threshold}")
+    if cache_interval is not None and not (isinstance(cache_interval, int) and 1 <= cache_interval <= 50):
+        raise InputError(f"--video-cache-interval must be an integer in [1, 50], got {cache_interval!r}")
+    if cache_threshold is not None and cache != "fbc":
+        raise InputError(f"--video-cache-threshold is FirstBlockCache's (--video-cache fbc), not {cache!r}'s")
+    if cache_interval is not None and cache != "taylorseer":
+        raise InputError(f"--video-cache-interval is TaylorSeer's (--video-cache taylorseer), not {cache!r}'s")
 
 
 def _capability(device: torch.device) -> tuple[int, int] | None:
@@ -115,13 +126,14 @@ def sage_installed() -> bool:
 
 
 def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "auto", cache: str = "off",
-               cache_threshold: float | None = None, device: torch.device, passes: int, memory_mode: str,
+               cache_threshold: float | None = None, cache_interval: int | None = None, device: torch.device,
+               passes: int, memory_mode: str,
                approximate: bool = False) -> SpeedPlan:
     """The one ``auto`` rule of the video speed options -> a :class:`SpeedPlan`.
 
     passes: transformer passes of the call (steps x 2 under CFG); memory_mode: the pipeline's
     (full | offload | lowvram); approximate: ``auto`` may pick approximations (Sage, FP8)."""
-    check_speed_options(attention, compile, fp8, cache, cache_threshold)
+    check_speed_options(attention, compile, fp8, cache, cache_threshold, cache_interval)
     device = torch.device(device)
     cap = _capability(device)
     reasons: dict[str, str] = {}
@@ -175,7 +187,7 @@ def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "au
     if cache == "fbc":
         threshold = 0.05 if cache_threshold is None else float(cache_threshold)
     elif cache == "taylorseer":
-        interval = 4
+        interval = TAYLORSEER_INTERVAL if cache_interval is None else int(cache_interval)
     reasons["cache"] = "requested" if cache != "off" else "off unless asked for (its cost depends on the trained weights)"
     return SpeedPlan(attention=attention, compile=compile, fp8=fp8, cache=cache, cache_threshold=threshold,
                      cache_interval=interval, reasons=reasons)

@@ -55,6 +55,10 @@ def test_plan_on_the_cpu_picks_exact_options_and_refuses_gpu_only_ones():
         plan_speed(fp8="rowwise", device=torch.device("cpu"), passes=10, memory_mode="full")
     with pytest.raises(InputError, match="--video-cache must be one of off, fbc, taylorseer, got 'magic'"):
         plan_speed(cache="magic", device=torch.device("cpu"), passes=10, memory_mode="full")
+    # TaylorSeer's interval: the measured default (2), or the one asked for, reaches the plan the stage applies
+    assert plan_speed(cache="taylorseer", device=torch.device("cpu"), passes=10, memory_mode="full").cache_interval == 2
+    assert plan_speed(cache="taylorseer", cache_interval=4, device=torch.device("cpu"), passes=10,
+                      memory_mode="full").cache_interval == 4
 
 
 def test_plan_on_a_hopper_gpu(monkeypatch):
@@ -288,11 +292,17 @@ def test_turbo_preset_configures_the_distilled_samplers():
     quality = video.configure(WorldConfig(prompt="x", preset="quality", video_cache="fbc", video_cfg_stop=0.5), "wan")
     assert (quality.num_inference_steps, quality.distill_lora, quality.approximate, quality.cache, quality.cfg_stop) == (
         50, None, False, "fbc", 0.5)
+    ts = video.configure(WorldConfig(prompt="x", video_cache="taylorseer", video_cache_interval=3), "wan")
+    assert (ts.cache, ts.cache_interval) == ("taylorseer", 3)
     assert video.configure(WorldConfig(prompt="x", preset="turbo", distill_lora="none"), "wan").num_inference_steps == 30
     for config, words in ((WorldConfig(prompt="x", distill_lora="lightx2v"), "--distill-lora belongs to --preset turbo"),
                           (WorldConfig(prompt="x", preset="turbo", resolution=720), "is for 480p"),
                           (WorldConfig(prompt="x", video_cfg_stop=2.0), "--video-cfg-stop must be in [0, 1]"),
-                          (WorldConfig(prompt="x", video_fp8="yes"), "--video-fp8 must be one of auto, off, rowwise")):
+                          (WorldConfig(prompt="x", video_fp8="yes"), "--video-fp8 must be one of auto, off, rowwise"),
+                          (WorldConfig(prompt="x", video_cache_interval=3), "--video-cache-interval is TaylorSeer's"),
+                          (WorldConfig(prompt="x", video_cache="taylorseer", video_cache_interval=0), "must be an integer in [1, 50]"),
+                          (WorldConfig(prompt="x", video_cache="taylorseer", video_cache_threshold=0.1),
+                           "--video-cache-threshold is FirstBlockCache's")):
         with pytest.raises(InputError, match=words.replace("[", r"\[").replace("]", r"\]")):
             check_speed_inputs(config)
 

@@ -223,6 +223,34 @@ def test_memory_mode_choice_estimates_and_oom_message():
         raise torch.OutOfMemoryError("CUDA out of memory")
 
 
+def test_lowvram_pins_the_weights_up_front_only_where_the_host_ram_holds_the_rounded_copy(monkeypatch):
+    """Group offloading's pinned copy: each tensor rounded up to a power of two (torch's pinned allocator);
+    pinned up front when it fits the host's available RAM with a margin, else a group at a time."""
+    from types import SimpleNamespace
+
+    from matrix_world.generation import memory
+
+    lin = torch.nn.Linear(5, 3)  # weight 15 floats = 60 B -> 64; bias 3 floats = 12 B -> 16
+    assert memory.module_bytes(lin) == 72 and memory.pinned_bytes(lin) == 80 and memory.pinned_bytes(None) == 0
+    assert memory.pin_up_front(49.1, 120.0)[0] is True
+    up, why = memory.pin_up_front(49.1 + 15.0, 60.0)
+    assert up is False and "64.1 GB" in why and "60.0 GB available" in why
+    assert memory.pin_up_front(10.0, None)[0] is True
+    avail = memory.host_available_gb()
+    assert avail is None or avail > 0
+
+    calls = []
+    vae = SimpleNamespace(enable_tiling=lambda: calls.append("tiling"), disable_tiling=lambda: None)
+    pipe = SimpleNamespace(components={"transformer": lin, "scheduler": object()}, vae=vae,
+                           enable_group_offload=lambda **kw: calls.append(kw))
+    for available, low_cpu in ((1000.0, False), (1e-9, True)):
+        calls.clear()
+        monkeypatch.setattr(memory, "host_available_gb", lambda: available)
+        info = memory.apply_memory_mode(pipe, "lowvram", torch.device("cuda"))  # placement only: no CUDA call
+        assert calls[0]["low_cpu_mem_usage"] is low_cpu and calls[0]["use_stream"] is True and calls[1] == "tiling"
+        assert info["pinning"].startswith("pinned a group at a time" if low_cpu else "pinned up front")
+
+
 def test_oracle_with_a_real_synthetic_scene_reproduces_the_panorama_at_frame_0():
     procedural = pytest.importorskip("matrix_world.datasets.procedural")
     from matrix_world.datasets import synthetic_backends  # noqa: F401  (registers oracle)

@@ -80,7 +80,8 @@ def configure(config: WorldConfig, backend: str) -> VideoConfig:
                         sigma_schedule="lightx2v" if distill else "matrix3d", distill_lora=distill,
                         memory=config.memory, seed=config.seed, attention=config.video_attention,
                         compile=config.video_compile, fp8=config.video_fp8, cache=config.video_cache,
-                        cache_threshold=config.video_cache_threshold, cfg_stop=config.video_cfg_stop,
+                        cache_threshold=config.video_cache_threshold, cache_interval=config.video_cache_interval,
+                        cfg_stop=config.video_cfg_stop,
                         approximate=config.preset in ("fast", "turbo"))
     return dataclasses.replace(video, height=frame_height(config, backend))
 
