@@ -63,6 +63,7 @@ import depth as bench_depth  # benchmarks/depth.py: build_moge
 import panorama as bench_panorama  # benchmarks/panorama.py: FLUX configs, build_on
 import video as bench_video  # benchmarks/video.py: build_transformer, build_encoders
 from common import write_results  # benchmarks/common.py
+from matrix_world.generation.wan_speed import TAYLORSEER_INTERVAL
 from matrix_world.pipeline.context import free_memory  # gc + the GPU's cache + torch's pinned host cache
 
 GB = 1024**3
@@ -193,8 +194,10 @@ class PassTimer:
         p = sorted(self.passes)
         per_step_passes = len(p) / max(steps, 1)
         median = p[len(p) // 2] if p else float("nan")
+        k = int(per_step_passes) if per_step_passes == int(per_step_passes) else 0
+        step_s = [round(sum(self.passes[i:i + k]), 4) for i in range(0, len(self.passes), k)] if k else None
         return {"passes": len(p), "passes_per_step": per_step_passes, "first_pass_s": round(self.passes[0], 4) if p else None,
-                "transformer_s": round(sum(p), 3), "per_step_s": round(median * per_step_passes, 4)}
+                "transformer_s": round(sum(p), 3), "per_step_s": round(median * per_step_passes, 4), "step_s": step_s}
 
 
 class StageMonitor:
@@ -271,15 +274,36 @@ FULL_STEPS = {  # each preset's own steps / iterations (what a real run does; EX
 SPEED_OFF = {"video_attention": "native", "video_compile": "off", "video_fp8": "off"}
 
 
+SKIP_STEPS = 8  # TaylorSeer 2: steps 0-2 and 4, 6 computed, 3, 5, 7 predicted -> both kinds measured after the first
+
+
+def skip_video_extra(results: dict, interval: int | None, full_steps: int) -> float:
+    """Seconds of the video steps the cut run did not make, each at the measured time of its kind
+    (computed / predicted; video_speed.remaining_s) -> s. RuntimeError when a kind was not measured."""
+    from video_speed import Row, remaining_s  # benchmarks/video_speed.py
+
+    row = next(r for r in results["stages"] if r["stage"] == "video")
+    plan = {"cache": "taylorseer", "cache_interval": interval or TAYLORSEER_INTERVAL}
+    extra = remaining_s(Row("e2e skip", plan), row.get("step_s") or [], full_steps)
+    if extra is None:
+        raise RuntimeError(f"video steps {row.get('step_s')}: not every kind of step of a {full_steps}-step "
+                           f"TaylorSeer run was measured (run >= {SKIP_STEPS} steps)")
+    row["per_step_s"] = round((sum(row["step_s"]) + extra) / full_steps, 4)  # the table's figure: the full run's mean
+    return extra
+
+
 def parse_variant(text: str) -> dict:
     """'PRESET:MEMORY:SPEED' (e.g. quality:full:off, turbo:lowvram:auto) -> dict; SPEED off = the video
     speed options off (torch SDPA, eager, bf16: the stock diffusers path), auto = what the preset's
-    auto picks for its FULL step count (so a run cut to a few steps is timed with the same options)."""
+    auto picks for its FULL step count (so a run cut to a few steps is timed with the same options),
+    skip = auto + SageAttention (where installed) + TaylorSeer at its default interval: step skipping,
+    an approximation (the video is cut to SKIP_STEPS steps so that every kind of step is measured)."""
     parts = text.split(":")
     if len(parts) != 3 or parts[0] not in FULL_STEPS or parts[1] not in ("full", "offload", "lowvram", "auto") \
-            or parts[2] not in ("off", "auto"):
+            or parts[2] not in ("off", "auto", "skip") or (parts[0] == "turbo" and parts[2] == "skip"):
         raise argparse.ArgumentTypeError(f"variant {text!r}: expected PRESET:MEMORY:SPEED with PRESET in "
-                                         f"{'|'.join(FULL_STEPS)}, MEMORY full|offload|lowvram|auto, SPEED off|auto")
+                                         f"{'|'.join(FULL_STEPS)}, MEMORY full|offload|lowvram|auto, SPEED off|auto|skip "
+                                         "(skip: not for turbo, whose 4 steps are all computed)")
     return {"name": text, "preset": parts[0], "memory": parts[1], "speed": parts[2]}
 
 
@@ -332,7 +356,8 @@ def run_world(args, variant: dict, cuda: bool) -> dict:
     full = FULL_STEPS[preset]
     turbo = preset == "turbo"  # runs its own steps (the lightx2v sigma list has exactly 4)
     steps = {"panorama": args.pano_steps or (full["panorama"] if turbo and not smoke else 2 if smoke else 8),
-             "video": args.video_steps or (full["video"] if turbo else 1 if smoke else 3),
+             "video": args.video_steps or (full["video"] if turbo else SKIP_STEPS if variant["speed"] == "skip"
+                                           else 1 if smoke else 3),
              "reconstruction": args.iterations or (20 if smoke else 1500)}
     frames = args.frames or (9 if smoke else 81)
     pano_height = args.pano_height or (64 if smoke else 1024 if preset == "quality" else 512)
@@ -353,7 +378,7 @@ def run_world(args, variant: dict, cuda: bool) -> dict:
                          resolution=64 if smoke else 480, frames=frames, device=str(device), resume=False,
                          exports=("spz",), memory=variant["memory"], **speed,
                          **({"distill_lora": "lightx2v"} if smoke and preset == "turbo" else {}))  # smoke: 64-row turbo
-    if variant["speed"] == "auto" and cuda:  # the options auto picks for the FULL step count, fixed for the cut run
+    if variant["speed"] in ("auto", "skip") and cuda:  # the options auto picks for the FULL step count, fixed for the cut run
         from matrix_world.generation.video import transformer_passes
         from matrix_world.generation.wan_speed import plan_speed
 
@@ -363,6 +388,11 @@ def run_world(args, variant: dict, cuda: bool) -> dict:
                           approximate=video_full.approximate)
         config = dataclasses.replace(config, video_attention=plan.attention, video_compile=plan.compile, video_fp8=plan.fp8)
         results["speed_plan"] = plan.to_dict()
+    if variant["speed"] == "skip":
+        from matrix_world.generation.wan_speed import sage_installed
+
+        config = dataclasses.replace(config, video_cache="taylorseer",
+                                     video_attention="sage" if cuda and sage_installed() else config.video_attention)
 
     # 1. Build the first stages' models (FLUX, MoGe) on the device; the monitor builds Wan later.
     models: dict = {}
@@ -421,6 +451,8 @@ def run_world(args, variant: dict, cuda: bool) -> dict:
     total = sum(r["seconds"] for r in results["stages"])
     extra = {s: (full[s] - steps[s]) * r["per_step_s"] for r in results["stages"] for s in full
              if r["stage"] == s and r["per_step_s"] is not None and steps[s] != full[s]}
+    if variant["speed"] == "skip" and "video" in extra:  # predicted steps cost ~nothing: each kind at its own time
+        extra["video"] = skip_video_extra(results, config.video_cache_interval, full["video"])
     results["measured_stage_total_s"] = round(total, 1)
     results["full_steps_total_s"] = round(total + sum(extra.values()), 1)
     results["extrapolated"] = bool(extra)

@@ -113,15 +113,28 @@ def step_kinds(row: Row, n: int) -> list[tuple[bool, bool]]:
 def extrapolate(row: Row, step_s: list[float], n: int = EXTRAPOLATE_STEPS) -> float | None:
     """s/step of an ``n``-step video from the measured steps of each kind (the first step, which holds the
     compile, left out); None when a kind the n-step video has was not measured (or the skips are not fixed)."""
+    means = kind_means(row, step_s, n)
+    return None if means is None else sum(means[k] for k in step_kinds(row, n)) / n
+
+
+def remaining_s(row: Row, step_s: list[float], n: int = EXTRAPOLATE_STEPS) -> float | None:
+    """Seconds of the steps an ``n``-step video has after the measured ones (steps len(step_s) .. n-1),
+    each at the mean measured time of its kind (as :func:`extrapolate`); None where it returns None."""
+    means = kind_means(row, step_s, n)
+    return None if means is None else sum(means[k] for k in step_kinds(row, n)[len(step_s):])
+
+
+def kind_means(row: Row, step_s: list[float], n: int) -> dict[tuple[bool, bool], float] | None:
+    """Mean seconds of each kind of step measured (the first step left out) -> {kind: s}; None when a kind
+    an ``n``-step video has was not measured, or FirstBlockCache decides the skips (not fixed)."""
     if row.plan.get("cache") == "fbc":
         return None
     measured: dict[tuple[bool, bool], list[float]] = {}
     for kind, t in list(zip(step_kinds(row, len(step_s)), step_s))[1:]:
         measured.setdefault(kind, []).append(t)
-    kinds = step_kinds(row, n)
-    if any(k not in measured for k in set(kinds)):
+    if any(k not in measured for k in set(step_kinds(row, n))):
         return None
-    return sum(sum(measured[k]) / len(measured[k]) for k in kinds) / n
+    return {k: sum(v) / len(v) for k, v in measured.items()}
 
 
 def check_order(names: list[str]) -> None:

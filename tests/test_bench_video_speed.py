@@ -37,6 +37,19 @@ def test_extrapolation_weights_each_kind_of_step_by_its_count():
     assert math.isclose(vs.extrapolate(vs.ROWS["sage_compiled_cfgstop"], [9, 6, 6, 6, 3, 3, 3, 3]), 4.5)
 
 
+def test_remaining_steps_of_a_cut_run_at_their_kinds_time():
+    """The e2e skip variant: a world cut to 8 video steps, the other 42 of 50 added at their kind's time."""
+    row = vs.ROWS["sage_compiled_ts2"]
+    steps = [20.0, 6.0, 6.0, 0.1, 6.0, 0.1, 6.0, 0.1]  # computed 0-2, 4, 6; predicted 3, 5, 7
+    rest = vs.step_kinds(row, 50)[8:]
+    expected = sum(6.0 if computed else 0.1 for _, computed in rest)
+    assert vs.remaining_s(row, steps) == pytest.approx(expected)
+    assert sum(c for _, c in rest) == 21  # steps 8, 10, ..., 48
+    assert vs.remaining_s(row, steps[:3]) is None  # no predicted step measured
+    # the measured steps (step 0 at its kind's time, not its compile) + the rest = the 50-step extrapolation
+    assert 6.0 + sum(steps[1:]) + vs.remaining_s(row, steps) == pytest.approx(50 * vs.extrapolate(row, steps))
+
+
 def test_row_order():
     vs.check_order(["stock", "sage", "sage_compiled", "sage_compiled_ts2", "sage_fp8", "sage_fp8_ts2", "turbo"])
     with pytest.raises(ValueError, match="put it earlier"):
