@@ -8,7 +8,9 @@ architecture and random weights, at 480p, on one CUDA GPU (issue 7).
 ``--variants`` makes several worlds one after the other in ONE process on the same GPU and prints
 them side by side: ``PRESET:MEMORY:SPEED``, where SPEED ``off`` is the stock diffusers path of the
 video model (torch SDPA, eager, bf16; what the pipeline did before the speed options) and ``auto``
-the options the preset's ``auto`` picks for its full step count. The ``turbo`` preset runs its own
+the options the preset's ``auto`` picks for its full step count, ``skip`` those + SageAttention +
+TaylorSeer (step skipping: the video is cut to 8 steps and each kind of step extrapolated at its own
+measured time; not for turbo). The ``turbo`` preset runs its own
 steps (FLUX 8, Wan 4 without CFG), so its world time is measured, not extrapolated; the distillation
 LoRAs are not loaded (no weights: the sampler settings are the same, their quality is not measured).
 

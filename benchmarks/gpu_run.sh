@@ -68,10 +68,12 @@ for j in "$@"; do
       job video_speed720 400 "python benchmarks/video.py --speed --heights 720 --rows stock compiled compiled_taylorseer --steps 1 --cache-steps 6 --budget-s ${BUDGET720:-370}" ;;
     video_speed_sage) # 480p: stock vs ours with SageAttention 2 (needs sage_build or a carried wheel)
       job video_speed_sage 560 "python benchmarks/video.py --speed --heights ${HEIGHTS:-480} ${ROWS:+--rows $ROWS} ${SPEED_ARGS:-} --budget-s ${BUDGET_VIDEO:-$(( ${T_END:-$(( $(date +%s) + 540 ))} - $(date +%s) - 20 ))}" ;;
-    video_speed_sage720) # 720p with SageAttention 2: stock vs Sage + compiled (+ TaylorSeer)
-      job video_speed_sage720 500 "python benchmarks/video.py --speed --heights 720 --rows stock sage_compiled sage_compiled_taylorseer --steps 1 --cache-steps 6 --budget-s ${BUDGET720:-470}" ;;
+    video_speed_sage720) # 720p with SageAttention 2: stock vs Sage + compiled + TaylorSeer 2 (8 steps: every kind measured)
+      job video_speed_sage720 500 "python benchmarks/video.py --speed --heights 720 --rows stock sage_compiled_ts2 --steps 1 --cache-steps 8 --budget-s ${BUDGET720:-470}" ;;
     e2e_worlds)    # whole worlds side by side in one process: quality stock path vs auto (steps cut, extrapolated), turbo measured
       job e2e_worlds 590 "python benchmarks/e2e.py --variants ${E2E_VARIANTS:-turbo:full:auto quality:full:off quality:full:auto} --budget-s $(( ${T_END:-$(( $(date +%s) + 570 ))} - $(date +%s) - 20 ))" ;;
+    e2e_skip)      # quality worlds: exact auto vs step skipping (Sage + TaylorSeer 2; video cut to 8 steps, extrapolated per kind)
+      job e2e_skip 590 "python benchmarks/e2e.py --variants quality:full:auto quality:full:skip --budget-s 560" ;;
     e2e_lowvram)   # the turbo world in full memory and in lowvram, measured end to end
       job e2e_lowvram 590 "python benchmarks/e2e.py --variants turbo:full:auto turbo:lowvram:auto --budget-s 560" ;;
     video2pano_bench) # wan (full-size random weights) on the canvas of docs/video2pano/city_pan.mp4: erp, windows, viewpoint
