@@ -65,7 +65,6 @@ import depth as bench_depth  # benchmarks/depth.py: build_moge
 import panorama as bench_panorama  # benchmarks/panorama.py: FLUX configs, build_on
 import video as bench_video  # benchmarks/video.py: build_transformer, build_encoders
 from common import write_results  # benchmarks/common.py
-from matrix_world.generation.wan_speed import TAYLORSEER_INTERVAL
 from matrix_world.pipeline.context import free_memory  # gc + the GPU's cache + torch's pinned host cache
 
 GB = 1024**3
@@ -279,13 +278,14 @@ SPEED_OFF = {"video_attention": "native", "video_compile": "off", "video_fp8": "
 SKIP_STEPS = 8  # TaylorSeer 2: steps 0-2 and 4, 6 computed, 3, 5, 7 predicted -> both kinds measured after the first
 
 
-def skip_video_extra(results: dict, interval: int | None, full_steps: int) -> float:
+def skip_video_extra(results: dict, full_steps: int) -> float:
     """Seconds of the video steps the cut run did not make, each at the measured time of its kind
-    (computed / predicted; video_speed.remaining_s) -> s. RuntimeError when a kind was not measured."""
+    (computed / predicted, by the interval the stage applied; video_speed.remaining_s) -> s.
+    RuntimeError when a kind was not measured."""
     from video_speed import Row, remaining_s  # benchmarks/video_speed.py
 
     row = next(r for r in results["stages"] if r["stage"] == "video")
-    plan = {"cache": "taylorseer", "cache_interval": interval or TAYLORSEER_INTERVAL}
+    plan = {"cache": "taylorseer", "cache_interval": results["video_info"]["speed"]["cache_interval"]}
     extra = remaining_s(Row("e2e skip", plan), row.get("step_s") or [], full_steps)
     if extra is None:
         raise RuntimeError(f"video steps {row.get('step_s')}: not every kind of step of a {full_steps}-step "
@@ -454,7 +454,7 @@ def run_world(args, variant: dict, cuda: bool) -> dict:
     extra = {s: (full[s] - steps[s]) * r["per_step_s"] for r in results["stages"] for s in full
              if r["stage"] == s and r["per_step_s"] is not None and steps[s] != full[s]}
     if variant["speed"] == "skip" and "video" in extra:  # predicted steps cost ~nothing: each kind at its own time
-        extra["video"] = skip_video_extra(results, config.video_cache_interval, full["video"])
+        extra["video"] = skip_video_extra(results, full["video"])
     results["measured_stage_total_s"] = round(total, 1)
     results["full_steps_total_s"] = round(total + sum(extra.values()), 1)
     results["extrapolated"] = bool(extra)

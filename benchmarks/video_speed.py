@@ -306,7 +306,7 @@ def main(args) -> int:
                         out["step_kinds"] = ["".join(("G" if g else "1", "" if c else "p")) for g, c in step_kinds(row, n_steps)]
                     out.update({"s_per_step": round(timer.per_step(1 if row.cache_steps else args.warmup), 3),
                                 "first_step_s": round(timer.times[0] - t1, 1), "call_s": round(time.perf_counter() - t1, 1),
-                                "steps": n_steps, "step_s": [round(b - a, 2) for a, b in zip([t1, *timer.times], timer.times)],
+                                "steps": n_steps, "step_s": [round(t, 2) for t in steps_s],
                                 "note": row.note})
                     if row.error:
                         y = one_pass(h)

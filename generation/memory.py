@@ -41,20 +41,22 @@ class VideoOutOfMemoryError(InputError):
     """CUDA ran out of memory; the message names the next memory mode to try."""
 
 
+def _tensor_bytes(module) -> list[int]:
+    """Bytes of each parameter and buffer of a module ([] for None)."""
+    if module is None:
+        return []
+    return [t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers())]
+
+
 def module_bytes(module) -> int:
     """Bytes of a module's parameters and buffers (0 for None)."""
-    if module is None:
-        return 0
-    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    return sum(_tensor_bytes(module))
 
 
 def pinned_bytes(module) -> int:
     """Bytes of pinned host memory a module's tensors take when each is pinned: torch's caching host
     allocator rounds every allocation up to the next power of two."""
-    if module is None:
-        return 0
-    sizes = (t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
-    return sum(1 << (n - 1).bit_length() for n in sizes if n > 0)
+    return sum(1 << (n - 1).bit_length() for n in _tensor_bytes(module) if n > 0)
 
 
 def host_available_gb() -> float | None:
@@ -148,7 +150,8 @@ def choose_memory_mode(requested: str, *, estimate_gb: dict[str, float], free_gb
 
 
 def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None) -> dict:
-    """Place ``pipe`` for ``mode`` on ``device``; returns {'memory_mode', 'vae_tiling'}.
+    """Place ``pipe`` for ``mode`` on ``device``; returns {'memory_mode', 'vae_tiling'} (+ 'pinning': how
+    lowvram's streamed offloading pins the weights, :func:`pin_up_front`).
 
     Call once on a freshly loaded pipeline (components on the CPU); LoRAs must be loaded and
     fused before (group offloading keeps its own copy of the weights).
@@ -156,20 +159,23 @@ def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None
     device = torch.device(device)
     if mode not in MEMORY_MODES:
         raise InputError(f"memory mode must be one of {MEMORY_MODES}, got {mode!r}")
+    info: dict = {"memory_mode": mode}
     if mode == "full" or device.type == "cpu":
         pipe.to(device)
     elif mode == "offload":
         pipe.enable_model_cpu_offload(device=device)
     else:
-        modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
-        pinned_gb = sum(pinned_bytes(m) for m in modules) / GB
-        up_front, pin_reason = pin_up_front(pinned_gb, host_available_gb())
+        use_stream = device.type == "cuda"  # streamed transfers read from pinned host memory
+        up_front = True
+        if use_stream:
+            pinned = sum(pinned_bytes(m) for m in pipe.components.values() if isinstance(m, torch.nn.Module))
+            up_front, info["pinning"] = pin_up_front(pinned / GB, host_available_gb())
         pipe.enable_group_offload(
             onload_device=device,
             offload_device=torch.device("cpu"),
             offload_type="block_level",
             num_blocks_per_group=1,
-            use_stream=device.type == "cuda",
+            use_stream=use_stream,
             low_cpu_mem_usage=not up_front,
         )
     tiling = (mode != "full") if vae_tiling is None else bool(vae_tiling)
@@ -177,10 +183,7 @@ def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None
         pipe.vae.enable_tiling()
     else:
         pipe.vae.disable_tiling()
-    info = {"memory_mode": mode, "vae_tiling": tiling}
-    if mode == "lowvram" and device.type == "cuda":
-        info["pinning"] = pin_reason
-    return info
+    return {**info, "vae_tiling": tiling}
 
 
 @contextlib.contextmanager

@@ -127,12 +127,12 @@ class KeyframeDepth:
             from matrix_world.datasets.procedural import scene_from_prompt
 
             self._scene = scene_from_prompt(config.prompt or "", config.seed)
-        views_run = None
+        views: dict[str, int] = {}  # views MoGe ran / skipped (keyframe_skip_known_views)
         if run:
             need = covered = None
             if config.backend == "moge" and config.keyframe_skip_known_views:  # MoGe only on views with unknown pixels
                 need, covered = views_touching(~known[run], config)  # footprints depend on the FOV only
-                views_run = int(need.sum())
+                views = {"views_run": int(need.sum()), "views_skipped": int((~need).sum())}
             estimate, est_sky = estimate_frame_distances(config, self.device, self.traj.c2w[[indices[i] for i in run]],
                                                          frames[run], height, moge, scene=self._scene, need=need)
             for j, i in enumerate(run):
@@ -151,7 +151,7 @@ class KeyframeDepth:
         size, tokens = config.keyframe_views(height)
         self.info = {"backend": config.backend, "keyframes": len(indices), "estimated": len(run),
                      "filled_from_scaffold": int(skip.sum()),
-                     **({"views_run": views_run, "views_skipped": 12 * len(run) - views_run} if views_run is not None else {}),
+                     **views,
                      **({"view_size": size, "num_tokens": tokens, "batch_size": config.keyframe_batch_size}
                         if config.backend == "moge" else {})}
         return torch.from_numpy(out).to(frames.device), torch.from_numpy(sky).to(frames.device)
