@@ -201,6 +201,43 @@ class PassTimer:
                 "transformer_s": round(sum(p), 3), "per_step_s": round(median * per_step_passes, 4), "step_s": step_s}
 
 
+class CallTimer:
+    """Synchronised seconds of the calls of some methods of a pipeline's components (VAE encode / decode,
+    text and image encoders): where a stage's time outside the transformer goes."""
+
+    METHODS = (("vae", "encode"), ("vae", "decode"), ("text_encoder", "forward"), ("text_encoder_2", "forward"),
+               ("image_encoder", "forward"))
+
+    def __init__(self, pipe, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self._restore: list[tuple[object, str]] = []
+        for component, method in self.METHODS:
+            obj = getattr(pipe, component, None)
+            if obj is not None and hasattr(obj, method):
+                self._wrap(obj, method, f"{component}.{method}" if method != "forward" else component)
+
+    def _wrap(self, obj, method: str, key: str) -> None:
+        original = getattr(obj, method)
+
+        def timed(*args, **kwargs):
+            sync(self.device)
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                sync(self.device)
+                self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
+
+        setattr(obj, method, timed)  # an instance attribute over the class's method
+        self._restore.append((obj, method))
+
+    def summary(self) -> dict:
+        for obj, method in self._restore:
+            vars(obj).pop(method, None)
+        return {k: round(v, 3) for k, v in self.seconds.items()}
+
+
 class StageMonitor:
     """The pipeline's log function: prints, and at every stage end records that stage's peak
     GPU memory, then frees / builds the models of the next stages (outside any stage's time)."""
@@ -209,6 +246,8 @@ class StageMonitor:
         self.models, self.device, self.smoke, self.results = models, device, smoke, results
         self.memory = memory  # offload / lowvram: FLUX and Wan wait on the CPU, as from_pretrained leaves them
         self.timers: dict[str, PassTimer] = {}
+        self.calls: dict[str, CallTimer] = {}
+        self.call_seconds: dict[str, dict] = {}  # CallTimer.summary of each freed model's stage
         self.peaks: dict[str, dict] = {}
 
     def start(self) -> None:
@@ -257,8 +296,11 @@ class StageMonitor:
         self.models[name] = pipe
         if name in ("panorama", "video"):
             self.timers[name] = PassTimer(pipe.transformer, self.device)
+            self.calls[name] = CallTimer(pipe, self.device)
 
     def free(self, name: str) -> None:
+        if name in self.calls:  # unwrap first: the wrappers hold the components
+            self.call_seconds[name] = self.calls.pop(name).summary()
         self.models.pop(name, None)
         free_memory(self.device)  # GPU cache and the pinned host memory of group offloading
         if self.device.type == "cuda":
@@ -438,6 +480,8 @@ def run_world(args, variant: dict, cuda: bool) -> dict:
         if stage in monitor.timers:  # + the rest of the stage: text/image encoders, VAE encode/decode, file writes
             row.update(monitor.timers[stage].summary(steps[stage]))
             row["other_s"] = round(row["seconds"] - row["transformer_s"], 3)
+            row["components_s"] = monitor.call_seconds.get(stage)  # inside other_s
+            row.update({k: rec.get("info", {}).get(k) for k in ("placement_s", "pinning", "vae_tiling")})
         if stage == "reconstruction":
             secs = rec["info"].get("seconds") or {}
             train = secs.get("optimize")
@@ -502,6 +546,10 @@ def report(r: dict) -> None:
         peak = "-" if row["peak_gb"] is None else f"{row['peak_gb']:.1f}"
         print(f"{row['stage']:15s} {row['backend']:10s} {row['seconds']:8.2f} {per:>10s} {steps:>6s} {peak:>8s}")
     print(f"{'total':15s} {'':10s} {r['measured_stage_total_s']:8.1f}")
+    for row in r["stages"]:  # where the time outside the transformer went
+        if "other_s" in row:
+            print(f"  {row['stage']}: transformer {row['transformer_s']} s, other {row['other_s']} s, of which "
+                  f"{row.get('components_s')}; placement {row.get('placement_s')} s, pinning: {row.get('pinning')}")
     print("model building (random init on the device; a real run loads weights instead):")
     for name, b in r["build"].items():
         print(f"  {name:9s} {b['seconds']:7.2f} s  params (B) {b['params_b']}  allocated after {b['allocated_after_gb']} GB")

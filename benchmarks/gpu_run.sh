@@ -74,8 +74,11 @@ for j in "$@"; do
       job e2e_worlds 590 "python benchmarks/e2e.py --variants ${E2E_VARIANTS:-turbo:full:auto quality:full:off quality:full:auto} --budget-s $(( ${T_END:-$(( $(date +%s) + 570 ))} - $(date +%s) - 20 ))" ;;
     e2e_skip)      # quality worlds: exact auto vs step skipping (Sage + TaylorSeer 2; video cut to 8 steps, extrapolated per kind)
       job e2e_skip 590 "python benchmarks/e2e.py --variants quality:full:auto quality:full:skip --budget-s 560" ;;
+    pinning)       job pinning 90 "python benchmarks/pinning.py" ;;  # host RAM rates behind lowvram's pinning choice
     e2e_lowvram)   # the turbo world in full memory and in lowvram, measured end to end
-      job e2e_lowvram 590 "python benchmarks/e2e.py --variants turbo:full:auto turbo:lowvram:auto --budget-s 560" ;;
+      job e2e_lowvram 590 "( while sleep 2; do echo \$(date +%s) \$(grep MemAvailable /proc/meminfo); done ) > $OUT/host_mem.log & W=\$!; \
+        python benchmarks/e2e.py --variants ${LOWVRAM_VARIANTS:-turbo:full:auto turbo:lowvram:auto} --budget-s 560; rc=\$?; kill \$W; \
+        sort -k3 -n $OUT/host_mem.log | head -1 | sed 's/^/lowest host MemAvailable: /'; exit \$rc" ;;
     video2pano_bench) # wan (full-size random weights) on the canvas of docs/video2pano/city_pan.mp4: erp, windows, viewpoint
       job video2pano_bench 270 "python benchmarks/video2pano_wan.py \$( [ -f build/city_pan_frames.npz ] && echo --video build/city_pan_frames.npz )" ;;
     train_video_bench) job train_video_bench ${TV_LIMIT:-590} "python benchmarks/train_video.py ${TV_ARGS:-}" ;;  # json + loss curve in results.tgz

@@ -195,7 +195,8 @@ def place_flux_pipeline(pipe, config: PanoramaConfig, device) -> dict:
     if (config.lora or config.turbo_lora) and mode == "lowvram":  # group offloading keeps its own weight copies: fuse first
         fuse_lora_for_offload(pipe)
         info["lora_fused"] = True
-    info.update(apply_memory_mode(pipe, mode, device, vae_tiling=False))
+    passes = int(config.steps) * (2 if config.negative_prompt is not None or config.true_cfg_scale != 1.0 else 1)  # true CFG: two
+    info.update(apply_memory_mode(pipe, mode, device, vae_tiling=False, passes=passes))
     info.update(memory_reason=reason, memory_estimate_gb={k: round(v, 1) for k, v in estimate.items()})
     pipe._matrix_world_placed = info
     return info

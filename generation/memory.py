@@ -4,12 +4,17 @@
 * ``offload`` diffusers model CPU offload: one component on the GPU at a time (the 14B
               transformer alone: ~41 GB at 480p, ~52 GB at 720p, FACTS §A); VAE tiling on.
 * ``lowvram`` diffusers group offloading, block level, one block per group, prefetched on a
-              CUDA stream (weights live in pinned CPU RAM; ~11 GB at 480p at ~1.07x the
-              time, FACTS §A); VAE tiling on. Pinning every weight up front needs host RAM for a
-              second copy of the weights, each tensor rounded up to a power of two by torch's
-              pinned allocator (Wan2.1-I2V-14B: 32.8 GB of weights -> 49.1 GB pinned, beside the
-              unpinned originals until the first pass); where the host's available RAM cannot
-              hold it, the weights are pinned a group at a time instead (:func:`pin_up_front`).
+              CUDA stream (weights live in CPU RAM; ~11 GB at 480p at ~1.07x the time over 50
+              steps, FACTS §A). The VAE stays on the GPU (its decoder runs once per latent frame
+              and tile: offloading it per call costs more than its 0.25 GB); VAE tiling only where
+              the untiled decode would set the peak (:func:`lowvram_vae_tiling`).
+              Pinning every weight up front (diffusers' default) costs time and host RAM: torch's
+              pinned allocator rounds each tensor up to a power of two (Wan2.1-I2V-14B: 32.8 GB of
+              weights -> 49.1 GB pinned, beside the unpinned originals until the first pass), and
+              page-locking ran at ~1.4 GB/s on the H200 host (51 GB for FLUX + T5 took ~30 s of a
+              35 s turbo panorama stage). It is repaid only over many transformer passes; else,
+              and where the host RAM cannot hold the copy, a group is pinned at a time
+              (:func:`pin_up_front`).
 
 ``auto`` picks the fastest mode whose estimate fits the free GPU memory, with a margin. The
 estimate is weights (bytes of the loaded modules) + transformer activations, calibrated on
@@ -25,6 +30,7 @@ an OOM never leaves a half-written artifact.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 import torch
@@ -72,16 +78,46 @@ def host_available_gb() -> float | None:
     return None
 
 
-def pin_up_front(pinned_gb: float, available_gb: float | None, *, margin_gb: float = 8.0) -> tuple[bool, str]:
+PIN_UP_FRONT_MIN_PASSES = 24
+"""Fewest transformer passes for which pinning every weight up front repays its cost. Measured on
+the H200 (turbo world, 2026-12-02): pinning FLUX + T5 up front (51 GB rounded) took ~30 s; pinning a
+group at a time cost the Wan transformer ~1.2 s per pass more than the weights on the GPU, where
+up-front pinning costs ~0.5 s (FACTS §A: 1.07x over 50 steps) -> break-even ≈ 30 s / 0.7 s ≈ 40
+Wan passes; FLUX, transfer-bound at 1024x512 (0.47 s/pass pinned vs 0.09 on the GPU), breaks even
+sooner. 24 keeps the turbo (4 / 8 passes) on the cheap side and the fast / quality presets (28-100
+passes) on the pinned one."""
+
+
+def pin_up_front(pinned_gb: float, available_gb: float | None, *, passes: int | None = None, margin_gb: float = 8.0) -> tuple[bool, str]:
     """(pin every weight when group offloading starts?, reason). Up front is diffusers' default and the
-    fastest (transfers overlap the compute from the first pass); a group at a time (its
-    ``low_cpu_mem_usage``) when the pinned copy would not fit next to the unpinned weights."""
+    fastest per pass (transfers overlap the compute from the first pass) but costs ~1 s per 1.4 GB
+    before the first; a group at a time (its ``low_cpu_mem_usage``) when ``passes`` (the transformer
+    passes this placement will run; None: unknown, many) are too few to repay that, or when the
+    pinned copy would not fit next to the unpinned weights."""
+    if passes is not None and passes < PIN_UP_FRONT_MIN_PASSES:
+        return False, (f"pinned a group at a time: {passes} transformer passes do not repay pinning "
+                       f"{pinned_gb:.1f} GB up front (< {PIN_UP_FRONT_MIN_PASSES})")
     if available_gb is None:
         return True, f"pinned up front ({pinned_gb:.1f} GB; the host's free RAM is unknown)"
     if pinned_gb + margin_gb <= available_gb:
         return True, f"pinned up front: {pinned_gb:.1f} GB of {available_gb:.1f} GB available host RAM"
     return False, (f"pinned a group at a time: pinning up front needs {pinned_gb:.1f} GB (+{margin_gb:.0f} GB margin) "
                    f"of host RAM, {available_gb:.1f} GB available")
+
+
+LOWVRAM_UNTILED_DECODE_MAX_GB = 8.0  # untiled Wan decode at 480p / 81 frames: ~6 GB (FACTS §A), under lowvram's ~11 GB
+
+
+def vae_decode_gb(height: int, width: int, num_frames: int) -> float:
+    """Estimated GPU memory (GB) of one untiled Wan VAE decode: 6 GB at 480x960 x 81 frames (FACTS §A),
+    linear in pixels and frames."""
+    return 6.0 * (height * width) / (480 * 960) * num_frames / 81
+
+
+def lowvram_vae_tiling(decode_gb: float) -> bool:
+    """Tile the VAE in lowvram only where the untiled decode (``decode_gb``) would set the peak above the
+    transformer's (LOWVRAM_UNTILED_DECODE_MAX_GB): tiling is slower, and at 480p it saves nothing."""
+    return decode_gb > LOWVRAM_UNTILED_DECODE_MAX_GB
 
 
 def estimate_memory_gb(pipe, *, height: int, width: int, num_frames: int, cfg_batch: bool = False) -> dict[str, float]:
@@ -94,7 +130,7 @@ def estimate_memory_gb(pipe, *, height: int, width: int, num_frames: int, cfg_ba
     act = ACTIVATION_BYTES_PER_TOKEN_PER_DIM * tokens * dim * (2 if cfg_batch else 1)
     weights = {name: module_bytes(getattr(pipe, name, None)) for name in ("transformer", "text_encoder", "image_encoder", "vae")}
     block = weights["transformer"] / max(len(tr.blocks), 1)
-    vae_decode = 6.0 * GB * (height * width) / (480 * 960) * num_frames / 81  # FACTS §A, untiled decode
+    vae_decode = vae_decode_gb(height, width, num_frames) * GB
     vae_tiled = 2.0 * GB
     full = sum(weights.values()) + max(act, vae_decode)
     offload = max(weights["transformer"] + act, weights["text_encoder"], weights["vae"] + vae_tiled)
@@ -149,9 +185,13 @@ def choose_memory_mode(requested: str, *, estimate_gb: dict[str, float], free_gb
     return "lowvram", f"even lowvram (~{estimate_gb['lowvram']:.1f} GB) may not fit in {free_gb:.1f} GB free"
 
 
-def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None) -> dict:
-    """Place ``pipe`` for ``mode`` on ``device``; returns {'memory_mode', 'vae_tiling'} (+ 'pinning': how
-    lowvram's streamed offloading pins the weights, :func:`pin_up_front`).
+LOWVRAM_RESIDENT = ("vae",)  # components lowvram keeps on the GPU (the VAE: see the module docstring)
+
+
+def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None, passes: int | None = None) -> dict:
+    """Place ``pipe`` for ``mode`` on ``device``; returns {'memory_mode', 'vae_tiling', 'placement_s'}
+    (+ 'pinning': how lowvram's streamed offloading pins the weights, :func:`pin_up_front`, for
+    ``passes`` transformer passes; None: unknown). ``vae_tiling`` None: on for offload / lowvram.
 
     Call once on a freshly loaded pipeline (components on the CPU); LoRAs must be loaded and
     fused before (group offloading keeps its own copy of the weights).
@@ -159,6 +199,7 @@ def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None
     device = torch.device(device)
     if mode not in MEMORY_MODES:
         raise InputError(f"memory mode must be one of {MEMORY_MODES}, got {mode!r}")
+    started = time.perf_counter()
     info: dict = {"memory_mode": mode}
     if mode == "full" or device.type == "cpu":
         pipe.to(device)
@@ -167,9 +208,10 @@ def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None
     else:
         use_stream = device.type == "cuda"  # streamed transfers read from pinned host memory
         up_front = True
+        resident = [name for name in LOWVRAM_RESIDENT if isinstance(pipe.components.get(name), torch.nn.Module)]
         if use_stream:
-            pinned = sum(pinned_bytes(m) for m in pipe.components.values() if isinstance(m, torch.nn.Module))
-            up_front, info["pinning"] = pin_up_front(pinned / GB, host_available_gb())
+            pinned = sum(pinned_bytes(m) for name, m in pipe.components.items() if isinstance(m, torch.nn.Module) and name not in resident)
+            up_front, info["pinning"] = pin_up_front(pinned / GB, host_available_gb(), passes=passes)
         pipe.enable_group_offload(
             onload_device=device,
             offload_device=torch.device("cpu"),
@@ -177,13 +219,17 @@ def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None
             num_blocks_per_group=1,
             use_stream=use_stream,
             low_cpu_mem_usage=not up_front,
+            exclude_modules=resident,  # placed on ``device`` by diffusers
         )
+        info["resident"] = resident
     tiling = (mode != "full") if vae_tiling is None else bool(vae_tiling)
     if tiling:
         pipe.vae.enable_tiling()
     else:
         pipe.vae.disable_tiling()
-    return {**info, "vae_tiling": tiling}
+    if device.type == "cuda" and torch.cuda.is_initialized():
+        torch.cuda.synchronize(device)
+    return {**info, "vae_tiling": tiling, "placement_s": round(time.perf_counter() - started, 3)}
 
 
 @contextlib.contextmanager

@@ -51,7 +51,7 @@ class VideoConfig:
     prompt_suffix: str | None = None  # None -> Matrix-3D's quality suffix
     negative_prompt: str | None = None  # None -> Matrix-3D's negative prompt
     memory: str = "auto"  # auto | full | offload | lowvram
-    vae_tiling: bool | None = None  # None: on for offload / lowvram
+    vae_tiling: bool | None = None  # None: on for offload; lowvram where the untiled decode would set the peak (memory.lowvram_vae_tiling)
     dtype: str = "bfloat16"
     cfg_batch: bool = False
     seam: str = "wrap"  # wrap | blend | none
@@ -236,7 +236,14 @@ def load_video_pipeline(config: VideoConfig, device, *, num_frames: int = 81, pa
 def place_video_pipeline(pipe, config: VideoConfig, device, *, num_frames: int, parallelize=None) -> dict:
     """Place a Wan pipeline for ``config.memory`` on ``device`` and apply the speed options, once: a
     loaded one (after its LoRAs) here, an injected one (StageContext.models) on its first use -> info."""
-    from matrix_world.generation.memory import apply_memory_mode, choose_memory_mode, estimate_memory_gb, free_gpu_gb
+    from matrix_world.generation.memory import (
+        apply_memory_mode,
+        choose_memory_mode,
+        estimate_memory_gb,
+        free_gpu_gb,
+        lowvram_vae_tiling,
+        vae_decode_gb,
+    )
 
     if getattr(pipe, "_matrix_world_placed", None) is not None:
         return pipe._matrix_world_placed
@@ -244,7 +251,10 @@ def place_video_pipeline(pipe, config: VideoConfig, device, *, num_frames: int, 
     estimate = estimate_memory_gb(pipe, height=height, width=2 * height, num_frames=num_frames, cfg_batch=config.cfg_batch)
     free = free_gpu_gb(device)
     mode, reason = choose_memory_mode(config.memory, estimate_gb=estimate, free_gb=free)
-    info = apply_memory_mode(pipe, mode, device, vae_tiling=config.vae_tiling)
+    tiling = config.vae_tiling
+    if tiling is None and mode == "lowvram":
+        tiling = lowvram_vae_tiling(vae_decode_gb(height, 2 * height, num_frames))
+    info = apply_memory_mode(pipe, mode, device, vae_tiling=tiling, passes=transformer_passes(config))
     info.update({"memory_reason": reason, "memory_estimate_gb": {k: round(v, 1) for k, v in estimate.items()},
                  "free_gpu_gb": None if free is None else round(free, 1)})
     info["speed"] = apply_video_speed(pipe, config, device, memory_mode=info.get("memory_mode", mode), parallelize=parallelize)

@@ -236,19 +236,47 @@ def test_lowvram_pins_the_weights_up_front_only_where_the_host_ram_holds_the_rou
     up, why = memory.pin_up_front(49.1 + 15.0, 60.0)
     assert up is False and "64.1 GB" in why and "60.0 GB available" in why
     assert memory.pin_up_front(10.0, None)[0] is True
+    few = memory.PIN_UP_FRONT_MIN_PASSES - 1  # too few passes to repay pinning up front, however much RAM
+    up, why = memory.pin_up_front(49.1, 1000.0, passes=few)
+    assert up is False and f"{few} transformer passes" in why
+    assert memory.pin_up_front(49.1, 1000.0, passes=memory.PIN_UP_FRONT_MIN_PASSES)[0] is True
     avail = memory.host_available_gb()
     assert avail is None or avail > 0
 
     calls = []
-    vae = SimpleNamespace(enable_tiling=lambda: calls.append("tiling"), disable_tiling=lambda: None)
-    pipe = SimpleNamespace(components={"transformer": lin, "scheduler": object()}, vae=vae,
+
+    class FakeVae(torch.nn.Linear):  # a module (kept on the GPU by lowvram) with diffusers' tiling switches
+        def enable_tiling(self):
+            calls.append("tiling")
+
+        def disable_tiling(self):
+            calls.append("no tiling")
+
+    vae = FakeVae(1000, 1000)  # 4 MB: would dominate the pinned bytes if it were counted
+    pipe = SimpleNamespace(components={"transformer": lin, "vae": vae, "scheduler": object()}, vae=vae,
                            enable_group_offload=lambda **kw: calls.append(kw))
-    for available, low_cpu in ((1000.0, False), (1e-9, True)):
+    seen = []  # the pinned GB apply_memory_mode asked about
+    real = memory.pin_up_front
+    monkeypatch.setattr(memory, "pin_up_front", lambda gb, avail, passes=None: (seen.append(gb), real(gb, avail, passes=passes))[1])
+    for available, passes, low_cpu in ((1000.0, None, False), (1e-9, None, True), (1000.0, 4, True)):
         calls.clear()
         monkeypatch.setattr(memory, "host_available_gb", lambda: available)
-        info = memory.apply_memory_mode(pipe, "lowvram", torch.device("cuda"))  # placement only: no CUDA call
+        info = memory.apply_memory_mode(pipe, "lowvram", torch.device("cuda"), passes=passes)  # placement only: no CUDA call
         assert calls[0]["low_cpu_mem_usage"] is low_cpu and calls[0]["use_stream"] is True and calls[1] == "tiling"
+        assert calls[0]["exclude_modules"] == ["vae"] and info["resident"] == ["vae"]  # the VAE stays on the GPU
         assert info["pinning"].startswith("pinned a group at a time" if low_cpu else "pinned up front")
+        assert seen[-1] == memory.pinned_bytes(lin) / memory.GB  # the resident VAE is not pinned
+    info = memory.apply_memory_mode(pipe, "lowvram", torch.device("cuda"), vae_tiling=False)
+    assert calls[-1] == "no tiling" and info["vae_tiling"] is False and info["placement_s"] >= 0.0
+
+
+def test_lowvram_tiles_the_vae_only_where_the_untiled_decode_would_set_the_peak():
+    from matrix_world.generation import memory
+
+    assert memory.vae_decode_gb(480, 960, 81) == pytest.approx(6.0)  # FACTS §A
+    assert memory.vae_decode_gb(720, 1440, 81) == pytest.approx(13.5)
+    assert memory.lowvram_vae_tiling(memory.vae_decode_gb(480, 960, 81)) is False
+    assert memory.lowvram_vae_tiling(memory.vae_decode_gb(720, 1440, 81)) is True
 
 
 def test_oracle_with_a_real_synthetic_scene_reproduces_the_panorama_at_frame_0():

@@ -1,0 +1,63 @@
+"""Host-memory transfer rates that lowvram's pinning choice rests on (generation.memory.pin_up_front).
+
+Measures, on one CUDA device, in GB/s (decimal): allocating pinned host memory
+(``torch.empty(pin_memory=True)``, what diffusers' up-front pinning does per tensor, through torch's
+caching host allocator), pinning a pageable tensor (``Tensor.pin_memory()``: allocation + copy),
+and host-to-device copies from pageable and from pinned memory. Fresh allocations each time
+(the cache emptied between), so the allocator's reuse does not hide the page-locking cost.
+
+    python benchmarks/pinning.py [--gb 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from common import write_results  # benchmarks/common.py
+
+GB = 1e9
+EMPTY_HOST_CACHE = getattr(torch.accelerator, "empty_host_cache", None)  # torch >= 2.9
+
+
+def _rate(nbytes: int, fn, device: torch.device) -> float:
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    del out
+    if EMPTY_HOST_CACHE is not None:  # freed pinned blocks go back to the OS: the next allocation pays again
+        EMPTY_HOST_CACHE()
+    return nbytes / GB / seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gb", type=float, default=4.0, help="size of each buffer in GB (default 4)")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/pinning.py needs a CUDA device")
+    device = torch.device("cuda")
+    n = int(args.gb * GB)
+    pageable = torch.ones(n, dtype=torch.uint8)  # touched: its pages exist, as loaded weights' do
+    pinned = pageable.pin_memory()
+    rows = {
+        "pinned_alloc_gbps": _rate(n, lambda: torch.empty(n, dtype=torch.uint8, pin_memory=True), device),
+        "pin_memory_copy_gbps": _rate(n, lambda: pageable.pin_memory(), device),
+        "h2d_pageable_gbps": _rate(n, lambda: pageable.to(device), device),
+        "h2d_pinned_gbps": _rate(n, lambda: pinned.to(device, non_blocking=True), device),
+        "host_copy_gbps": _rate(n, lambda: pageable.clone(), device),
+    }
+    result = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "buffer_gb": args.gb,
+              "host_cache_emptied": EMPTY_HOST_CACHE is not None,
+              **{k: round(v, 2) for k, v in rows.items()}}
+    print(json.dumps(result))
+    write_results("pinning", result)
+
+
+if __name__ == "__main__":
+    main()
