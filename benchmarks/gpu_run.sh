@@ -74,7 +74,9 @@ for j in "$@"; do
       job e2e_worlds 590 "python benchmarks/e2e.py --variants ${E2E_VARIANTS:-turbo:full:auto quality:full:off quality:full:auto} --budget-s $(( ${T_END:-$(( $(date +%s) + 570 ))} - $(date +%s) - 20 ))" ;;
     e2e_skip)      # quality worlds: exact auto vs step skipping (Sage + TaylorSeer 2; video cut to 8 steps, extrapolated per kind)
       job e2e_skip 590 "python benchmarks/e2e.py --variants quality:full:auto quality:full:skip --budget-s 560" ;;
-    pinning)       job pinning 90 "python benchmarks/pinning.py" ;;  # host RAM rates behind lowvram's pinning choice
+    pinning)       # host RAM rates behind lowvram's pinning choice: torch's default pinned allocator, then cudaHostRegister on 8 threads
+      job pinning 120 "python benchmarks/pinning.py && \
+        PYTORCH_CUDA_ALLOC_CONF=pinned_use_cuda_host_register:True,pinned_num_register_threads:8 python benchmarks/pinning.py --name pinning_register" ;;
     e2e_lowvram)   # the turbo world in full memory and in lowvram, measured end to end
       job e2e_lowvram 590 "( while sleep 2; do echo \$(date +%s) \$(grep MemAvailable /proc/meminfo); done ) > $OUT/host_mem.log & W=\$!; \
         python benchmarks/e2e.py --variants ${LOWVRAM_VARIANTS:-turbo:full:auto turbo:lowvram:auto} --budget-s 560; rc=\$?; kill \$W; \

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -38,6 +39,7 @@ def _rate(nbytes: int, fn, device: torch.device) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gb", type=float, default=4.0, help="size of each buffer in GB (default 4)")
+    p.add_argument("--name", default="pinning", help="results file $OUT/<name>.json (default pinning)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/pinning.py needs a CUDA device")
@@ -52,11 +54,12 @@ def main() -> None:
         "h2d_pinned_gbps": _rate(n, lambda: pinned.to(device, non_blocking=True), device),
         "host_copy_gbps": _rate(n, lambda: pageable.clone(), device),
     }
-    result = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "buffer_gb": args.gb,
+    result = {"name": args.name, "device": torch.cuda.get_device_name(device), "torch": torch.__version__, "buffer_gb": args.gb,
+              "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
               "host_cache_emptied": EMPTY_HOST_CACHE is not None,
               **{k: round(v, 2) for k, v in rows.items()}}
     print(json.dumps(result))
-    write_results("pinning", result)
+    write_results(args.name, result)
 
 
 if __name__ == "__main__":
