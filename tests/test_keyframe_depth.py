@@ -254,3 +254,17 @@ def test_fill_unknown_keeps_known_values_and_fills_between_them():
     np.testing.assert_allclose(fill_unknown(np.full((16, 32), 4.0), one), 4.0, rtol=1e-6)
     with pytest.raises(InputError, match="known pixel"):
         fill_unknown(distance, np.zeros((16, 32), bool))
+
+
+def test_lowvram_runs_moge_in_smaller_batches_with_the_same_depth(tiny_moge):
+    """--memory lowvram lowers the depth stage's peak by its batch of views, not its result."""
+    from matrix_world.pipeline import depth as depth_stage
+    from matrix_world.pipeline.config import WorldConfig
+
+    low = depth_stage.configure(WorldConfig(prompt="x", memory="lowvram"), "moge")
+    default = depth_stage.configure(WorldConfig(prompt="x"), "moge")
+    assert (low.batch_size, low.keyframe_batch_size) == (4, 16) and (default.batch_size, default.keyframe_batch_size) == (12, 48)
+    rgb = np.random.default_rng(4).random((16, 32, 3)).astype(np.float32)
+    small = panorama_depth_from_model(rgb, tiny_moge, DepthConfig(backend="moge", view_size=28, num_tokens=4, batch_size=low.batch_size), device="cpu")
+    whole = panorama_depth_from_model(rgb, tiny_moge, DepthConfig(backend="moge", view_size=28, num_tokens=4, batch_size=12), device="cpu")
+    np.testing.assert_allclose(small.distance, whole.distance, rtol=1e-4, atol=1e-6)

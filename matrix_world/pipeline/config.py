@@ -68,7 +68,8 @@ class WorldConfig:
     device: str = "auto"
     """auto (CUDA when present) | cpu | cuda | cuda:N"""
     memory: Literal["auto", "full", "offload", "lowvram"] = "auto"
-    """GPU memory mode of the diffusion models."""
+    """GPU memory mode of the diffusion models (auto: by their estimates and the free GPU memory);
+    lowvram also runs MoGe on fewer views at a time (pipeline.depth.LOWVRAM_DEPTH_BATCH)."""
     gpus: int = 1
     """GPUs of this machine for the run (one process each; or start the script with torchrun --nproc_per_node N).
     Rank 0 runs every stage and writes the run directory; the video stage is split over all GPUs (context

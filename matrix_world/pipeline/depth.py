@@ -44,10 +44,17 @@ def choose(config: WorldConfig, device: torch.device) -> tuple[str, str]:
     return "moge", f"MoGe weights {model} and a GPU found"
 
 
+LOWVRAM_DEPTH_BATCH = {"batch_size": 4, "keyframe_batch_size": 16}
+"""MoGe views per forward under ``--memory lowvram``: a third of the default batches (12 / 48), whose
+activations set the depth stage's peak (13.2 GB with MoGe-2 ViT-L on an H200, the whole lowvram run's
+highest); the views are independent, so only the peak and the time change."""
+
+
 def configure(config: WorldConfig, backend: str) -> DepthConfig:
     """The backend's configuration for this run."""
     return DepthConfig(backend=backend, path=config.distance, prompt=config.prompt, seed=config.seed,
-                       **({"model": config.moge_model} if config.moge_model else {}))
+                       **({"model": config.moge_model} if config.moge_model else {}),
+                       **(LOWVRAM_DEPTH_BATCH if config.memory == "lowvram" else {}))
 
 
 def depth_stage(ctx: StageContext, config: DepthConfig, rgb: np.ndarray) -> dict[str, np.ndarray]:
