@@ -3,7 +3,8 @@
 Measures, on one CUDA device, in GB/s (decimal): allocating pinned host memory
 (``torch.empty(pin_memory=True)``, what diffusers' up-front pinning does per tensor, through torch's
 caching host allocator), pinning a pageable tensor (``Tensor.pin_memory()``: allocation + copy),
-and host-to-device copies from pageable and from pinned memory. Fresh allocations each time
+host-to-device copies from pageable and from pinned memory, and refilling an already pinned buffer
+(what pinning a group at a time costs once torch's cache holds the blocks). Fresh allocations each time
 (the cache emptied between), so the allocator's reuse does not hide the page-locking cost.
 
     python benchmarks/pinning.py [--gb 4]
@@ -53,6 +54,7 @@ def main() -> None:
         "h2d_pageable_gbps": _rate(n, lambda: pageable.to(device), device),
         "h2d_pinned_gbps": _rate(n, lambda: pinned.to(device, non_blocking=True), device),
         "host_copy_gbps": _rate(n, lambda: pageable.clone(), device),
+        "copy_into_pinned_gbps": _rate(n, lambda: pinned.copy_(pageable), device),  # a cached pinned block refilled
     }
     result = {"name": args.name, "device": torch.cuda.get_device_name(device), "torch": torch.__version__, "buffer_gb": args.gb,
               "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
