@@ -11,8 +11,9 @@
               Pinning every weight up front (diffusers' default) costs time and host RAM: torch's
               pinned allocator rounds each tensor up to a power of two (Wan2.1-I2V-14B: 32.8 GB of
               weights -> 49.1 GB pinned, beside the unpinned originals until the first pass), and
-              page-locking ran at ~1.4 GB/s on the H200 host (51 GB for FLUX + T5 took ~30 s of a
-              35 s turbo panorama stage). It is repaid only over many transformer passes; else,
+              page-locking is slow (the H200 host's free RAM fell by ~43 GB over ~30 s while FLUX +
+              T5 were pinned, 31 of a 35 s turbo panorama stage outside the transformer; RESULTS.md).
+              It is repaid only over many transformer passes; else,
               and where the host RAM cannot hold the copy, a group is pinned at a time
               (:func:`pin_up_front`).
 
@@ -79,19 +80,19 @@ def host_available_gb() -> float | None:
 
 
 PIN_UP_FRONT_MIN_PASSES = 24
-"""Fewest transformer passes for which pinning every weight up front repays its cost. Measured on
-the H200 (turbo world, 2026-12-02): pinning FLUX + T5 up front (51 GB rounded) took ~30 s; pinning a
-group at a time cost the Wan transformer ~1.2 s per pass more than the weights on the GPU, where
-up-front pinning costs ~0.5 s (FACTS §A: 1.07x over 50 steps) -> break-even ≈ 30 s / 0.7 s ≈ 40
-Wan passes; FLUX, transfer-bound at 1024x512 (0.47 s/pass pinned vs 0.09 on the GPU), breaks even
-sooner. 24 keeps the turbo (4 / 8 passes) on the cheap side and the fast / quality presets (28-100
+"""Fewest transformer passes for which pinning every weight up front repays its cost. From the H200
+turbo world of 2026-12-02 (benchmarks/RESULTS.md): pinning FLUX + T5 up front (51 GB rounded) took
+~30 s (the stage's time outside the transformer; not timed alone); pinning a group at a time cost
+the Wan transformer ~1.2 s per pass more than its weights on the GPU, where up-front pinning costs
+~0.5 s (FACTS §A: 1.07x over 50 steps) -> break-even ≈ 30 s / 0.7 s ≈ 40 Wan passes. 24 keeps the
+turbo preset (4 Wan / 8 FLUX passes) on the cheap side and the fast / quality presets (28-100
 passes) on the pinned one."""
 
 
 def pin_up_front(pinned_gb: float, available_gb: float | None, *, passes: int | None = None, margin_gb: float = 8.0) -> tuple[bool, str]:
     """(pin every weight when group offloading starts?, reason). Up front is diffusers' default and the
-    fastest per pass (transfers overlap the compute from the first pass) but costs ~1 s per 1.4 GB
-    before the first; a group at a time (its ``low_cpu_mem_usage``) when ``passes`` (the transformer
+    fastest per pass (transfers overlap the compute from the first pass) but pays for page-locking
+    the whole copy before the first; a group at a time (its ``low_cpu_mem_usage``) when ``passes`` (the transformer
     passes this placement will run; None: unknown, many) are too few to repay that, or when the
     pinned copy would not fit next to the unpinned weights."""
     if passes is not None and passes < PIN_UP_FRONT_MIN_PASSES:
