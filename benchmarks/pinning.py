@@ -22,7 +22,7 @@ import torch
 from common import write_results  # benchmarks/common.py
 
 GB = 1e9
-EMPTY_HOST_CACHE = getattr(torch.accelerator, "empty_host_cache", None)  # torch >= 2.9
+EMPTY_HOST_CACHE = getattr(torch.accelerator, "empty_host_cache", None) or getattr(torch._C, "_host_emptyCache", None)  # as pipeline.context.free_memory
 
 
 def _rate(nbytes: int, fn, device: torch.device) -> float:

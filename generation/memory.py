@@ -5,15 +5,17 @@
               transformer alone: ~41 GB at 480p, ~52 GB at 720p, FACTS §A); VAE tiling on.
 * ``lowvram`` diffusers group offloading, block level, one block per group, prefetched on a
               CUDA stream (weights live in CPU RAM; ~11 GB at 480p at ~1.07x the time over 50
-              steps, FACTS §A). The VAE stays on the GPU (its decoder runs once per latent frame
-              and tile: offloading it per call costs more than its 0.25 GB); VAE tiling only where
-              the untiled decode would set the peak (:func:`lowvram_vae_tiling`).
+              steps, FACTS §A). The VAE stays on the GPU (0.25 GB; its encoder and decoder run once
+              per latent-frame chunk and tile, each call re-streaming its weights when offloaded) and
+              is tiled only where the untiled decode would set the peak (:func:`lowvram_vae_tiling`):
+              with both, the turbo video stage's time outside the transformer fell from 43.2 to
+              17.2 s on an H200 (RESULTS.md).
               Pinning every weight up front (diffusers' default) costs time and host RAM: torch's
               pinned allocator rounds each tensor up to a power of two (Wan2.1-I2V-14B: 32.8 GB of
               weights -> 49.1 GB pinned, beside the unpinned originals until the first pass), and
-              page-locking is slow (the H200 host's free RAM fell by ~43 GB over ~30 s while FLUX +
-              T5 were pinned, 31 of a 35 s turbo panorama stage outside the transformer; RESULTS.md).
-              It is repaid only over many transformer passes; else,
+              page-locking is slow (1.75 GB/s on the H200 host: FLUX + T5 pinned up front were ~29 s
+              of a 35 s turbo panorama stage; RESULTS.md). It is repaid only over many transformer
+              passes (:data:`PIN_UP_FRONT_MIN_PASSES`); else,
               and where the host RAM cannot hold the copy, a group is pinned at a time
               (:func:`pin_up_front`).
 
@@ -79,14 +81,15 @@ def host_available_gb() -> float | None:
     return None
 
 
-PIN_UP_FRONT_MIN_PASSES = 24
-"""Fewest transformer passes for which pinning every weight up front repays its cost. From the H200
-turbo world of 2026-12-02 (benchmarks/RESULTS.md): pinning FLUX + T5 up front (51 GB rounded) took
-~30 s (the stage's time outside the transformer; not timed alone); pinning a group at a time cost
-the Wan transformer ~1.2 s per pass more than its weights on the GPU, where up-front pinning costs
-~0.5 s (FACTS §A: 1.07x over 50 steps) -> break-even ≈ 30 s / 0.7 s ≈ 40 Wan passes. 24 keeps the
-turbo preset (4 Wan / 8 FLUX passes) on the cheap side and the fast / quality presets (28-100
-passes) on the pinned one."""
+PIN_UP_FRONT_MIN_PASSES = 32
+"""Fewest transformer passes for which pinning every weight up front repays its cost. Measured on an
+H200 host (benchmarks/pinning.py and the turbo worlds of 2026-12-02, benchmarks/RESULTS.md): torch's
+pinned allocator page-locks at 1.75 GB/s, so FLUX + T5 (50.8 GB rounded) take ~29 s up front and
+Wan + UMT5 + CLIP (67.4 GB) ~38 s; pinning a group at a time instead costs a host copy per pass
+(~32 GB/s, then the 55 GB/s DMA): FLUX 1.41 s a pass against 0.47 s pinned up front (break-even ≈ 31
+passes), the Wan transformer 4.84 s against ≈ 3.8 s (FACTS §A, break-even ≈ 37). So the turbo
+preset (8 FLUX / 4 Wan passes) and fast's 28 FLUX steps pin a group at a time; fast's Wan (60
+passes) and the quality preset (50 / 100) pin up front."""
 
 
 def pin_up_front(pinned_gb: float, available_gb: float | None, *, passes: int | None = None, margin_gb: float = 8.0) -> tuple[bool, str]:

@@ -97,6 +97,8 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
         # the pinned host memory that group offloading (--memory lowvram) cached: torch keeps freed pinned
         # blocks for reuse, so without this the host RAM of one model's weights stays held during the next's
-        empty_host = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
+        # (torch.accelerator.empty_host_cache in torch 2.13; the H200 image's torch 2.11 lacks it, where the
+        # older private name is tried)
+        empty_host = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None) or getattr(torch._C, "_host_emptyCache", None)
         if empty_host is not None:
             empty_host()
