@@ -1,12 +1,62 @@
-"""What every benchmark script shares: writing its numbers to ``$OUT/<name>.json``."""
+"""What the benchmark scripts share: writing their numbers to ``$OUT/<name>.json``; synchronised
+timing of wrapped calls (:class:`Timers`)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import time
+from collections import defaultdict
 from pathlib import Path
 
+import torch
+
 from matrix_world.rundir import jsonable
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a CUDA no-op elsewhere), so a timer reads finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timers:
+    """Cumulative synchronised seconds and calls of wrapped callables, under a label each; undone by
+    :meth:`restore`. The owner is a module, a class or an instance: an instance's method is wrapped as
+    an instance attribute over its class's, and restoring deletes it again."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._undo: list[tuple[object, str, object]] = []
+
+    def wrap(self, owner, name: str, label: str) -> None:
+        fn = getattr(owner, name)
+        own = name in vars(owner)  # the owner's own attribute (module, class); else the class's method
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            sync(self.device)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                sync(self.device)
+                self.seconds[label] += time.perf_counter() - t0
+                self.calls[label] += 1
+
+        setattr(owner, name, timed)
+        self._undo.append((owner, name, fn if own else None))
+
+    def restore(self) -> None:
+        for owner, name, fn in reversed(self._undo):
+            if fn is None:
+                vars(owner).pop(name, None)
+            else:
+                setattr(owner, name, fn)
+        self._undo.clear()
 
 
 def write_results(name: str, results: dict) -> Path | None:

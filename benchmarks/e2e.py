@@ -64,17 +64,12 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # the per-stage benchmar
 import depth as bench_depth  # benchmarks/depth.py: build_moge
 import panorama as bench_panorama  # benchmarks/panorama.py: FLUX configs, build_on
 import video as bench_video  # benchmarks/video.py: build_transformer, build_encoders
-from common import write_results  # benchmarks/common.py
+from common import Timers, sync, write_results  # benchmarks/common.py
 from matrix_world.pipeline.context import free_memory  # gc + the GPU's cache + torch's pinned host cache
 
 GB = 1024**3
 STAGE_END = re.compile(r"^  ([a-z_]+): (?:reused|\d+(?:\.\d+)? s)(?: \[.*\])?$")  # stages._done / report.preview_stage
 STAGES = ("panorama", "depth", "trajectory", "scaffold", "video", "reconstruction", "preview")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def params_b(*modules) -> float:
@@ -201,7 +196,7 @@ class PassTimer:
                 "transformer_s": round(sum(p), 3), "per_step_s": round(median * per_step_passes, 4), "step_s": step_s}
 
 
-class CallTimer:
+class CallTimer(Timers):
     """Synchronised seconds of the calls of some methods of a pipeline's components (VAE encode / decode,
     text and image encoders): where a stage's time outside the transformer goes."""
 
@@ -209,32 +204,15 @@ class CallTimer:
                ("image_encoder", "forward"))
 
     def __init__(self, pipe, device: torch.device):
-        self.device = device
-        self.seconds: dict[str, float] = {}
-        self._restore: list[tuple[object, str]] = []
+        super().__init__(device)
         for component, method in self.METHODS:
             obj = getattr(pipe, component, None)
             if obj is not None and hasattr(obj, method):
-                self._wrap(obj, method, f"{component}.{method}" if method != "forward" else component)
-
-    def _wrap(self, obj, method: str, key: str) -> None:
-        original = getattr(obj, method)
-
-        def timed(*args, **kwargs):
-            sync(self.device)
-            t0 = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                sync(self.device)
-                self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
-
-        setattr(obj, method, timed)  # an instance attribute over the class's method
-        self._restore.append((obj, method))
+                self.wrap(obj, method, f"{component}.{method}" if method != "forward" else component)
 
     def summary(self) -> dict:
-        for obj, method in self._restore:
-            vars(obj).pop(method, None)
+        """Unwrap (the wrappers hold the components) -> {label: seconds}."""
+        self.restore()
         return {k: round(v, 3) for k, v in self.seconds.items()}
 
 

@@ -28,13 +28,11 @@ iterations' time. Writes ``$OUT/overhead.json`` when OUT is set.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import shutil
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +42,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import write_results  # noqa: E402  (benchmarks/common.py)
+from common import Timers, sync, write_results  # noqa: E402  (benchmarks/common.py)
 
 SCAFFOLD_GOAL_S = 1.5
 RECON_OVERHEAD_GOAL = 0.25
@@ -88,51 +86,18 @@ RECON_PARTS = [
 ]
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class PartTimers(Timers):
+    """:class:`common.Timers` over the library functions named by (module, name) parts."""
 
-
-class Timers:
-    """Cumulative seconds and calls of wrapped library functions (undone by :meth:`restore`)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.calls: dict[str, int] = defaultdict(int)
-        self._undo: list = []
-
-    def wrap(self, parts: list[tuple[str, str]]) -> Timers:
+    def wrap_parts(self, parts: list[tuple[str, str]]) -> PartTimers:
         for module_name, name in parts:
             if module_name.endswith(".RunDir"):  # a method of the run directory
                 owner = importlib.import_module(module_name.rsplit(".", 1)[0]).RunDir
             else:
                 owner = importlib.import_module(module_name)
-            fn = getattr(owner, name, None)
-            if fn is None:
-                continue
-            label = f"{module_name.rsplit('.', 1)[-1]}.{name}"
-            setattr(owner, name, self._timed(fn, label))
-            self._undo.append((owner, name, fn))
+            if getattr(owner, name, None) is not None:
+                self.wrap(owner, name, f"{module_name.rsplit('.', 1)[-1]}.{name}")
         return self
-
-    def _timed(self, fn, label: str):
-        @functools.wraps(fn)
-        def timed(*args, **kwargs):
-            sync(self.device)
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                sync(self.device)
-                self.seconds[label] += time.perf_counter() - t0
-                self.calls[label] += 1
-        return timed
-
-    def restore(self) -> None:
-        for owner, name, fn in reversed(self._undo):
-            setattr(owner, name, fn)
-        self._undo.clear()
 
     def rows(self) -> list[dict]:
         return [{"part": k, "calls": self.calls[k], "seconds": round(v, 4)} for k, v in self.seconds.items()]
@@ -189,7 +154,7 @@ def scaffold_part(ctx, rgb, depth, traj, height: int, backend: str, device) -> t
     from matrix_world.pipeline.scaffold import scaffold_stage
     from matrix_world.rundir import RunDir
 
-    timers = Timers(device).wrap(SCAFFOLD_PARTS)
+    timers = PartTimers(device).wrap_parts(SCAFFOLD_PARTS)
     try:
         sync(device)
         t0 = time.perf_counter()
@@ -215,7 +180,7 @@ def video_part(ctx, scaffold, traj, height: int, device) -> tuple[dict, np.ndarr
     from matrix_world.pipeline.video import video_stage
 
     register_copy_backend()
-    timers = Timers(device).wrap(VIDEO_PARTS)
+    timers = PartTimers(device).wrap_parts(VIDEO_PARTS)
     try:
         t0 = time.perf_counter()
         frames = video_stage(ctx, VideoConfig(backend="copy", height=height), scaffold, traj, "bench")
@@ -240,7 +205,7 @@ def recon_part(ctx, frames, depth, traj, scaffold, iterations: int, moge, view_s
                                keyframe_known_fraction=known_fraction, keyframe_batch_size=batch_size)
     ctx.models["depth"] = moge
     depth_fn = make_depth_fn(depth_config, device, scaffold, traj, ctx)
-    timers = Timers(device).wrap(RECON_PARTS)
+    timers = PartTimers(device).wrap_parts(RECON_PARTS)
     try:
         sync(device)
         t0 = time.perf_counter()

@@ -20,9 +20,9 @@ import time
 import torch
 
 from common import write_results  # benchmarks/common.py
+from matrix_world.pipeline.context import empty_host_cache
 
 GB = 1e9
-EMPTY_HOST_CACHE = getattr(torch.accelerator, "empty_host_cache", None) or getattr(torch._C, "_host_emptyCache", None)  # as pipeline.context.free_memory
 
 
 def _rate(nbytes: int, fn, device: torch.device) -> float:
@@ -32,8 +32,7 @@ def _rate(nbytes: int, fn, device: torch.device) -> float:
     torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     del out
-    if EMPTY_HOST_CACHE is not None:  # freed pinned blocks go back to the OS: the next allocation pays again
-        EMPTY_HOST_CACHE()
+    empty_host_cache()  # freed pinned blocks go back to the OS (where torch can): the next allocation pays again
     return nbytes / GB / seconds
 
 
@@ -58,7 +57,7 @@ def main() -> None:
     }
     result = {"name": args.name, "device": torch.cuda.get_device_name(device), "torch": torch.__version__, "buffer_gb": args.gb,
               "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
-              "host_cache_emptied": EMPTY_HOST_CACHE is not None,
+              "host_cache_emptied": empty_host_cache(),
               **{k: round(v, 2) for k, v in rows.items()}}
     print(json.dumps(result))
     write_results(args.name, result)

@@ -192,10 +192,13 @@ def choose_memory_mode(requested: str, *, estimate_gb: dict[str, float], free_gb
 LOWVRAM_RESIDENT = ("vae",)  # components lowvram keeps on the GPU (the VAE: see the module docstring)
 
 
-def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None, passes: int | None = None) -> dict:
+def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None, passes: int | None = None,
+                      decode_gb: float | None = None) -> dict:
     """Place ``pipe`` for ``mode`` on ``device``; returns {'memory_mode', 'vae_tiling', 'placement_s'}
     (+ 'pinning': how lowvram's streamed offloading pins the weights, :func:`pin_up_front`, for
-    ``passes`` transformer passes; None: unknown). ``vae_tiling`` None: on for offload / lowvram.
+    ``passes`` transformer passes; None: unknown). ``vae_tiling`` None: off in full memory, on in
+    offload, in lowvram :func:`lowvram_vae_tiling` of ``decode_gb`` (the untiled decode's estimate;
+    None: unknown, on).
 
     Call once on a freshly loaded pipeline (components on the CPU); LoRAs must be loaded and
     fused before (group offloading keeps its own copy of the weights).
@@ -226,7 +229,12 @@ def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None
             exclude_modules=resident,  # placed on ``device`` by diffusers
         )
         info["resident"] = resident
-    tiling = (mode != "full") if vae_tiling is None else bool(vae_tiling)
+    if vae_tiling is not None:
+        tiling = bool(vae_tiling)
+    elif mode == "lowvram" and decode_gb is not None:
+        tiling = lowvram_vae_tiling(decode_gb)
+    else:
+        tiling = mode != "full"
     if tiling:
         pipe.vae.enable_tiling()
     else:

@@ -241,7 +241,6 @@ def place_video_pipeline(pipe, config: VideoConfig, device, *, num_frames: int, 
         choose_memory_mode,
         estimate_memory_gb,
         free_gpu_gb,
-        lowvram_vae_tiling,
         vae_decode_gb,
     )
 
@@ -251,10 +250,8 @@ def place_video_pipeline(pipe, config: VideoConfig, device, *, num_frames: int, 
     estimate = estimate_memory_gb(pipe, height=height, width=2 * height, num_frames=num_frames, cfg_batch=config.cfg_batch)
     free = free_gpu_gb(device)
     mode, reason = choose_memory_mode(config.memory, estimate_gb=estimate, free_gb=free)
-    tiling = config.vae_tiling
-    if tiling is None and mode == "lowvram":
-        tiling = lowvram_vae_tiling(vae_decode_gb(height, 2 * height, num_frames))
-    info = apply_memory_mode(pipe, mode, device, vae_tiling=tiling, passes=transformer_passes(config))
+    info = apply_memory_mode(pipe, mode, device, vae_tiling=config.vae_tiling, passes=transformer_passes(config),
+                             decode_gb=vae_decode_gb(height, 2 * height, num_frames))
     info.update({"memory_reason": reason, "memory_estimate_gb": {k: round(v, 1) for k, v in estimate.items()},
                  "free_gpu_gb": None if free is None else round(free, 1)})
     info["speed"] = apply_video_speed(pipe, config, device, memory_mode=info.get("memory_mode", mode), parallelize=parallelize)

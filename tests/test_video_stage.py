@@ -268,6 +268,9 @@ def test_lowvram_pins_the_weights_up_front_only_where_the_host_ram_holds_the_rou
         assert seen[-1] == memory.pinned_bytes(lin) / memory.GB  # the resident VAE is not pinned
     info = memory.apply_memory_mode(pipe, "lowvram", torch.device("cuda"), vae_tiling=False)
     assert calls[-1] == "no tiling" and info["vae_tiling"] is False and info["placement_s"] >= 0.0
+    for decode_gb, expected in ((6.0, "no tiling"), (13.5, "tiling")):  # lowvram's default: by the untiled decode
+        info = memory.apply_memory_mode(pipe, "lowvram", torch.device("cuda"), decode_gb=decode_gb)
+        assert calls[-1] == expected and info["vae_tiling"] is (expected == "tiling")
 
 
 def test_lowvram_tiles_the_vae_only_where_the_untiled_decode_would_set_the_peak():

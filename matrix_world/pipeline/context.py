@@ -95,10 +95,16 @@ def free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda" and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-        # the pinned host memory that group offloading (--memory lowvram) cached: torch keeps freed pinned
-        # blocks for reuse, so without this the host RAM of one model's weights stays held during the next's
-        # (torch.accelerator.empty_host_cache in torch 2.13; the H200 image's torch 2.11 lacks it, where the
-        # older private name is tried)
-        empty_host = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None) or getattr(torch._C, "_host_emptyCache", None)
-        if empty_host is not None:
-            empty_host()
+        empty_host_cache()
+
+
+def empty_host_cache() -> bool:
+    """Return the pinned host memory torch's caching host allocator holds (group offloading under
+    --memory lowvram fills it: without this one model's pinned weights stay held during the next's).
+    True where this torch has the call (torch.accelerator.empty_host_cache in 2.13; the H200 image's
+    2.11 lacks it, where the older private name is tried)."""
+    empty = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None) or getattr(torch._C, "_host_emptyCache", None)
+    if empty is None:
+        return False
+    empty()
+    return True
