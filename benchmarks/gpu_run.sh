@@ -77,6 +77,11 @@ for j in "$@"; do
     pinning)       # host RAM rates behind lowvram's pinning choice: torch's default pinned allocator, then cudaHostRegister on 8 threads
       job pinning 120 "python benchmarks/pinning.py && \
         PYTORCH_CUDA_ALLOC_CONF=pinned_use_cuda_host_register:True,pinned_num_register_threads:8 python benchmarks/pinning.py --name pinning_register" ;;
+    pinning_runtime) # the cudaHostRegister allocator switched on after CUDA started, as lowvram does it
+      job pinning_runtime 90 "python benchmarks/pinning.py --register-at-runtime --name pinning_runtime" ;;
+    e2e_profile)   # cProfile of one world (default: turbo in lowvram): where a stage's time outside the transformer goes
+      job e2e_profile ${PROFILE_LIMIT:-400} "python -m cProfile -o $OUT/e2e_profile.prof benchmarks/e2e.py --variants ${PROFILE_VARIANTS:-turbo:lowvram:auto} --run-dir /tmp/matrix_world_e2e_profile && \
+        python -c 'import pstats, sys; s = pstats.Stats(sys.argv[1]); s.sort_stats(\"tottime\").print_stats(50); s.sort_stats(\"cumulative\").print_stats(120)' $OUT/e2e_profile.prof > $OUT/e2e_profile_top.txt; head -c 3000 $OUT/e2e_profile_top.txt" ;;
     e2e_lowvram)   # the turbo world in full memory and in lowvram, measured end to end
       job e2e_lowvram 590 "( while sleep 2; do echo \$(date +%s) \$(grep MemAvailable /proc/meminfo); done ) > $OUT/host_mem.log & W=\$!; \
         python benchmarks/e2e.py --variants ${LOWVRAM_VARIANTS:-turbo:full:auto turbo:lowvram:auto} --budget-s 560; rc=\$?; kill \$W; \

@@ -40,11 +40,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gb", type=float, default=4.0, help="size of each buffer in GB (default 4)")
     p.add_argument("--name", default="pinning", help="results file $OUT/<name>.json (default pinning)")
+    p.add_argument("--register-at-runtime", action="store_true",
+                   help="switch to the cudaHostRegister allocator the way lowvram does (generation.memory."
+                        "use_registering_pinned_allocator), after CUDA has started")
     args = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/pinning.py needs a CUDA device")
     device = torch.device("cuda")
     n = int(args.gb * GB)
+    allocator = "default (or as PYTORCH_CUDA_ALLOC_CONF says)"
+    if args.register_at_runtime:
+        from matrix_world.generation.memory import use_registering_pinned_allocator
+
+        torch.empty(1, device=device)  # CUDA started first: what the pipeline's switch meets
+        allocator = use_registering_pinned_allocator()
     pageable = torch.ones(n, dtype=torch.uint8)  # touched: its pages exist, as loaded weights' do
     pinned = pageable.pin_memory()
     rows = {
@@ -56,7 +65,7 @@ def main() -> None:
         "copy_into_pinned_gbps": _rate(n, lambda: pinned.copy_(pageable), device),  # a cached pinned block refilled
     }
     result = {"name": args.name, "device": torch.cuda.get_device_name(device), "torch": torch.__version__, "buffer_gb": args.gb,
-              "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+              "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""), "allocator": allocator,
               "host_cache_emptied": empty_host_cache(),
               **{k: round(v, 2) for k, v in rows.items()}}
     print(json.dumps(result))
