@@ -459,7 +459,8 @@ def run_world(args, variant: dict, cuda: bool) -> dict:
             row.update(monitor.timers[stage].summary(steps[stage]))
             row["other_s"] = round(row["seconds"] - row["transformer_s"], 3)
             row["components_s"] = monitor.call_seconds.get(stage)  # inside other_s
-            row.update({k: rec.get("info", {}).get(k) for k in ("placement_s", "pinning", "vae_tiling")})
+            row.update({k: rec.get("info", {}).get(k) for k in ("placement_s", "pinning", "vae_tiling", "pinned_allocator",
+                                                                  "leaf_level", "resident_leftovers_gb")})
         if stage == "reconstruction":
             secs = rec["info"].get("seconds") or {}
             train = secs.get("optimize")
@@ -527,7 +528,8 @@ def report(r: dict) -> None:
     for row in r["stages"]:  # where the time outside the transformer went
         if "other_s" in row:
             print(f"  {row['stage']}: transformer {row['transformer_s']} s, other {row['other_s']} s, of which "
-                  f"{row.get('components_s')}; placement {row.get('placement_s')} s, pinning: {row.get('pinning')}")
+                  f"{row.get('components_s')}; placement {row.get('placement_s')} s, pinning: {row.get('pinning')} "
+                  f"({row.get('pinned_allocator')}); leaf level {row.get('leaf_level')}, leftovers kept {row.get('resident_leftovers_gb')} GB")
     print("model building (random init on the device; a real run loads weights instead):")
     for name, b in r["build"].items():
         print(f"  {name:9s} {b['seconds']:7.2f} s  params (B) {b['params_b']}  allocated after {b['allocated_after_gb']} GB")

@@ -102,25 +102,33 @@ def use_registering_pinned_allocator() -> str:
 
 
 PIN_UP_FRONT_MIN_PASSES = 32
-"""Fewest transformer passes for which pinning every weight up front repays its cost. Measured on an
-H200 host (benchmarks/pinning.py and the turbo worlds of 2026-12-02, benchmarks/RESULTS.md): torch's
-pinned allocator page-locks at 1.75 GB/s, so FLUX + T5 (50.8 GB rounded) take ~29 s up front and
-Wan + UMT5 + CLIP (67.4 GB) ~38 s; pinning a group at a time instead costs a host copy per pass
-(~32 GB/s, then the 55 GB/s DMA): FLUX 1.41 s a pass against 0.47 s pinned up front (break-even ≈ 31
-passes), the Wan transformer 4.84 s against ≈ 3.8 s (FACTS §A, break-even ≈ 37). So the turbo
-preset (8 FLUX / 4 Wan passes) and fast's 28 FLUX steps pin a group at a time; fast's Wan (60
-passes) and the quality preset (50 / 100) pin up front."""
+"""Fewest transformer passes for which pinning every weight up front repays its cost under torch's
+default pinned allocator (cudaHostAlloc). Measured on an H200 host (benchmarks/pinning.py and the turbo
+worlds of 2026-12-02, benchmarks/RESULTS.md): it page-locks at 1.75 GB/s, so FLUX + T5 (50.8 GB rounded)
+take ~29 s up front and Wan + UMT5 + CLIP (67.4 GB) ~38 s; pinning a group at a time instead costs a host
+copy per pass (~32 GB/s, then the 55 GB/s DMA): FLUX 1.41 s a pass against 0.47 s pinned up front
+(break-even ≈ 31 passes)."""
+
+PIN_UP_FRONT_MIN_PASSES_REGISTERED = 8
+"""The same under the cudaHostRegister allocator lowvram switches to (:func:`use_registering_pinned_allocator`,
+7.1-7.6 GB/s on the H200 host): FLUX + T5 up front ≈ 7 s against 0.94 s saved a FLUX pass (break-even ≈ 7.5
+passes), so turbo's 8 FLUX passes pin up front. The Wan transformer's passes are compute-bound (4.84 s a
+group at a time against 4.77 up front, RESULTS.md): turbo's 4 Wan passes pin a group at a time, fast's 60
+and quality's 100 up front."""
 
 
-def pin_up_front(pinned_gb: float, available_gb: float | None, *, passes: int | None = None, margin_gb: float = 8.0) -> tuple[bool, str]:
+def pin_up_front(pinned_gb: float, available_gb: float | None, *, passes: int | None = None, margin_gb: float = 8.0,
+                 registered: bool = False) -> tuple[bool, str]:
     """(pin every weight when group offloading starts?, reason). Up front is diffusers' default and the
     fastest per pass (transfers overlap the compute from the first pass) but pays for page-locking
     the whole copy before the first; a group at a time (its ``low_cpu_mem_usage``) when ``passes`` (the transformer
     passes this placement will run; None: unknown, many) are too few to repay that, or when the
-    pinned copy would not fit next to the unpinned weights."""
-    if passes is not None and passes < PIN_UP_FRONT_MIN_PASSES:
+    pinned copy would not fit next to the unpinned weights. ``registered``: the cudaHostRegister allocator
+    pins (faster: :data:`PIN_UP_FRONT_MIN_PASSES_REGISTERED`)."""
+    least = PIN_UP_FRONT_MIN_PASSES_REGISTERED if registered else PIN_UP_FRONT_MIN_PASSES
+    if passes is not None and passes < least:
         return False, (f"pinned a group at a time: {passes} transformer passes do not repay pinning "
-                       f"{pinned_gb:.1f} GB up front (< {PIN_UP_FRONT_MIN_PASSES})")
+                       f"{pinned_gb:.1f} GB up front (< {least})")
     if available_gb is None:
         return True, f"pinned up front ({pinned_gb:.1f} GB; the host's free RAM is unknown)"
     if pinned_gb + margin_gb <= available_gb:
@@ -210,15 +218,60 @@ def choose_memory_mode(requested: str, *, estimate_gb: dict[str, float], free_gb
 
 
 LOWVRAM_RESIDENT = ("vae",)  # components lowvram keeps on the GPU (the VAE: see the module docstring)
+LOWVRAM_LEAF_LEVEL = ("text_encoder", "text_encoder_2", "image_encoder")
+"""Components lowvram streams a layer at a time: the text and image encoders. They run once a stage, and
+transformers' encoders hold their blocks one level down (T5's ``encoder.block``), so diffusers' block level
+finds no block list at their top and moves the whole encoder with ``module.to()`` both ways: on the GPU
+whole (UMT5-XXL: 11.4 GB, above the transformer's lowvram peak) and back by a device-to-host copy into new
+pageable memory (cProfile of the turbo world in lowvram, H200: 10.9 s for the four encoders' way back)."""
+
+
+def _group_offload(module: torch.nn.Module, **kwargs) -> None:
+    """diffusers' group offloading of one component (its own method on diffusers models, the hook function on
+    transformers' encoders), as ``DiffusionPipeline.enable_group_offload`` does for each."""
+    if hasattr(module, "enable_group_offload"):
+        module.enable_group_offload(**kwargs)
+    else:
+        from diffusers.hooks import apply_group_offloading
+
+        apply_group_offloading(module=module, **kwargs)
+
+
+def keep_unstreamed_groups_resident(module: torch.nn.Module, device: torch.device) -> float:
+    """Keep on ``device`` the groups that block-level group offloading moves without its stream: a model's
+    top-level leftovers (embedders, output head, modulation tables; Wan2.1-14B: 0.5 GB, FLUX: 0.13 GB). diffusers
+    moves them with ``module.to()`` every pass, back to the host by a device-to-host copy into new pageable memory
+    (about 0.7 GB/s in the turbo world's profile: ~0.4 s a Wan pass, 40 s over quality's 100). After this their
+    first onload is their last move. Returns the GB kept. Only for streamed offloading (CUDA): without a stream
+    every group is such a group."""
+    from diffusers.hooks.group_offloading import _GROUP_OFFLOADING
+
+    kept = 0
+    for sub in module.modules():
+        registry = getattr(sub, "_diffusers_hook", None)
+        hook = registry.get_hook(_GROUP_OFFLOADING) if registry is not None else None
+        group = getattr(hook, "group", None)
+        if group is None or group.stream is not None or group.offload_leader is not sub or group.offload_to_disk_path:
+            continue
+        group.offload_device = device  # its offload becomes module.to(device): a no-op once onloaded
+        tensors = {id(t): t for m in group.modules for t in (*m.parameters(), *m.buffers())}
+        tensors.update((id(t), t) for t in (*group.parameters, *group.buffers))  # diffusers lists some twice
+        kept += sum(t.numel() * t.element_size() for t in tensors.values())
+    return kept / GB
 
 
 def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None, passes: int | None = None,
                       decode_gb: float | None = None) -> dict:
     """Place ``pipe`` for ``mode`` on ``device``; returns {'memory_mode', 'vae_tiling', 'placement_s'}
-    (+ 'pinning': how lowvram's streamed offloading pins the weights, :func:`pin_up_front`, for
-    ``passes`` transformer passes; None: unknown). ``vae_tiling`` None: off in full memory, on in
-    offload, in lowvram :func:`lowvram_vae_tiling` of ``decode_gb`` (the untiled decode's estimate;
-    None: unknown, on).
+    (+ in lowvram 'pinning': how streamed offloading pins the weights, :func:`pin_up_front`, for ``passes``
+    transformer passes (None: unknown), 'pinned_allocator', 'resident', 'leaf_level', 'resident_leftovers_gb').
+    ``vae_tiling`` None: off in full memory, on in offload, in lowvram :func:`lowvram_vae_tiling` of
+    ``decode_gb`` (the untiled decode's estimate; None: unknown, on).
+
+    Lowvram on CUDA: the VAE on the GPU (:data:`LOWVRAM_RESIDENT`), the encoders streamed a layer at a time
+    (:data:`LOWVRAM_LEAF_LEVEL`), the transformer a block at a time with its top-level leftovers kept
+    resident (:func:`keep_unstreamed_groups_resident`), pinned by the cudaHostRegister allocator
+    (:func:`use_registering_pinned_allocator`).
 
     Call once on a freshly loaded pipeline (components on the CPU); LoRAs must be loaded and
     fused before (group offloading keeps its own copy of the weights).
@@ -235,20 +288,27 @@ def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None
     else:
         use_stream = device.type == "cuda"  # streamed transfers read from pinned host memory
         up_front = True
-        resident = [name for name in LOWVRAM_RESIDENT if isinstance(pipe.components.get(name), torch.nn.Module)]
+        modules = {name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+        resident = [name for name in LOWVRAM_RESIDENT if name in modules]
         if use_stream:
-            pinned = sum(pinned_bytes(m) for name, m in pipe.components.items() if isinstance(m, torch.nn.Module) and name not in resident)
-            up_front, info["pinning"] = pin_up_front(pinned / GB, host_available_gb(), passes=passes)
-        pipe.enable_group_offload(
-            onload_device=device,
-            offload_device=torch.device("cpu"),
-            offload_type="block_level",
-            num_blocks_per_group=1,
-            use_stream=use_stream,
-            low_cpu_mem_usage=not up_front,
-            exclude_modules=resident,  # placed on ``device`` by diffusers
-        )
-        info["resident"] = resident
+            info["pinned_allocator"] = use_registering_pinned_allocator()
+            pinned = sum(pinned_bytes(m) for name, m in modules.items() if name not in resident)
+            up_front, info["pinning"] = pin_up_front(pinned / GB, host_available_gb(), passes=passes,
+                                                     registered=info["pinned_allocator"].startswith("cudaHostRegister"))
+        common = {"onload_device": device, "offload_device": torch.device("cpu"), "use_stream": use_stream,
+                  "low_cpu_mem_usage": not up_front}
+        leaf = [name for name in LOWVRAM_LEAF_LEVEL if name in modules and use_stream]
+        kept = 0.0
+        for name, module in modules.items():
+            if name in resident:
+                module.to(device)
+            elif name in leaf:
+                _group_offload(module, offload_type="leaf_level", **common)
+            else:
+                _group_offload(module, offload_type="block_level", num_blocks_per_group=1, **common)
+                if use_stream:
+                    kept += keep_unstreamed_groups_resident(module, device)
+        info.update(resident=resident, leaf_level=leaf, resident_leftovers_gb=round(kept, 3))
     if vae_tiling is not None:
         tiling = bool(vae_tiling)
     elif mode == "lowvram" and decode_gb is not None:

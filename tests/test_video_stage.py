@@ -253,24 +253,78 @@ def test_lowvram_pins_the_weights_up_front_only_where_the_host_ram_holds_the_rou
             calls.append("no tiling")
 
     vae = FakeVae(1000, 1000)  # 4 MB: would dominate the pinned bytes if it were counted
-    pipe = SimpleNamespace(components={"transformer": lin, "vae": vae, "scheduler": object()}, vae=vae,
-                           enable_group_offload=lambda **kw: calls.append(kw))
+    clip = torch.nn.Linear(2, 2)  # an encoder: streamed a layer at a time
+    pipe = SimpleNamespace(components={"transformer": lin, "vae": vae, "image_encoder": clip, "scheduler": object()}, vae=vae)
+    placed = {}  # component -> the group offloading asked for it
+    monkeypatch.setattr(memory, "_group_offload", lambda module, **kw: placed.__setitem__(module, kw))
+    monkeypatch.setattr(memory, "keep_unstreamed_groups_resident", lambda module, device: 0.25 if module is lin else 1 / 0)
+    monkeypatch.setattr(memory, "use_registering_pinned_allocator", lambda: "cudaHostRegister, 8 threads")
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: (calls.append(("to", self, *a)), self)[1])
     seen = []  # the pinned GB apply_memory_mode asked about
     real = memory.pin_up_front
-    monkeypatch.setattr(memory, "pin_up_front", lambda gb, avail, passes=None: (seen.append(gb), real(gb, avail, passes=passes))[1])
-    for available, passes, low_cpu in ((1000.0, None, False), (1e-9, None, True), (1000.0, 4, True)):
+    monkeypatch.setattr(memory, "pin_up_front", lambda gb, avail, passes=None, registered=False: (seen.append((gb, registered)), real(gb, avail, passes=passes, registered=registered))[1])
+    few = memory.PIN_UP_FRONT_MIN_PASSES_REGISTERED - 1
+    for available, passes, low_cpu in ((1000.0, None, False), (1e-9, None, True), (1000.0, few, True), (1000.0, few + 1, False)):
         calls.clear()
+        placed.clear()
         monkeypatch.setattr(memory, "host_available_gb", lambda: available)
         info = memory.apply_memory_mode(pipe, "lowvram", torch.device("cuda"), passes=passes)  # placement only: no CUDA call
-        assert calls[0]["low_cpu_mem_usage"] is low_cpu and calls[0]["use_stream"] is True and calls[1] == "tiling"
-        assert calls[0]["exclude_modules"] == ["vae"] and info["resident"] == ["vae"]  # the VAE stays on the GPU
+        assert placed[lin]["offload_type"] == "block_level" and placed[lin]["num_blocks_per_group"] == 1
+        assert placed[clip]["offload_type"] == "leaf_level" and vae not in placed  # encoders by layer, the VAE not offloaded
+        assert all(kw["low_cpu_mem_usage"] is low_cpu and kw["use_stream"] is True for kw in placed.values())
+        assert calls == [("to", vae, torch.device("cuda")), "tiling"]  # the VAE stays on the GPU
+        assert info["resident"] == ["vae"] and info["leaf_level"] == ["image_encoder"] and info["resident_leftovers_gb"] == 0.25
+        assert info["pinned_allocator"].startswith("cudaHostRegister")
         assert info["pinning"].startswith("pinned a group at a time" if low_cpu else "pinned up front")
-        assert seen[-1] == memory.pinned_bytes(lin) / memory.GB  # the resident VAE is not pinned
+        assert seen[-1] == ((memory.pinned_bytes(lin) + memory.pinned_bytes(clip)) / memory.GB, True)  # the resident VAE is not pinned
     info = memory.apply_memory_mode(pipe, "lowvram", torch.device("cuda"), vae_tiling=False)
     assert calls[-1] == "no tiling" and info["vae_tiling"] is False and info["placement_s"] >= 0.0
     for decode_gb, expected in ((6.0, "no tiling"), (13.5, "tiling")):  # lowvram's default: by the untiled decode
         info = memory.apply_memory_mode(pipe, "lowvram", torch.device("cuda"), decode_gb=decode_gb)
         assert calls[-1] == expected and info["vae_tiling"] is (expected == "tiling")
+    assert memory.pin_up_front(49.1, 1000.0, passes=few + 1, registered=True)[0] is True  # the faster allocator repays sooner
+    assert memory.pin_up_front(49.1, 1000.0, passes=few + 1, registered=False)[0] is False
+
+
+def test_keep_unstreamed_groups_resident_keeps_only_the_top_level_leftovers():
+    """Block-level group offloading streams the blocks and moves the rest of the model (embedders, head) with
+    module.to() both ways; only those leftover groups are made to stay on the onload device."""
+    from diffusers.hooks import apply_group_offloading
+    from diffusers.hooks.group_offloading import _GROUP_OFFLOADING
+
+    from matrix_world.generation import memory
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Linear(4, 8)  # leftover: 40 floats
+            self.blocks = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(3))
+            self.head = torch.nn.Linear(8, 2)  # leftover: 18 floats
+            self.table = torch.nn.Parameter(torch.zeros(6))  # a top-level parameter: leftover
+
+        def forward(self, x):
+            x = self.embed(x)
+            for b in self.blocks:
+                x = b(x)
+            return self.head(x) + self.table[:2]
+
+    net = Net()
+    x = torch.randn(3, 4)
+    ref = net(x)
+    apply_group_offloading(net, onload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1)
+    groups = {name: sub._diffusers_hook.get_hook(_GROUP_OFFLOADING).group for name, sub in net.named_modules()
+              if getattr(sub, "_diffusers_hook", None) is not None and sub._diffusers_hook.get_hook(_GROUP_OFFLOADING)}
+    for name in ("blocks.0", "blocks.1", "blocks.2"):
+        groups[name].stream = object()  # as with use_stream on CUDA: the blocks stream
+    target = torch.device("meta")  # any device other than the offload device shows which groups were changed
+    kept = memory.keep_unstreamed_groups_resident(net, target)
+    assert kept == pytest.approx((40 + 18 + 6) * 4 / memory.GB)
+    assert groups[""].offload_device == target
+    assert all(groups[f"blocks.{i}"].offload_device == torch.device("cpu") for i in range(3))
+    for name in ("blocks.0", "blocks.1", "blocks.2"):
+        groups[name].stream = None
+    groups[""].offload_device = groups[""].onload_device = torch.device("cpu")
+    torch.testing.assert_close(net(x), ref)  # the hooks still run the model
 
 
 def test_lowvram_tiles_the_vae_only_where_the_untiled_decode_would_set_the_peak():
