@@ -273,7 +273,8 @@ def apply_video_speed(pipe, config: VideoConfig, device, *, memory_mode: str, pa
 
     plan = plan_speed(attention=config.attention, compile=config.compile, fp8=config.fp8, cache=config.cache,
                       cache_threshold=config.cache_threshold, cache_interval=config.cache_interval, device=torch.device(device),
-                      passes=transformer_passes(config), memory_mode=memory_mode, approximate=config.approximate)
+                      passes=transformer_passes(config), memory_mode=memory_mode, approximate=config.approximate,
+                      dtype=pipe.transformer.dtype)
     return apply_speed(pipe, plan, parallelize)
 
 

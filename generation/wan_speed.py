@@ -128,18 +128,22 @@ def sage_installed() -> bool:
 def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "auto", cache: str = "off",
                cache_threshold: float | None = None, cache_interval: int | None = None, device: torch.device,
                passes: int, memory_mode: str,
-               approximate: bool = False) -> SpeedPlan:
+               approximate: bool = False, dtype: torch.dtype = torch.bfloat16) -> SpeedPlan:
     """The one ``auto`` rule of the video speed options -> a :class:`SpeedPlan`.
 
     passes: transformer passes of the call (steps x 2 under CFG); memory_mode: the pipeline's
-    (full | offload | lowvram); approximate: ``auto`` may pick approximations (Sage, FP8)."""
+    (full | offload | lowvram); approximate: ``auto`` may pick approximations (Sage, FP8); dtype: the
+    transformer's (cuDNN's and Sage's attention kernels take only fp16 / bf16: a float32 model gets torch SDPA)."""
     check_speed_options(attention, compile, fp8, cache, cache_threshold, cache_interval)
     device = torch.device(device)
     cap = _capability(device)
     reasons: dict[str, str] = {}
     # attention
+    half = dtype in (torch.float16, torch.bfloat16)
     if attention == "auto":
-        if approximate and cap is not None and cap >= (8, 0) and sage_installed():
+        if not half:
+            attention, reasons["attention"] = "native", f"auto: torch SDPA (cuDNN and Sage attention take fp16 / bf16, the model is {str(dtype).removeprefix('torch.')})"
+        elif approximate and cap is not None and cap >= (8, 0) and sage_installed():
             attention, reasons["attention"] = "sage", "auto: SageAttention installed (an approximation, allowed by the preset)"
         elif cap is not None and cap >= (9, 0):
             attention, reasons["attention"] = "cudnn", f"auto: cuDNN attention on compute capability {cap[0]}.{cap[1]}"
@@ -148,6 +152,8 @@ def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "au
     else:
         if attention != "native" and cap is None:
             raise InputError(f"--video-attention {attention} needs a CUDA device; use native (or auto) on the CPU")
+        if attention != "native" and not half:
+            raise InputError(f"--video-attention {attention} needs a float16 / bfloat16 model, this one is {dtype}; use native (or auto)")
         package = _PACKAGES.get(attention)
         if package and not (sage_installed() if attention == "sage" else _installed(package[0])):
             raise InputError(f"--video-attention {attention} needs the package {package[0]}: {package[1]}")

@@ -83,6 +83,10 @@ def test_plan_on_a_hopper_gpu(monkeypatch):
         speed.plan_speed(fp8="rowwise", device=cuda, passes=4, memory_mode="offload")
     with pytest.raises(InputError, match="sageattention"):
         speed.plan_speed(attention="sage", device=cuda, passes=4, memory_mode="full")
+    fp32 = speed.plan_speed(device=cuda, passes=4, memory_mode="full", dtype=torch.float32)  # no cuDNN / Sage kernel for it
+    assert fp32.attention == "native" and "float32" in fp32.reasons["attention"]
+    with pytest.raises(InputError, match="float16 / bfloat16 model"):
+        speed.plan_speed(attention="cudnn", device=cuda, passes=4, memory_mode="full", dtype=torch.float32)
 
 
 def test_fp8_takes_only_the_linear_layers_of_the_blocks(pipe):
