@@ -109,12 +109,13 @@ take ~29 s up front and Wan + UMT5 + CLIP (67.4 GB) ~38 s; pinning a group at a 
 copy per pass (~32 GB/s, then the 55 GB/s DMA): FLUX 1.41 s a pass against 0.47 s pinned up front
 (break-even ≈ 31 passes)."""
 
-PIN_UP_FRONT_MIN_PASSES_REGISTERED = 8
-"""The same under the cudaHostRegister allocator lowvram switches to (:func:`use_registering_pinned_allocator`,
-7.1-7.6 GB/s on the H200 host): FLUX + T5 up front ≈ 7 s against 0.94 s saved a FLUX pass (break-even ≈ 7.5
-passes), so turbo's 8 FLUX passes pin up front. The Wan transformer's passes are compute-bound (4.84 s a
-group at a time against 4.77 up front, RESULTS.md): turbo's 4 Wan passes pin a group at a time, fast's 60
-and quality's 100 up front."""
+PIN_UP_FRONT_MIN_PASSES_REGISTERED = 16
+"""The same under the cudaHostRegister allocator lowvram switches to (:func:`use_registering_pinned_allocator`):
+a 4 GB buffer page-locks at 7.6 GB/s, but diffusers pins tensor by tensor, and FLUX + T5 up front took 14.5 s
+(3.5 GB/s) in the turbo world of 2026-12-02 against 0.94 s saved a FLUX pass (1.41 -> 0.45 s): break-even ≈
+15.4 passes. So turbo's 8 FLUX passes and 4 Wan passes pin a group at a time, fast's 28 / 60 and quality's
+50 / 100 up front. (The Wan transformer's passes are compute-bound and gain little: 4.84 s a group at a time
+against 4.77 up front, RESULTS.md.)"""
 
 
 def pin_up_front(pinned_gb: float, available_gb: float | None, *, passes: int | None = None, margin_gb: float = 8.0,
@@ -295,8 +296,11 @@ def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None
             pinned = sum(pinned_bytes(m) for name, m in modules.items() if name not in resident)
             up_front, info["pinning"] = pin_up_front(pinned / GB, host_available_gb(), passes=passes,
                                                      registered=info["pinned_allocator"].startswith("cudaHostRegister"))
+        # record_stream: a group's offload does not wait for the GPU to finish the group (diffusers' default
+        # synchronises the host with the compute stream after every block, so the next block's host copy leaves
+        # the GPU idle); the freed blocks' memory is reused only once the compute stream has passed them.
         common = {"onload_device": device, "offload_device": torch.device("cpu"), "use_stream": use_stream,
-                  "low_cpu_mem_usage": not up_front}
+                  "record_stream": use_stream, "low_cpu_mem_usage": not up_front}
         leaf = [name for name in LOWVRAM_LEAF_LEVEL if name in modules and use_stream]
         kept = 0.0
         for name, module in modules.items():

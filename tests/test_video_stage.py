@@ -271,7 +271,7 @@ def test_lowvram_pins_the_weights_up_front_only_where_the_host_ram_holds_the_rou
         info = memory.apply_memory_mode(pipe, "lowvram", torch.device("cuda"), passes=passes)  # placement only: no CUDA call
         assert placed[lin]["offload_type"] == "block_level" and placed[lin]["num_blocks_per_group"] == 1
         assert placed[clip]["offload_type"] == "leaf_level" and vae not in placed  # encoders by layer, the VAE not offloaded
-        assert all(kw["low_cpu_mem_usage"] is low_cpu and kw["use_stream"] is True for kw in placed.values())
+        assert all(kw["low_cpu_mem_usage"] is low_cpu and kw["use_stream"] is True and kw["record_stream"] is True for kw in placed.values())
         assert calls == [("to", vae, torch.device("cuda")), "tiling"]  # the VAE stays on the GPU
         assert info["resident"] == ["vae"] and info["leaf_level"] == ["image_encoder"] and info["resident_leftovers_gb"] == 0.25
         assert info["pinned_allocator"].startswith("cudaHostRegister")
