@@ -10,14 +10,14 @@
               is tiled only where the untiled decode would set the peak (:func:`lowvram_vae_tiling`):
               with both, the turbo video stage's time outside the transformer fell from 43.2 to
               17.2 s on an H200 (RESULTS.md).
-              Pinning every weight up front (diffusers' default) costs time and host RAM: torch's
-              pinned allocator rounds each tensor up to a power of two (Wan2.1-I2V-14B: 32.8 GB of
-              weights -> 49.1 GB pinned, beside the unpinned originals until the first pass), and
-              page-locking is slow (1.75 GB/s on the H200 host: FLUX + T5 pinned up front were ~29 s
-              of a 35 s turbo panorama stage; RESULTS.md). It is repaid only over many transformer
-              passes (:data:`PIN_UP_FRONT_MIN_PASSES`); else,
-              and where the host RAM cannot hold the copy, a group is pinned at a time
-              (:func:`pin_up_front`).
+              The encoders stream a layer at a time (:data:`LOWVRAM_LEAF_LEVEL`), the transformer's
+              top-level leftovers stay on the GPU (:func:`keep_unstreamed_groups_resident`), offloads
+              do not wait for the GPU (``record_stream``), and torch pins through cudaHostRegister
+              (:func:`use_registering_pinned_allocator`). Pinning every weight up front (diffusers'
+              default) costs time and host RAM (torch rounds each tensor up to a power of two) and is
+              repaid only over many transformer passes (:func:`pin_up_front`); else, and where the host
+              RAM cannot hold the copy, a group is pinned at a time. The turbo world in lowvram: 1.21-1.39x
+              the full-memory time, 12.8 GB (RESULTS.md, 2026-12-02).
 
 ``auto`` picks the fastest mode whose estimate fits the free GPU memory, with a margin. The
 estimate is weights (bytes of the loaded modules) + transformer activations, calibrated on
@@ -83,6 +83,7 @@ def host_available_gb() -> float | None:
 
 
 REGISTERING_PINNED_SETTINGS = "pinned_use_cuda_host_register:True,pinned_num_register_threads:8"
+REGISTERED_ALLOCATOR = "cudaHostRegister, 8 threads"  # what use_registering_pinned_allocator returns once it switched
 
 
 def use_registering_pinned_allocator() -> str:
@@ -98,7 +99,7 @@ def use_registering_pinned_allocator() -> str:
     if setter is None:
         return "cudaHostAlloc (this torch cannot switch its pinned allocator at run time)"
     setter(REGISTERING_PINNED_SETTINGS)
-    return "cudaHostRegister, 8 threads"
+    return REGISTERED_ALLOCATOR
 
 
 PIN_UP_FRONT_MIN_PASSES = 32
@@ -295,7 +296,7 @@ def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None
             info["pinned_allocator"] = use_registering_pinned_allocator()
             pinned = sum(pinned_bytes(m) for name, m in modules.items() if name not in resident)
             up_front, info["pinning"] = pin_up_front(pinned / GB, host_available_gb(), passes=passes,
-                                                     registered=info["pinned_allocator"].startswith("cudaHostRegister"))
+                                                     registered=info["pinned_allocator"] == REGISTERED_ALLOCATOR)
         # record_stream: a group's offload does not wait for the GPU to finish the group (diffusers' default
         # synchronises the host with the compute stream after every block, so the next block's host copy leaves
         # the GPU idle); the freed blocks' memory is reused only once the compute stream has passed them.
