@@ -231,8 +231,9 @@ pageable memory (cProfile of the turbo world in lowvram, H200: 10.9 s for the fo
 def _group_offload(module: torch.nn.Module, **kwargs) -> None:
     """diffusers' group offloading of one component (its own method on diffusers models, the hook function on
     transformers' encoders), as ``DiffusionPipeline.enable_group_offload`` does for each."""
-    if hasattr(module, "enable_group_offload"):
-        module.enable_group_offload(**kwargs)
+    own = getattr(module, "enable_group_offload", None)
+    if callable(own):
+        own(**kwargs)
     else:
         from diffusers.hooks import apply_group_offloading
 
