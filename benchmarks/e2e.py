@@ -295,6 +295,30 @@ FULL_STEPS = {  # each preset's own steps / iterations (what a real run does; EX
 SPEED_OFF = {"video_attention": "native", "video_compile": "off", "video_fp8": "off"}
 
 
+_PIN_UP_FRONT = None  # generation.memory.pin_up_front while full_passes_for_pinning replaces it
+
+
+def full_passes_for_pinning(cut_to_full: dict[int, int] | None) -> dict | None:
+    """A run cut to a few steps places its models in lowvram as the preset's full run would: whether group
+    offloading pins the weights up front depends on the transformer passes (generation.memory.pin_up_front),
+    so its ``passes`` are mapped from the cut run's to the full run's ({cut: full}; None restores the original).
+    The up-front pinning is then paid once in the stage's time, as in the full run."""
+    global _PIN_UP_FRONT
+    from matrix_world.generation import memory
+
+    if _PIN_UP_FRONT is not None:
+        memory.pin_up_front, _PIN_UP_FRONT = _PIN_UP_FRONT, None
+    if cut_to_full is None:
+        return None
+    original = _PIN_UP_FRONT = memory.pin_up_front
+
+    def pin_up_front(pinned_gb, available_gb, *, passes=None, **kwargs):
+        return original(pinned_gb, available_gb, passes=cut_to_full.get(passes, passes), **kwargs)
+
+    memory.pin_up_front = pin_up_front
+    return {str(k): v for k, v in cut_to_full.items()}
+
+
 SKIP_STEPS = 8  # TaylorSeer 2: steps 0-2 and 4, 6 computed, 3, 5, 7 predicted -> both kinds measured after the first
 
 
@@ -416,6 +440,17 @@ def run_world(args, variant: dict, cuda: bool) -> dict:
         config = dataclasses.replace(config, video_cache="taylorseer",
                                      video_attention="sage" if cuda and sage_installed() else config.video_attention)
 
+    if variant["memory"] in ("offload", "lowvram") and not turbo:  # the placement chosen as for the full run
+        from matrix_world.generation.video import transformer_passes
+
+        cut_video = dataclasses.replace(configure_video(config, "wan"), num_inference_steps=steps["video"])
+        full_video = dataclasses.replace(cut_video, num_inference_steps=full["video"])
+        cut_to_full = {steps["panorama"]: full["panorama"], transformer_passes(cut_video): transformer_passes(full_video)}
+        if len(cut_to_full) < 2 and full["panorama"] != transformer_passes(full_video):  # FLUX: one pass a step
+            raise ValueError(f"FLUX and Wan cut to the same passes ({steps['panorama']}) but differ in the full run: "
+                             "choose other --pano-steps / --video-steps")
+        results["pin_passes"] = full_passes_for_pinning(cut_to_full)
+
     # 1. Build the first stages' models (FLUX, MoGe) on the device; the monitor builds Wan later.
     models: dict = {}
     monitor = StageMonitor(models, device, smoke, results, memory=variant["memory"])
@@ -438,7 +473,10 @@ def run_world(args, variant: dict, cuda: bool) -> dict:
     # 2. The run: text2world with the backends forced.
     monitor.start()
     t0 = time.perf_counter()
-    result = WorldPipeline(log=monitor, models=models, adjust_plan=adjust)(config)
+    try:
+        result = WorldPipeline(log=monitor, models=models, adjust_plan=adjust)(config)
+    finally:
+        full_passes_for_pinning(None)
     results["wall_s"] = round(time.perf_counter() - t0, 1)
     results["num_gaussians"] = result.num_gaussians
     results["moge_reused"] = models.get("depth") is not None  # keyframe depth used the injected MoGe

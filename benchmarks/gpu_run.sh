@@ -84,7 +84,7 @@ for j in "$@"; do
         python -c 'import pstats, sys; s = pstats.Stats(sys.argv[1]); s.sort_stats(\"tottime\").print_stats(50); s.sort_stats(\"cumulative\").print_stats(120)' $OUT/e2e_profile.prof > $OUT/e2e_profile_top.txt; head -c 3000 $OUT/e2e_profile_top.txt" ;;
     e2e_lowvram)   # the turbo world in full memory and in lowvram, measured end to end
       job e2e_lowvram 590 "( while sleep 2; do echo \$(date +%s) \$(grep MemAvailable /proc/meminfo); done ) > $OUT/host_mem.log & W=\$!; \
-        python benchmarks/e2e.py --variants ${LOWVRAM_VARIANTS:-turbo:full:auto turbo:lowvram:auto} --budget-s 560; rc=\$?; kill \$W; \
+        python benchmarks/e2e.py --variants ${LOWVRAM_VARIANTS:-turbo:full:auto turbo:lowvram:auto} --budget-s $(( ${T_END:-$(( $(date +%s) + 580 ))} - $(date +%s) - 20 )); rc=\$?; kill \$W; \
         sort -k3 -n $OUT/host_mem.log | head -1 | sed 's/^/lowest host MemAvailable: /'; exit \$rc" ;;
     video2pano_bench) # wan (full-size random weights) on the canvas of docs/video2pano/city_pan.mp4: erp, windows, viewpoint
       job video2pano_bench 270 "python benchmarks/video2pano_wan.py \$( [ -f build/city_pan_frames.npz ] && echo --video build/city_pan_frames.npz )" ;;

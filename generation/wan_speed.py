@@ -237,12 +237,22 @@ def apply_speed(pipe, plan: SpeedPlan, parallelize=None) -> dict:
     if plan.compile == "blocks":
         if plan.attention == "sage":
             info["sage_op"] = install_sage_op()
-        # the cache hooks run outside the graph (diffusers marks them compiler-disabled): one graph per
-        # stretch between hooks then; otherwise one whole graph per block
-        fullgraph = plan.cache == "off"
+        # the cache hooks and group offloading's onload (lowvram) run outside the graph (diffusers marks them
+        # compiler-disabled; fullgraph=True fails on them: "Skip inlining torch.compiler.disable()d function
+        # ModuleGroup.onload_", H200 2026-12-03): one graph per stretch between hooks then; else one per block
+        fullgraph = plan.cache == "off" and not group_offloaded(tr)
         tr.compile_repeated_blocks(fullgraph=fullgraph)
         info["compile_fullgraph"] = fullgraph
     return info
+
+
+def group_offloaded(module: torch.nn.Module) -> bool:
+    """Whether diffusers' group offloading hooks (memory mode lowvram) sit on ``module`` or a submodule."""
+    for m in module.modules():
+        registry = getattr(m, "_diffusers_hook", None)
+        if registry is not None and registry.get_hook("group_offloading") is not None:
+            return True
+    return False
 
 
 @functools.cache

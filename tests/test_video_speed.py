@@ -98,6 +98,24 @@ def test_fp8_takes_only_the_linear_layers_of_the_blocks(pipe):
     assert set(linears) - set(taken) == {n for n in linears if not n.startswith("blocks.")} != set()
 
 
+def test_compiled_blocks_leave_fullgraph_under_group_offloading(monkeypatch):
+    """lowvram's group offloading runs a compiler-disabled onload before every block: fullgraph=True fails on
+    it (H200, 2026-12-03), so the blocks compile with graph breaks there, as under the cache hooks."""
+    from matrix_world.generation.wan_speed import SpeedPlan, apply_speed, group_offloaded
+
+    p = load_tiny_pipeline()
+    seen = []
+    monkeypatch.setattr(type(p.transformer), "compile_repeated_blocks", lambda self, fullgraph: seen.append(fullgraph))
+    plan = SpeedPlan(compile="blocks")
+    assert not group_offloaded(p.transformer)
+    assert apply_speed(p, plan)["compile_fullgraph"] is True
+    cpu = torch.device("cpu")
+    p.transformer.enable_group_offload(onload_device=cpu, offload_device=cpu, offload_type="block_level", num_blocks_per_group=1)
+    assert group_offloaded(p.transformer) and not group_offloaded(p.vae)
+    assert apply_speed(p, plan)["compile_fullgraph"] is False
+    assert seen == [True, False]
+
+
 # --------------------------------------------------------------------------- cache hooks and CFG truncation
 
 
