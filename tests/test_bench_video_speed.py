@@ -80,3 +80,36 @@ def test_e2e_call_timer_times_each_component_call_and_unwraps():
     seconds = timer.summary()
     assert set(seconds) == {"vae.decode", "text_encoder"} and seconds["vae.decode"] >= 0.04
     assert "decode" not in vars(vae) and "forward" not in vars(enc)  # the class's methods again
+
+
+# --------------------------------------------------------------------------- benchmarks/video_error.py
+
+
+def test_step_errors_are_relative_to_the_update_and_to_the_state():
+    import torch
+    import video_error as ve
+
+    ref = [torch.zeros(4), torch.full((4,), 2.0), torch.full((4,), 3.0)]  # updates of norm 4 and 2
+    got = [torch.full((4,), 2.5), torch.full((4,), 3.0)]  # step 0 off by 0.5 per element (norm 1)
+    e = ve.step_errors(got, ref)
+    assert e["update"] == pytest.approx([0.25, 0.0]) and e["latent"] == pytest.approx([0.25, 0.0])
+    with pytest.raises(ValueError, match="reference latents"):
+        ve.step_errors(got, ref[:2])
+
+
+def test_video_error_smoke_puts_each_approximation_where_it_acts(tmp_path, monkeypatch):
+    """Teacher-forced on the tiny model: exact options repeat exactly; TaylorSeer 2 errs only at its predicted
+    steps (3, 5 of 6); CFG truncation only in the unguided second half."""
+    import json
+
+    import video_error as ve
+
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert ve.main(["--smoke", "--variants", "ts2", "cfgstop", "sage"]) == 0
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "video_error.json").read_text())["rows"]}
+    assert rows["exact (repeat)"]["update"] == [0.0] * 6
+    ts2 = rows["ts2"]["update"]
+    assert [k for k, e in enumerate(ts2) if e > 1e-6] == [3, 5]
+    cfg = rows["cfgstop"]["update"]
+    assert cfg[:3] == [0.0] * 3 and min(cfg[3:]) > 1e-3
+    assert rows["sage"]["skipped"] == "needs a CUDA device"
