@@ -69,8 +69,8 @@ for j in "$@"; do
     video_speed_sage) # 480p: stock vs ours with SageAttention 2 (needs sage_build or a carried wheel)
       job video_speed_sage 560 "python benchmarks/video.py --speed --heights ${HEIGHTS:-480} ${ROWS:+--rows $ROWS} ${SPEED_ARGS:-} --budget-s ${BUDGET_VIDEO:-$(( ${T_END:-$(( $(date +%s) + 540 ))} - $(date +%s) - 20 ))}" ;;
     video_error)   # item 5(a): per-step error of each approximation, teacher-forced, on the full-size random Wan (480p);
-                   # the sage variant waits for sage_build_bg when it runs beside
-      job video_error 580 "python benchmarks/video_error.py --wait-sage 420 --budget-s $(( ${T_END:-$(( $(date +%s) + 570 ))} - $(date +%s) - 15 ))" ;;
+                   # beside sage_build_bg: WAIT_SAGE=420 (the sage variant waits for its install)
+      job video_error 580 "python benchmarks/video_error.py ${ERR_VARIANTS:+--variants $ERR_VARIANTS} --wait-sage ${WAIT_SAGE:-0} --budget-s $(( ${T_END:-$(( $(date +%s) + 570 ))} - $(date +%s) - 15 ))" ;;
     video_speed_sage720) # 720p with SageAttention 2: stock vs Sage + compiled + TaylorSeer 2 (8 steps: every kind measured)
       job video_speed_sage720 500 "python benchmarks/video.py --speed --heights 720 --rows stock sage_compiled_ts2 --steps 1 --cache-steps 8 --budget-s ${BUDGET720:-470}" ;;
     e2e_worlds)    # whole worlds side by side in one process: quality stock path vs auto (steps cut, extrapolated), turbo measured

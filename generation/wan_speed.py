@@ -159,13 +159,21 @@ def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "au
             raise InputError(f"--video-attention {attention} needs the package {package[0]}: {package[1]}")
         reasons["attention"] = "requested"
     # compile
+    compile_blocker = None
+    if memory_mode == "lowvram":  # measured on an H200, 2026-12-03 (benchmarks/RESULTS.md, issue 14 sixth session)
+        compile_blocker = ("compiled blocks under lowvram's group offloading: its onload hooks break every block's "
+                           "graph, dynamo recompiles them per block, and the attempt ran a 128 GB host out of memory")
     if compile == "auto":
         if cap is None:
             compile, reasons["compile"] = "off", "auto: no CUDA device"
+        elif compile_blocker:
+            compile, reasons["compile"] = "off", f"auto: off ({compile_blocker})"
         elif passes < COMPILE_MIN_PASSES:
             compile, reasons["compile"] = "off", f"auto: {passes} transformer passes do not repay the compile (< {COMPILE_MIN_PASSES})"
         else:
             compile, reasons["compile"] = "blocks", f"auto: {passes} transformer passes repay the compile"
+    elif compile == "blocks" and compile_blocker:
+        raise InputError(f"--video-compile blocks: {compile_blocker}; use --video-compile off (or auto) with --memory lowvram")
     else:
         reasons["compile"] = "requested"
     # fp8
