@@ -103,6 +103,9 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     cuda = torch.cuda.is_available() and not args.smoke
+    if not cuda and not args.smoke:
+        print("no CUDA device: the full-size Wan needs one; run with --smoke on the CPU", file=sys.stderr)
+        return 2
     device = torch.device("cuda" if cuda else "cpu")
     if args.smoke:
         torch.set_num_threads(1)
