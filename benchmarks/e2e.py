@@ -38,7 +38,8 @@ CFG: 2). The stage seconds are the pipeline's own (manifest), model building exc
 For ``quality`` and ``fast``, steps are cut to fit one device call (FLUX 8, Wan 3, optimisation
 1500 iterations; panorama 2048x1024 for quality, 1024x512 otherwise; video 480x960 x 81 frames);
 the time at the preset's own steps (quality 50 / 50 / 3000) is then EXTRAPOLATED from the
-measured per-step times, and marked so.
+measured per-step times, and marked so. In offload / lowvram the models are placed as for the preset's
+own passes (whether the weights are pinned up front: :func:`full_passes_for_pinning`).
 
 Random weights prove wiring, memory and time per stage, nothing about output quality.
 Writes ``$OUT/e2e.json`` and ``$OUT/e2e_manifest.json`` (the run's manifest) when OUT is set.
