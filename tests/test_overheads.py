@@ -340,10 +340,15 @@ def test_every_model_a_run_loads_is_released_after_its_last_use(tmp_path, monkey
                          recon_backend="lift", frames=9, resolution=64, panorama_height=128, device="cpu",
                          exports=(), threads=1)
     injected = object()  # a caller's model: kept
-    pipeline = WorldPipeline(log=lambda *_: None, models={"other": injected}, adjust_plan=adjust)
+    lines: list[str] = []
+    pipeline = WorldPipeline(log=lines.append, models={"other": injected}, adjust_plan=adjust)
     pipeline(config)
     manifest = json.loads((tmp_path / "run" / MANIFEST).read_text())
     assert manifest["backends"]["depth"] == "moge" and manifest["backends"]["video"] == "wan"
+    # the video stage says where the model went and which speed options auto took, with the reasons
+    options = [line for line in lines if line.startswith("  video options: ")]
+    assert len(options) == 1 and "memory full (" in options[0] and "attention native (auto: torch SDPA" in options[0]
+    assert "compile off (auto: no CUDA device)" in options[0] and "cache off (" in options[0]
     assert len(refs["moge"]) == 1  # loaded once: the depth stage's MoGe served the keyframes too
     assert len(refs["wan"]) == 3 and seen and not any(alive for _, alive in seen)
     gc.collect()

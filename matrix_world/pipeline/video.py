@@ -117,4 +117,21 @@ def video_stage(ctx: StageContext, config: VideoConfig, scaffold: Scaffold, traj
             st.backend = result.info.get("backend", config.backend)
             st.info.update(small_info(result.info))
     log_stage(ctx, st, "video", t0)
+    line = None if st.done else options_line(st.info)
+    if line:
+        ctx.log(line)
     return load_npz(ctx.run.path / "video.npz", keys=("frames",))["frames"]
+
+
+def options_line(info: dict) -> str | None:
+    """The video model's memory placement and speed options, each with why (what ``auto`` chose and its
+    reason), as one log line from the stage info; None where the backend placed no model (fill, oracle)."""
+    speed = info.get("speed")
+    if not isinstance(speed, dict) or "memory_mode" not in info:
+        return None
+    reasons = speed.get("reasons") or {}
+    parts = [f"memory {info['memory_mode']} ({info.get('memory_reason', '')})"]
+    if info.get("pinning"):
+        parts.append(str(info["pinning"]))
+    parts += [f"{key} {speed.get(key)} ({reasons.get(key, '')})" for key in ("attention", "compile", "fp8", "cache")]
+    return "  video options: " + "; ".join(parts)
