@@ -314,7 +314,9 @@ def full_passes_for_pinning(cut_to_full: dict[int, int] | None) -> dict | None:
     original = _PIN_UP_FRONT = memory.pin_up_front
 
     def pin_up_front(pinned_gb, available_gb, *, passes=None, **kwargs):
-        return original(pinned_gb, available_gb, passes=cut_to_full.get(passes, passes), **kwargs)
+        up_front, reason = original(pinned_gb, available_gb, passes=cut_to_full.get(passes, passes), **kwargs)
+        print(f"[e2e] placement for {cut_to_full.get(passes, passes)} passes: {reason}", flush=True)  # before a crash
+        return up_front, reason
 
     memory.pin_up_front = pin_up_front
     return {str(k): v for k, v in cut_to_full.items()}
