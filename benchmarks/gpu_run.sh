@@ -88,7 +88,7 @@ for j in "$@"; do
     e2e_lowvram)   # the turbo world in full memory and in lowvram, measured end to end
       job e2e_lowvram 590 "( while sleep 2; do echo \$(date +%s) \$(grep MemAvailable /proc/meminfo); done ) > $OUT/host_mem.log & W=\$!; \
         python benchmarks/e2e.py --variants ${LOWVRAM_VARIANTS:-turbo:full:auto turbo:lowvram:auto} --budget-s $(( ${T_END:-$(( $(date +%s) + 580 ))} - $(date +%s) - 20 )); rc=\$?; kill \$W; \
-        sort -k3 -n $OUT/host_mem.log | head -1 | sed 's/^/lowest host MemAvailable: /'; exit \$rc" ;;
+        sort -k3 -n $OUT/host_mem.log | head -1 | awk '{printf \"lowest host MemAvailable: %.1f GB (at epoch %s s)\\n\", \$3 / 1048576, \$1}'; exit \$rc" ;;
     video2pano_bench) # wan (full-size random weights) on the canvas of docs/video2pano/city_pan.mp4: erp, windows, viewpoint
       job video2pano_bench 270 "python benchmarks/video2pano_wan.py \$( [ -f build/city_pan_frames.npz ] && echo --video build/city_pan_frames.npz )" ;;
     train_video_bench) job train_video_bench ${TV_LIMIT:-590} "python benchmarks/train_video.py ${TV_ARGS:-}" ;;  # json + loss curve in results.tgz
