@@ -125,6 +125,11 @@ def sage_installed() -> bool:
     return parts >= (2, 1, 1)
 
 
+LOWVRAM_COMPILE_BLOCKER = ("compiled blocks under lowvram's group offloading: its onload hooks break every block's "
+                           "graph, dynamo recompiles them per block, and the attempt ran a 128 GB host out of memory")
+"""Why compiled blocks stay off in memory mode lowvram (H200, 2026-12-03: benchmarks/RESULTS.md, issue 14)."""
+
+
 def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "auto", cache: str = "off",
                cache_threshold: float | None = None, cache_interval: int | None = None, device: torch.device,
                passes: int, memory_mode: str,
@@ -159,10 +164,7 @@ def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "au
             raise InputError(f"--video-attention {attention} needs the package {package[0]}: {package[1]}")
         reasons["attention"] = "requested"
     # compile
-    compile_blocker = None
-    if memory_mode == "lowvram":  # measured on an H200, 2026-12-03 (benchmarks/RESULTS.md, issue 14 sixth session)
-        compile_blocker = ("compiled blocks under lowvram's group offloading: its onload hooks break every block's "
-                           "graph, dynamo recompiles them per block, and the attempt ran a 128 GB host out of memory")
+    compile_blocker = LOWVRAM_COMPILE_BLOCKER if memory_mode == "lowvram" else None
     if compile == "auto":
         if cap is None:
             compile, reasons["compile"] = "off", "auto: no CUDA device"

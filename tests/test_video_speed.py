@@ -328,7 +328,11 @@ def test_turbo_preset_configures_the_distilled_samplers():
                           (WorldConfig(prompt="x", video_cache_interval=3), "--video-cache-interval is TaylorSeer's"),
                           (WorldConfig(prompt="x", video_cache="taylorseer", video_cache_interval=0), "must be an integer in [1, 50]"),
                           (WorldConfig(prompt="x", video_cache="taylorseer", video_cache_threshold=0.1),
-                           "--video-cache-threshold is FirstBlockCache's")):
+                           "--video-cache-threshold is FirstBlockCache's"),
+                          (WorldConfig(prompt="x", memory="lowvram", video_compile="blocks"),
+                           "--video-compile blocks: compiled blocks under lowvram"),
+                          (WorldConfig(prompt="x", memory="offload", video_fp8="rowwise"),
+                           "--video-fp8 rowwise: FP8 needs the weights on the GPU")):
         with pytest.raises(InputError, match=words.replace("[", r"\[").replace("]", r"\]")):
             check_speed_inputs(config)
 
