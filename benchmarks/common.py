@@ -1,11 +1,14 @@
 """What the benchmark scripts share: writing their numbers to ``$OUT/<name>.json``; synchronised
-timing of wrapped calls (:class:`Timers`)."""
+timing of wrapped calls (:class:`Timers`); a host-RAM watchdog (:func:`watch_host_memory`)."""
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import json
 import os
+import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -74,3 +77,32 @@ def write_results(name: str, results: dict) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(jsonable(results, strict=False), indent=1, allow_nan=False) + "\n")
     return path
+
+
+def watch_host_memory(floor_gb: float = 4.0, every_s: float = 0.5) -> dict:
+    """Watch the host's available RAM from a daemon thread; below ``floor_gb`` print every thread's Python stack
+    and torch's pinned host allocator statistics, then end the process (exit code 3), so a run that would be
+    killed by the kernel's OOM killer (which leaves nothing behind) says where it was. Returns a dict whose
+    'lowest_gb' the thread keeps up to date."""
+    from matrix_world.generation.memory import host_available_gb
+
+    seen: dict = {"lowest_gb": host_available_gb(), "floor_gb": floor_gb}
+    if seen["lowest_gb"] is None:
+        return seen
+
+    def watch() -> None:
+        while True:
+            gb = host_available_gb() or 0.0
+            seen["lowest_gb"] = min(seen["lowest_gb"], gb)
+            if gb < floor_gb:
+                print(f"[watchdog] host MemAvailable {gb:.1f} GB < {floor_gb} GB: ending the process; stacks:", flush=True)
+                faulthandler.dump_traceback(file=sys.stdout, all_threads=True)
+                stats = getattr(torch.cuda, "host_memory_stats", None)
+                if stats is not None and torch.cuda.is_initialized():
+                    print(f"[watchdog] pinned host allocator: {stats()}", flush=True)
+                sys.stdout.flush()
+                os._exit(3)
+            time.sleep(every_s)
+
+    threading.Thread(target=watch, name="host-memory-watchdog", daemon=True).start()
+    return seen

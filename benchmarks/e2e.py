@@ -65,7 +65,8 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # the per-stage benchmar
 import depth as bench_depth  # benchmarks/depth.py: build_moge
 import panorama as bench_panorama  # benchmarks/panorama.py: FLUX configs, build_on
 import video as bench_video  # benchmarks/video.py: build_transformer, build_encoders
-from common import Timers, sync, write_results  # benchmarks/common.py
+from common import Timers, sync, watch_host_memory, write_results  # benchmarks/common.py
+from matrix_world.generation.memory import host_available_gb
 from matrix_world.pipeline.context import free_memory  # gc + the GPU's cache + torch's pinned host cache
 
 GB = 1024**3
@@ -378,13 +379,19 @@ def main(argv=None) -> int:
     if args.smoke:
         torch.set_num_threads(1)  # tiny tensors: a second thread only spin-waits on a shared 2-core machine
     t_start = time.perf_counter()
+    host = watch_host_memory() if cuda else {}  # a host OOM (quality in lowvram, 2026-12-03) left no trace
     runs: list[dict] = []
     for variant in args.variants:
         if runs and time.perf_counter() - t_start + max(r.get("wall_s", 0) + 30 for r in runs) > args.budget_s:
             runs.append({"variant": variant["name"], "skipped": "time budget"})
             print(f"[e2e] skip {variant['name']}: time budget", flush=True)
             continue
+        if host:
+            host["lowest_gb"] = host_available_gb()
         runs.append(run_world(args, variant, cuda))
+        if host.get("lowest_gb") is not None:  # the variant's lowest, models built and freed included
+            runs[-1]["host_lowest_available_gb"] = round(host["lowest_gb"], 1)
+            print(f"[e2e] {variant['name']}: lowest host MemAvailable {host['lowest_gb']:.1f} GB", flush=True)
         write_results("e2e", {"partial": True, "runs": runs})
     write_results("e2e", {"runs": runs})
     for r in runs:

@@ -13,11 +13,13 @@
               The encoders stream a layer at a time (:data:`LOWVRAM_LEAF_LEVEL`), the transformer's
               top-level leftovers stay on the GPU (:func:`keep_unstreamed_groups_resident`), offloads
               do not wait for the GPU (``record_stream``), and torch pins through cudaHostRegister
-              (:func:`use_registering_pinned_allocator`). Pinning every weight up front (diffusers'
-              default) costs time and host RAM (torch rounds each tensor up to a power of two) and is
-              repaid only over many transformer passes (:func:`pin_up_front`); else, and where the host
-              RAM cannot hold the copy, a group is pinned at a time. The turbo world in lowvram: 1.21-1.39x
-              the full-memory time, 12.8 GB (RESULTS.md, 2026-12-02).
+              (:func:`use_registering_pinned_allocator`). Pinning every weight up front costs time and is
+              repaid only over many transformer passes (:func:`pin_up_front`); else a group is pinned at
+              a time. Up front, the weights are moved into page-locked 1 GiB chunks one storage at a time
+              (:func:`pack_pinned`), so the host holds them once, not twice as diffusers' own up-front
+              pinning does (its pinned copies, each rounded up to a power of two, beside the originals until
+              the first pass). The turbo world in lowvram: 1.21-1.39x the full-memory time, 12.8 GB
+              (RESULTS.md, 2026-12-02).
 
 ``auto`` picks the fastest mode whose estimate fits the free GPU memory, with a margin. The
 estimate is weights (bytes of the loaded modules) + transformer activations, calibrated on
@@ -61,12 +63,6 @@ def _tensor_bytes(module) -> list[int]:
 def module_bytes(module) -> int:
     """Bytes of a module's parameters and buffers (0 for None)."""
     return sum(_tensor_bytes(module))
-
-
-def pinned_bytes(module) -> int:
-    """Bytes of pinned host memory a module's tensors take when each is pinned: torch's caching host
-    allocator rounds every allocation up to the next power of two."""
-    return sum(1 << (n - 1).bit_length() for n in _tensor_bytes(module) if n > 0)
 
 
 def host_available_gb() -> float | None:
@@ -116,27 +112,79 @@ a 4 GB buffer page-locks at 7.6 GB/s, but diffusers pins tensor by tensor, and F
 (3.5 GB/s) in the turbo world of 2026-12-02 against 0.94 s saved a FLUX pass (1.41 -> 0.45 s): break-even ≈
 15.4 passes. So turbo's 8 FLUX passes and 4 Wan passes pin a group at a time, fast's 28 / 60 and quality's
 50 / 100 up front. (The Wan transformer's passes are compute-bound and gain little: 4.84 s a group at a time
-against 4.77 up front, RESULTS.md.)"""
+against 4.77 up front, RESULTS.md.) Both thresholds were measured with diffusers' own up-front pinning (a
+rounded copy per tensor); :func:`pack_pinned` copies into 1 GiB chunks instead, measured in RESULTS.md
+(seventh session)."""
 
 
-def pin_up_front(pinned_gb: float, available_gb: float | None, *, passes: int | None = None, margin_gb: float = 8.0,
+PIN_CHUNK_BYTES = 1 << 30
+"""Size of the page-locked chunks :func:`pack_pinned` moves the weights into: a power of two, which torch's
+pinned allocator would round a block up to anyway, and far above the largest weight (Wan2.1-14B's FFN matrix:
+141 MB), so a chunk's unused tail stays small."""
+PIN_ALIGN = 512  # bytes: each storage starts on this boundary inside its chunk (any dtype's element size divides it)
+
+
+def pin_up_front(weights_gb: float, available_gb: float | None, *, passes: int | None = None, margin_gb: float = 8.0,
                  registered: bool = False) -> tuple[bool, str]:
-    """(pin every weight when group offloading starts?, reason). Up front is diffusers' default and the
-    fastest per pass (transfers overlap the compute from the first pass) but pays for page-locking
-    the whole copy before the first; a group at a time (its ``low_cpu_mem_usage``) when ``passes`` (the transformer
-    passes this placement will run; None: unknown, many) are too few to repay that, or when the
-    pinned copy would not fit next to the unpinned weights. ``registered``: the cudaHostRegister allocator
-    pins (faster: :data:`PIN_UP_FRONT_MIN_PASSES_REGISTERED`)."""
+    """(pin every weight when group offloading starts?, reason). Up front is the fastest per pass (transfers
+    overlap the compute from the first pass) but pays for page-locking all ``weights_gb`` before the first;
+    a group at a time (diffusers' ``low_cpu_mem_usage``) when ``passes`` (the transformer passes this
+    placement will run; None: unknown, many) are too few to repay that (``registered``: the faster
+    cudaHostRegister allocator pins, :data:`PIN_UP_FRONT_MIN_PASSES_REGISTERED`). Up front the weights are
+    moved, not copied (:func:`pack_pinned`): it needs one chunk of free host RAM, plus ``margin_gb``."""
     least = PIN_UP_FRONT_MIN_PASSES_REGISTERED if registered else PIN_UP_FRONT_MIN_PASSES
     if passes is not None and passes < least:
         return False, (f"pinned a group at a time: {passes} transformer passes do not repay pinning "
-                       f"{pinned_gb:.1f} GB up front (< {least})")
+                       f"{weights_gb:.1f} GB up front (< {least})")
     if available_gb is None:
-        return True, f"pinned up front ({pinned_gb:.1f} GB; the host's free RAM is unknown)"
-    if pinned_gb + margin_gb <= available_gb:
-        return True, f"pinned up front: {pinned_gb:.1f} GB of {available_gb:.1f} GB available host RAM"
-    return False, (f"pinned a group at a time: pinning up front needs {pinned_gb:.1f} GB (+{margin_gb:.0f} GB margin) "
-                   f"of host RAM, {available_gb:.1f} GB available")
+        return True, f"pinned up front ({weights_gb:.1f} GB moved into pinned chunks; the host's free RAM is unknown)"
+    need = PIN_CHUNK_BYTES / GB + margin_gb
+    if need <= available_gb:
+        return True, f"pinned up front: {weights_gb:.1f} GB moved into pinned chunks ({available_gb:.1f} GB host RAM available)"
+    return False, (f"pinned a group at a time: moving the weights into pinned chunks needs {need:.1f} GB of free host RAM, "
+                   f"{available_gb:.1f} GB available")
+
+
+def pack_pinned(modules, *, chunk_bytes: int = PIN_CHUNK_BYTES, pin: bool = True) -> dict:
+    """Move every CPU parameter and buffer of ``modules`` into page-locked chunks of ``chunk_bytes``: storage
+    by storage, each copied into the current chunk (at a :data:`PIN_ALIGN` boundary) and its tensors pointed at
+    the copy (``tensor.data``; tensors that shared a storage share the copy), so the original is freed before
+    the next is copied. The host then holds the weights once, pinned, and needs one chunk beyond them; torch's
+    pinned allocator rounds nothing (a chunk is a power of two). Group offloading finds them pinned and pins
+    nothing more (diffusers skips ``pin_memory`` for pinned tensors). A storage larger than a chunk gets a
+    chunk of its own. Call before group offloading, which keeps references to the tensors it finds.
+
+    ``pin=False``: ordinary memory in the same layout (CPU tests). Returns {'packed_gb', 'chunks', 'seconds'}.
+    """
+    started = time.perf_counter()
+    storages: dict[int, tuple[torch.UntypedStorage, dict[int, torch.Tensor]]] = {}
+    for module in modules:
+        for t in (*module.parameters(), *module.buffers()):
+            if t.device.type != "cpu" or (pin and t.is_pinned()):
+                continue
+            st = t.untyped_storage()
+            storages.setdefault(st.data_ptr(), (st, {}))[1][id(t)] = t
+    chunk, used, chunks, packed = None, 0, 0, 0
+    while storages:
+        _, (st, tensors) = storages.popitem()  # popped: the original storage dies with its last tensor's swap
+        n = st.nbytes()
+        start = -(-used // PIN_ALIGN) * PIN_ALIGN
+        if n > chunk_bytes:  # a chunk of its own; the current chunk stays open
+            target, start = torch.empty(n, dtype=torch.uint8, pin_memory=pin), 0
+            chunks += 1
+        else:
+            if chunk is None or start + n > chunk_bytes:
+                chunk, start = torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=pin), 0
+                chunks += 1
+            target, used = chunk, start + n
+        target[start:start + n].copy_(torch.empty(0, dtype=torch.uint8).set_(st))
+        for t in tensors.values():
+            es = t.element_size()
+            t.data = torch.empty(0, dtype=t.dtype).set_(target.untyped_storage(), (start + t.storage_offset() * es) // es,
+                                                        t.size(), t.stride())
+        packed += n
+        del st, tensors, target
+    return {"packed_gb": round(packed / GB, 3), "chunks": chunks, "seconds": round(time.perf_counter() - started, 3)}
 
 
 LOWVRAM_UNTILED_DECODE_MAX_GB = 8.0  # untiled Wan decode at 480p / 81 frames: ~6 GB (FACTS §A), under lowvram's ~11 GB
@@ -267,7 +315,8 @@ def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None
                       decode_gb: float | None = None) -> dict:
     """Place ``pipe`` for ``mode`` on ``device``; returns {'memory_mode', 'vae_tiling', 'placement_s'}
     (+ in lowvram 'pinning': how streamed offloading pins the weights, :func:`pin_up_front`, for ``passes``
-    transformer passes (None: unknown), 'pinned_allocator', 'resident', 'leaf_level', 'resident_leftovers_gb').
+    transformer passes (None: unknown), 'packed' where they were pinned up front (:func:`pack_pinned`),
+    'pinned_allocator', 'resident', 'leaf_level', 'resident_leftovers_gb').
     ``vae_tiling`` None: off in full memory, on in offload, in lowvram :func:`lowvram_vae_tiling` of
     ``decode_gb`` (the untiled decode's estimate; None: unknown, on).
 
@@ -290,19 +339,24 @@ def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None
         pipe.enable_model_cpu_offload(device=device)
     else:
         use_stream = device.type == "cuda"  # streamed transfers read from pinned host memory
-        up_front = True
         modules = {name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
         resident = [name for name in LOWVRAM_RESIDENT if name in modules]
+        streamed = [m for name, m in modules.items() if name not in resident]
         if use_stream:
             info["pinned_allocator"] = use_registering_pinned_allocator()
-            pinned = sum(pinned_bytes(m) for name, m in modules.items() if name not in resident)
-            up_front, info["pinning"] = pin_up_front(pinned / GB, host_available_gb(), passes=passes,
+            weights = sum(module_bytes(m) for m in streamed)
+            up_front, info["pinning"] = pin_up_front(weights / GB, host_available_gb(), passes=passes,
                                                      registered=info["pinned_allocator"] == REGISTERED_ALLOCATOR)
+            if up_front:
+                info["packed"] = pack_pinned(streamed)
         # record_stream: a group's offload does not wait for the GPU to finish the group (diffusers' default
         # synchronises the host with the compute stream after every block, so the next block's host copy leaves
         # the GPU idle); the freed blocks' memory is reused only once the compute stream has passed them.
+        # low_cpu_mem_usage: group offloading keeps the tensors it finds and pins those not yet pinned as it
+        # onloads them (a group at a time); after pack_pinned it finds all pinned. (Without it, diffusers pins
+        # a copy of every tensor up front, beside the original.)
         common = {"onload_device": device, "offload_device": torch.device("cpu"), "use_stream": use_stream,
-                  "record_stream": use_stream, "low_cpu_mem_usage": not up_front}
+                  "record_stream": use_stream, "low_cpu_mem_usage": True}
         leaf = [name for name in LOWVRAM_LEAF_LEVEL if name in modules and use_stream]
         kept = 0.0
         for name, module in modules.items():

@@ -223,22 +223,25 @@ def test_memory_mode_choice_estimates_and_oom_message():
         raise torch.OutOfMemoryError("CUDA out of memory")
 
 
-def test_lowvram_pins_the_weights_up_front_only_where_the_host_ram_holds_the_rounded_copy(monkeypatch):
-    """Group offloading's pinned copy: each tensor rounded up to a power of two (torch's pinned allocator);
-    pinned up front when it fits the host's available RAM with a margin, else a group at a time."""
+def test_lowvram_pins_the_weights_up_front_only_where_the_passes_repay_it_and_a_chunk_fits(monkeypatch):
+    """Up front (weights moved into pinned chunks, pack_pinned) where the transformer passes repay it and the host
+    has a chunk + margin free; else a group at a time. Group offloading always keeps the tensors it finds
+    (low_cpu_mem_usage): after packing they are pinned, so it copies nothing."""
     from types import SimpleNamespace
 
     from matrix_world.generation import memory
 
-    lin = torch.nn.Linear(5, 3)  # weight 15 floats = 60 B -> 64; bias 3 floats = 12 B -> 16
-    assert memory.module_bytes(lin) == 72 and memory.pinned_bytes(lin) == 80 and memory.pinned_bytes(None) == 0
+    lin = torch.nn.Linear(5, 3)  # weight 15 floats = 60 B, bias 3 floats = 12 B
+    assert memory.module_bytes(lin) == 72 and memory.module_bytes(None) == 0
+    chunk_gb = memory.PIN_CHUNK_BYTES / memory.GB
     assert memory.pin_up_front(49.1, 120.0)[0] is True
-    up, why = memory.pin_up_front(49.1 + 15.0, 60.0)
-    assert up is False and "64.1 GB" in why and "60.0 GB available" in why
+    assert memory.pin_up_front(49.1, chunk_gb + 8.0)[0] is True  # the weights are moved, not copied: one chunk is enough
+    up, why = memory.pin_up_front(49.1, 5.0)
+    assert up is False and f"{chunk_gb + 8.0:.1f} GB" in why and "5.0 GB available" in why
     assert memory.pin_up_front(10.0, None)[0] is True
     few = memory.PIN_UP_FRONT_MIN_PASSES - 1  # too few passes to repay pinning up front, however much RAM
     up, why = memory.pin_up_front(49.1, 1000.0, passes=few)
-    assert up is False and f"{few} transformer passes" in why
+    assert up is False and f"{few} transformer passes" in why and "49.1 GB" in why
     assert memory.pin_up_front(49.1, 1000.0, passes=memory.PIN_UP_FRONT_MIN_PASSES)[0] is True
     avail = memory.host_available_gb()
     assert avail is None or avail > 0
@@ -252,31 +255,35 @@ def test_lowvram_pins_the_weights_up_front_only_where_the_host_ram_holds_the_rou
         def disable_tiling(self):
             calls.append("no tiling")
 
-    vae = FakeVae(1000, 1000)  # 4 MB: would dominate the pinned bytes if it were counted
+    vae = FakeVae(1000, 1000)  # 4 MB: would dominate the weights if it were counted
     clip = torch.nn.Linear(2, 2)  # an encoder: streamed a layer at a time
     pipe = SimpleNamespace(components={"transformer": lin, "vae": vae, "image_encoder": clip, "scheduler": object()}, vae=vae)
     placed = {}  # component -> the group offloading asked for it
+    packed = []  # the modules pack_pinned was given
     monkeypatch.setattr(memory, "_group_offload", lambda module, **kw: placed.__setitem__(module, kw))
+    monkeypatch.setattr(memory, "pack_pinned", lambda modules: (packed.append(list(modules)), {"packed_gb": 1e-7, "chunks": 1})[1])
     monkeypatch.setattr(memory, "keep_unstreamed_groups_resident", lambda module, device: 0.25 if module is lin else 1 / 0)
     monkeypatch.setattr(memory, "use_registering_pinned_allocator", lambda: "cudaHostRegister, 8 threads")
     monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: (calls.append(("to", self, *a)), self)[1])
-    seen = []  # the pinned GB apply_memory_mode asked about
+    seen = []  # the weight GB apply_memory_mode asked about
     real = memory.pin_up_front
     monkeypatch.setattr(memory, "pin_up_front", lambda gb, avail, passes=None, registered=False: (seen.append((gb, registered)), real(gb, avail, passes=passes, registered=registered))[1])
     few = memory.PIN_UP_FRONT_MIN_PASSES_REGISTERED - 1
-    for available, passes, low_cpu in ((1000.0, None, False), (1e-9, None, True), (1000.0, few, True), (1000.0, few + 1, False)):
+    for available, passes, up_front in ((1000.0, None, True), (1e-9, None, False), (1000.0, few, False), (1000.0, few + 1, True)):
         calls.clear()
         placed.clear()
+        packed.clear()
         monkeypatch.setattr(memory, "host_available_gb", lambda: available)
         info = memory.apply_memory_mode(pipe, "lowvram", torch.device("cuda"), passes=passes)  # placement only: no CUDA call
         assert placed[lin]["offload_type"] == "block_level" and placed[lin]["num_blocks_per_group"] == 1
         assert placed[clip]["offload_type"] == "leaf_level" and vae not in placed  # encoders by layer, the VAE not offloaded
-        assert all(kw["low_cpu_mem_usage"] is low_cpu and kw["use_stream"] is True and kw["record_stream"] is True for kw in placed.values())
+        assert all(kw["low_cpu_mem_usage"] is True and kw["use_stream"] is True and kw["record_stream"] is True for kw in placed.values())
         assert calls == [("to", vae, torch.device("cuda")), "tiling"]  # the VAE stays on the GPU
         assert info["resident"] == ["vae"] and info["leaf_level"] == ["image_encoder"] and info["resident_leftovers_gb"] == 0.25
         assert info["pinned_allocator"].startswith("cudaHostRegister")
-        assert info["pinning"].startswith("pinned a group at a time" if low_cpu else "pinned up front")
-        assert seen[-1] == ((memory.pinned_bytes(lin) + memory.pinned_bytes(clip)) / memory.GB, True)  # the resident VAE is not pinned
+        assert info["pinning"].startswith("pinned up front" if up_front else "pinned a group at a time")
+        assert packed == ([[lin, clip]] if up_front else []) and ("packed" in info) is up_front  # the resident VAE is not packed
+        assert seen[-1] == ((memory.module_bytes(lin) + memory.module_bytes(clip)) / memory.GB, True)
     info = memory.apply_memory_mode(pipe, "lowvram", torch.device("cuda"), vae_tiling=False)
     assert calls[-1] == "no tiling" and info["vae_tiling"] is False and info["placement_s"] >= 0.0
     for decode_gb, expected in ((6.0, "no tiling"), (13.5, "tiling")):  # lowvram's default: by the untiled decode
@@ -284,6 +291,38 @@ def test_lowvram_pins_the_weights_up_front_only_where_the_host_ram_holds_the_rou
         assert calls[-1] == expected and info["vae_tiling"] is (expected == "tiling")
     assert memory.pin_up_front(49.1, 1000.0, passes=few + 1, registered=True)[0] is True  # the faster allocator repays sooner
     assert memory.pin_up_front(49.1, 1000.0, passes=few + 1, registered=False)[0] is False
+
+
+def test_pack_pinned_moves_every_weight_into_chunks_keeping_values_sharing_and_strides():
+    """pack_pinned points every parameter and buffer at a copy inside chunks (storages aligned, shared storages
+    shared, strides and offsets kept, an oversize storage in a chunk of its own)."""
+    from matrix_world.generation import memory
+
+    g = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.LayerNorm(6), torch.nn.Linear(6, 300))
+    net[1].register_buffer("table", torch.randn(4, 5, generator=g).t())  # a non-contiguous buffer (a transpose)
+    net.half()  # mixed element sizes: fp16 here, float64 below
+    other = torch.nn.Linear(6, 8).double()
+    other.weight = torch.nn.Parameter(net[0].weight.detach().t())  # a parameter sharing another module's storage
+    before = {id(t): (t.detach().clone(), t.stride(), t.dtype) for m in (net, other) for t in (*m.parameters(), *m.buffers())}
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for m in (net, other) for t in (*m.parameters(), *m.buffers())}
+    chunk_bytes = 4096  # net[2].weight: 300 x 6 fp16 = 3600 B fits; with the rest it needs a second chunk
+    info = memory.pack_pinned([net, other], chunk_bytes=chunk_bytes, pin=False)
+    tensors = [t for m in (net, other) for t in (*m.parameters(), *m.buffers())]
+    for t in tensors:
+        ref, stride, dtype = before[id(t)]
+        torch.testing.assert_close(t.detach(), ref, rtol=0, atol=0)
+        assert t.stride() == stride and t.dtype == dtype and t.untyped_storage().nbytes() >= chunk_bytes
+        assert (t.data_ptr() - t.untyped_storage().data_ptr()) % memory.PIN_ALIGN == 0  # every original started its storage
+    assert other.weight.untyped_storage().data_ptr() == net[0].weight.untyped_storage().data_ptr()  # still shared
+    assert other.weight.data_ptr() == net[0].weight.data_ptr()
+    chunks = {t.untyped_storage().data_ptr() for t in tensors}
+    assert info["chunks"] == len(chunks) >= 2  # 8 storages, each at a 512 B boundary, in 4 kB chunks
+    assert info["packed_gb"] == round(sum(storages.values()) / memory.GB, 3)  # each storage once
+    big = torch.nn.Linear(64, 64)  # weight 16 kB > one chunk: a chunk of its own; the bias in the open chunk
+    info = memory.pack_pinned([big], chunk_bytes=chunk_bytes, pin=False)
+    assert info["chunks"] == 2 and big.weight.untyped_storage().nbytes() == 64 * 64 * 4
+    assert big.bias.untyped_storage().nbytes() == chunk_bytes
 
 
 def test_keep_unstreamed_groups_resident_keeps_only_the_top_level_leftovers():
