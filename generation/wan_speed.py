@@ -130,6 +130,27 @@ LOWVRAM_COMPILE_BLOCKER = ("compiled blocks under lowvram's group offloading: it
 """Why compiled blocks stay off in memory mode lowvram (H200, 2026-12-03: benchmarks/RESULTS.md, issue 14)."""
 
 
+def memory_speed_blockers(memory_mode: str) -> dict[str, str]:
+    """The speed options a memory mode rules out -> {option: why}: compiled blocks under lowvram's group
+    offloading; FP8 wherever the weights leave the GPU (torchao quantises the weights where they sit)."""
+    blockers = {}
+    if memory_mode == "lowvram":
+        blockers["compile"] = LOWVRAM_COMPILE_BLOCKER
+    if memory_mode in ("offload", "lowvram"):
+        blockers["fp8"] = f"FP8 needs the weights on the GPU (memory mode full), not {memory_mode}"
+    return blockers
+
+
+def check_memory_speed(memory_mode: str, *, compile: str, fp8: str) -> None:
+    """Refuse a requested speed option that ``memory_mode`` rules out (:func:`memory_speed_blockers`); the
+    pipeline calls this before any stage runs, :func:`plan_speed` again at the video stage."""
+    blockers = memory_speed_blockers(memory_mode)
+    for option, value, requested in (("compile", compile, "blocks"), ("fp8", fp8, "rowwise")):
+        if value == requested and option in blockers:
+            raise InputError(f"--video-{option} {requested}: {blockers[option]}; use --video-{option} off (or auto) "
+                             f"with --memory {memory_mode}")
+
+
 def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "auto", cache: str = "off",
                cache_threshold: float | None = None, cache_interval: int | None = None, device: torch.device,
                passes: int, memory_mode: str,
@@ -163,8 +184,10 @@ def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "au
         if package and not (sage_installed() if attention == "sage" else _installed(package[0])):
             raise InputError(f"--video-attention {attention} needs the package {package[0]}: {package[1]}")
         reasons["attention"] = "requested"
+    check_memory_speed(memory_mode, compile=compile, fp8=fp8)
+    blockers = memory_speed_blockers(memory_mode)
     # compile
-    compile_blocker = LOWVRAM_COMPILE_BLOCKER if memory_mode == "lowvram" else None
+    compile_blocker = blockers.get("compile")
     if compile == "auto":
         if cap is None:
             compile, reasons["compile"] = "off", "auto: no CUDA device"
@@ -174,8 +197,6 @@ def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "au
             compile, reasons["compile"] = "off", f"auto: {passes} transformer passes do not repay the compile (< {COMPILE_MIN_PASSES})"
         else:
             compile, reasons["compile"] = "blocks", f"auto: {passes} transformer passes repay the compile"
-    elif compile == "blocks" and compile_blocker:
-        raise InputError(f"--video-compile blocks: {compile_blocker}; use --video-compile off (or auto) with --memory lowvram")
     else:
         reasons["compile"] = "requested"
     # fp8
@@ -184,8 +205,8 @@ def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "au
         fp8_blocker = "FP8 matmuls need a GPU of compute capability >= 8.9 (Ada, Hopper)"
     elif not _installed("torchao"):
         fp8_blocker = "FP8 needs torchao: pip install torchao"
-    elif memory_mode != "full":
-        fp8_blocker = f"FP8 needs the weights on the GPU (memory mode full), not {memory_mode}"
+    elif "fp8" in blockers:
+        fp8_blocker = blockers["fp8"]
     if fp8 == "auto":
         if fp8_blocker:
             fp8, reasons["fp8"] = "off", f"auto: {fp8_blocker}"

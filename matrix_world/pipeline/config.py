@@ -230,14 +230,11 @@ def check_gpus_options(config: WorldConfig) -> None:
 
 def check_speed_inputs(config: WorldConfig) -> None:
     """The video speed options and the turbo preset's LoRAs."""
-    from matrix_world.generation.wan_speed import LOWVRAM_COMPILE_BLOCKER, check_speed_options
+    from matrix_world.generation.wan_speed import check_memory_speed, check_speed_options
 
     check_speed_options(config.video_attention, config.video_compile, config.video_fp8, config.video_cache,
                         config.video_cache_threshold, config.video_cache_interval)
-    if config.memory == "lowvram" and config.video_compile == "blocks":  # said before any stage runs
-        raise InputError(f"--video-compile blocks: {LOWVRAM_COMPILE_BLOCKER}; use --video-compile off (or auto) with --memory lowvram")
-    if config.memory in ("offload", "lowvram") and config.video_fp8 == "rowwise":
-        raise InputError(f"--video-fp8 rowwise: FP8 needs the weights on the GPU (memory mode full), not --memory {config.memory}")
+    check_memory_speed(config.memory, compile=config.video_compile, fp8=config.video_fp8)  # before any stage runs
     if not 0.0 <= config.video_cfg_stop <= 1.0:
         raise InputError(f"--video-cfg-stop must be in [0, 1], got {config.video_cfg_stop}")
     turbo = config.preset == "turbo"
