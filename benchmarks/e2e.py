@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -170,11 +171,29 @@ def build_wan(smoke: bool, device: torch.device):
 # --------------------------------------------------------------------------- measurement
 
 
-class PassTimer:
-    """Synchronised seconds of every forward pass of a module (pre/post forward hooks)."""
+class PeakLog:
+    """Which call of a stage raised its peak GPU memory: after each marked call the running
+    ``max_memory_allocated`` is read (no reset, so the stage's own peak stays whole); a rise is
+    recorded under that call's label -> {label: the peak in GB when it last rose there}."""
 
-    def __init__(self, module: torch.nn.Module, device: torch.device):
-        self.device, self._t0 = device, 0.0
+    def __init__(self, device: torch.device):
+        self.device, self.last = device, 0.0
+        self.set_by: dict[str, float] = {}
+
+    def mark(self, label: str) -> None:
+        if self.device.type != "cuda":
+            return
+        peak = torch.cuda.max_memory_allocated(self.device) / GB
+        if peak > self.last + 0.005:
+            self.set_by[label], self.last = round(peak, 2), peak
+
+
+class PassTimer:
+    """Synchronised seconds of every forward pass of a module (pre/post forward hooks); each pass's
+    end is marked in ``peaks`` (a :class:`PeakLog`) when one is given."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device, peaks: PeakLog | None = None):
+        self.device, self._t0, self.peaks = device, 0.0, peaks
         self.passes: list[float] = []
         self.handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
 
@@ -185,6 +204,8 @@ class PassTimer:
     def _post(self, module, args, output):
         sync(self.device)
         self.passes.append(time.perf_counter() - self._t0)
+        if self.peaks is not None:
+            self.peaks.mark("transformer")
 
     def summary(self, steps: int) -> dict:
         for h in self.handles:
@@ -205,17 +226,28 @@ class CallTimer(Timers):
     METHODS = (("vae", "encode"), ("vae", "decode"), ("text_encoder", "forward"), ("text_encoder_2", "forward"),
                ("image_encoder", "forward"))
 
-    def __init__(self, pipe, device: torch.device):
+    def __init__(self, pipe, device: torch.device, peaks: PeakLog | None = None):
         super().__init__(device)
         for component, method in self.METHODS:
             obj = getattr(pipe, component, None)
             if obj is not None and hasattr(obj, method):
-                self.wrap(obj, method, f"{component}.{method}" if method != "forward" else component)
+                label = f"{component}.{method}" if method != "forward" else component
+                self.wrap(obj, method, label)
+                if peaks is not None:  # over the timed wrapper; restore() puts the original back
+                    timed = getattr(obj, method)
+                    setattr(obj, method, functools.partial(_marked, timed, peaks, label))
 
     def summary(self) -> dict:
         """Unwrap (the wrappers hold the components) -> {label: seconds}."""
         self.restore()
         return {k: round(v, 3) for k, v in self.seconds.items()}
+
+
+def _marked(fn, peaks: PeakLog, label: str, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        peaks.mark(label)
 
 
 class StageMonitor:
@@ -229,6 +261,7 @@ class StageMonitor:
         self.calls: dict[str, CallTimer] = {}
         self.call_seconds: dict[str, dict] = {}  # CallTimer.summary of each freed model's stage
         self.peaks: dict[str, dict] = {}
+        self.peak_logs: dict[str, PeakLog] = {}  # per built pipeline: which call raised its stage's peak
 
     def start(self) -> None:
         free_memory(self.device)
@@ -275,8 +308,9 @@ class StageMonitor:
         print(f"[e2e] built {name}: {json.dumps(self.results['build'][name])}", flush=True)
         self.models[name] = pipe
         if name in ("panorama", "video"):
-            self.timers[name] = PassTimer(pipe.transformer, self.device)
-            self.calls[name] = CallTimer(pipe, self.device)
+            self.peak_logs[name] = PeakLog(self.device)
+            self.timers[name] = PassTimer(pipe.transformer, self.device, self.peak_logs[name])
+            self.calls[name] = CallTimer(pipe, self.device, self.peak_logs[name])
 
     def free(self, name: str) -> None:
         if name in self.calls:  # unwrap first: the wrappers hold the components
@@ -507,6 +541,7 @@ def run_world(args, variant: dict, cuda: bool) -> dict:
             row.update(monitor.timers[stage].summary(steps[stage]))
             row["other_s"] = round(row["seconds"] - row["transformer_s"], 3)
             row["components_s"] = monitor.call_seconds.get(stage)  # inside other_s
+            row["peak_set_by"] = monitor.peak_logs[stage].set_by  # the calls that raised the stage's peak (GB then)
             row.update({k: rec.get("info", {}).get(k) for k in ("placement_s", "pinning", "vae_tiling", "pinned_allocator",
                                                                   "leaf_level", "resident_leftovers_gb")})
         if stage == "reconstruction":
@@ -578,6 +613,10 @@ def report(r: dict) -> None:
             print(f"  {row['stage']}: transformer {row['transformer_s']} s, other {row['other_s']} s, of which "
                   f"{row.get('components_s')}; placement {row.get('placement_s')} s, pinning: {row.get('pinning')} "
                   f"({row.get('pinned_allocator')}); leaf level {row.get('leaf_level')}, leftovers kept {row.get('resident_leftovers_gb')} GB")
+            set_by = row.get("peak_set_by") or {}
+            outside = row["peak_gb"] is not None and row["peak_gb"] > max(set_by.values(), default=0.0) + 0.01
+            print(f"  {row['stage']}: peak raised by (GB after the call) {set_by}; the stage's peak {row['peak_gb']} GB"
+                  + (" (set outside these calls)" if outside else ""))
     print("model building (random init on the device; a real run loads weights instead):")
     for name, b in r["build"].items():
         print(f"  {name:9s} {b['seconds']:7.2f} s  params (B) {b['params_b']}  allocated after {b['allocated_after_gb']} GB")
