@@ -1,5 +1,6 @@
 """What the benchmark scripts share: writing their numbers to ``$OUT/<name>.json``; synchronised
-timing of wrapped calls (:class:`Timers`); a host-RAM watchdog (:func:`watch_host_memory`)."""
+timing of wrapped calls (:class:`Timers`), of a module's forward passes (:class:`PassTimer`) and of a
+pipeline's components (:class:`CallTimer`), which call raised the peak GPU memory (:class:`PeakLog`); a host-RAM watchdog (:func:`watch_host_memory`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from matrix_world.rundir import jsonable
+
+
+GB = 1024**3
 
 
 def sync(device: torch.device) -> None:
@@ -35,7 +40,8 @@ class Timers:
         self.calls: dict[str, int] = defaultdict(int)
         self._undo: list[tuple[object, str, object]] = []
 
-    def wrap(self, owner, name: str, label: str) -> None:
+    def wrap(self, owner, name: str, label: str, after: Callable[[str], None] | None = None) -> None:
+        """Time ``owner.name`` under ``label``; ``after(label)`` runs when each call returns (synchronised)."""
         fn = getattr(owner, name)
         own = name in vars(owner)  # the owner's own attribute (module, class); else the class's method
 
@@ -49,6 +55,8 @@ class Timers:
                 sync(self.device)
                 self.seconds[label] += time.perf_counter() - t0
                 self.calls[label] += 1
+                if after is not None:
+                    after(label)
 
         setattr(owner, name, timed)
         self._undo.append((owner, name, fn if own else None))
@@ -60,6 +68,75 @@ class Timers:
             else:
                 setattr(owner, name, fn)
         self._undo.clear()
+
+
+class PeakLog:
+    """Which call of a stage raised its peak GPU memory: after each marked call the running
+    ``max_memory_allocated`` is read (no reset, so the stage's own peak stays whole); a rise is
+    recorded under that call's label -> {label: the peak in GB when it last rose there}."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.last = device, 0.0
+        self.set_by: dict[str, float] = {}
+
+    def mark(self, label: str) -> None:
+        if self.device.type != "cuda":
+            return
+        peak = torch.cuda.max_memory_allocated(self.device) / GB
+        if peak > self.last + 0.005:
+            self.set_by[label], self.last = round(peak, 2), peak
+
+
+class PassTimer:
+    """Synchronised seconds of every forward pass of a module (pre/post forward hooks); each pass's
+    end is marked in ``peaks`` (a :class:`PeakLog`) when one is given."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device, peaks: PeakLog | None = None):
+        self.device, self._t0, self.peaks = device, 0.0, peaks
+        self.passes: list[float] = []
+        self.handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
+
+    def _pre(self, module, args):
+        sync(self.device)
+        self._t0 = time.perf_counter()
+
+    def _post(self, module, args, output):
+        sync(self.device)
+        self.passes.append(time.perf_counter() - self._t0)
+        if self.peaks is not None:
+            self.peaks.mark("transformer")
+
+    def summary(self, steps: int) -> dict:
+        for h in self.handles:
+            h.remove()
+        p = sorted(self.passes)
+        per_step_passes = len(p) / max(steps, 1)
+        median = p[len(p) // 2] if p else float("nan")
+        k = int(per_step_passes) if per_step_passes == int(per_step_passes) else 0
+        step_s = [round(sum(self.passes[i:i + k]), 4) for i in range(0, len(self.passes), k)] if k else None
+        return {"passes": len(p), "passes_per_step": per_step_passes, "first_pass_s": round(self.passes[0], 4) if p else None,
+                "transformer_s": round(sum(p), 3), "per_step_s": round(median * per_step_passes, 4), "step_s": step_s}
+
+
+class CallTimer(Timers):
+    """Synchronised seconds of the calls of some methods of a pipeline's components (VAE encode / decode,
+    text and image encoders): where a stage's time outside the transformer goes."""
+
+    METHODS = (("vae", "encode"), ("vae", "decode"), ("text_encoder", "forward"), ("text_encoder_2", "forward"),
+               ("image_encoder", "forward"))
+
+    def __init__(self, pipe, device: torch.device, peaks: PeakLog | None = None):
+        super().__init__(device)
+        for component, method in self.METHODS:
+            obj = getattr(pipe, component, None)
+            if obj is not None and hasattr(obj, method):
+                self.wrap(obj, method, f"{component}.{method}" if method != "forward" else component,
+                          after=None if peaks is None else peaks.mark)
+
+    def summary(self) -> dict:
+        """Unwrap (the wrappers hold the components) -> {label: seconds}."""
+        self.restore()
+        return {k: round(v, 3) for k, v in self.seconds.items()}
 
 
 def write_results(name: str, results: dict) -> Path | None:

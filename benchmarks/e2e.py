@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import re
@@ -66,11 +65,10 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # the per-stage benchmar
 import depth as bench_depth  # benchmarks/depth.py: build_moge
 import panorama as bench_panorama  # benchmarks/panorama.py: FLUX configs, build_on
 import video as bench_video  # benchmarks/video.py: build_transformer, build_encoders
-from common import Timers, sync, watch_host_memory, write_results  # benchmarks/common.py
+from common import GB, CallTimer, PassTimer, PeakLog, sync, watch_host_memory, write_results  # benchmarks/common.py
 from matrix_world.generation.memory import host_available_gb
 from matrix_world.pipeline.context import free_memory  # gc + the GPU's cache + torch's pinned host cache
 
-GB = 1024**3
 STAGE_END = re.compile(r"^  ([a-z_]+): (?:reused|\d+(?:\.\d+)? s)(?: \[.*\])?$")  # stages._done / report.preview_stage
 STAGES = ("panorama", "depth", "trajectory", "scaffold", "video", "reconstruction", "preview")
 
@@ -169,85 +167,6 @@ def build_wan(smoke: bool, device: torch.device):
 
 
 # --------------------------------------------------------------------------- measurement
-
-
-class PeakLog:
-    """Which call of a stage raised its peak GPU memory: after each marked call the running
-    ``max_memory_allocated`` is read (no reset, so the stage's own peak stays whole); a rise is
-    recorded under that call's label -> {label: the peak in GB when it last rose there}."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.last = device, 0.0
-        self.set_by: dict[str, float] = {}
-
-    def mark(self, label: str) -> None:
-        if self.device.type != "cuda":
-            return
-        peak = torch.cuda.max_memory_allocated(self.device) / GB
-        if peak > self.last + 0.005:
-            self.set_by[label], self.last = round(peak, 2), peak
-
-
-class PassTimer:
-    """Synchronised seconds of every forward pass of a module (pre/post forward hooks); each pass's
-    end is marked in ``peaks`` (a :class:`PeakLog`) when one is given."""
-
-    def __init__(self, module: torch.nn.Module, device: torch.device, peaks: PeakLog | None = None):
-        self.device, self._t0, self.peaks = device, 0.0, peaks
-        self.passes: list[float] = []
-        self.handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
-
-    def _pre(self, module, args):
-        sync(self.device)
-        self._t0 = time.perf_counter()
-
-    def _post(self, module, args, output):
-        sync(self.device)
-        self.passes.append(time.perf_counter() - self._t0)
-        if self.peaks is not None:
-            self.peaks.mark("transformer")
-
-    def summary(self, steps: int) -> dict:
-        for h in self.handles:
-            h.remove()
-        p = sorted(self.passes)
-        per_step_passes = len(p) / max(steps, 1)
-        median = p[len(p) // 2] if p else float("nan")
-        k = int(per_step_passes) if per_step_passes == int(per_step_passes) else 0
-        step_s = [round(sum(self.passes[i:i + k]), 4) for i in range(0, len(self.passes), k)] if k else None
-        return {"passes": len(p), "passes_per_step": per_step_passes, "first_pass_s": round(self.passes[0], 4) if p else None,
-                "transformer_s": round(sum(p), 3), "per_step_s": round(median * per_step_passes, 4), "step_s": step_s}
-
-
-class CallTimer(Timers):
-    """Synchronised seconds of the calls of some methods of a pipeline's components (VAE encode / decode,
-    text and image encoders): where a stage's time outside the transformer goes."""
-
-    METHODS = (("vae", "encode"), ("vae", "decode"), ("text_encoder", "forward"), ("text_encoder_2", "forward"),
-               ("image_encoder", "forward"))
-
-    def __init__(self, pipe, device: torch.device, peaks: PeakLog | None = None):
-        super().__init__(device)
-        for component, method in self.METHODS:
-            obj = getattr(pipe, component, None)
-            if obj is not None and hasattr(obj, method):
-                label = f"{component}.{method}" if method != "forward" else component
-                self.wrap(obj, method, label)
-                if peaks is not None:  # over the timed wrapper; restore() puts the original back
-                    timed = getattr(obj, method)
-                    setattr(obj, method, functools.partial(_marked, timed, peaks, label))
-
-    def summary(self) -> dict:
-        """Unwrap (the wrappers hold the components) -> {label: seconds}."""
-        self.restore()
-        return {k: round(v, 3) for k, v in self.seconds.items()}
-
-
-def _marked(fn, peaks: PeakLog, label: str, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        peaks.mark(label)
 
 
 class StageMonitor:

@@ -34,8 +34,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
-import e2e  # benchmarks/e2e.py: build_wan, PassTimer  # noqa: E402
-from common import write_results  # noqa: E402
+import e2e  # benchmarks/e2e.py: build_wan  # noqa: E402
+from common import PassTimer, write_results  # noqa: E402
 
 GB = 1024**3
 
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     t1 = time.perf_counter()
     pipe, sizes = e2e.build_wan(args.smoke, device)
     build_s = time.perf_counter() - t1
-    timer = e2e.PassTimer(pipe.transformer, device)
+    timer = PassTimer(pipe.transformer, device)
 
     def adjust(plan):
         plan.video.num_inference_steps, plan.video.lora = steps, None
