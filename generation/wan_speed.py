@@ -141,14 +141,15 @@ def memory_speed_blockers(memory_mode: str) -> dict[str, str]:
     return blockers
 
 
-def check_memory_speed(memory_mode: str, *, compile: str, fp8: str) -> None:
-    """Refuse a requested speed option that ``memory_mode`` rules out (:func:`memory_speed_blockers`); the
-    pipeline calls this before any stage runs, :func:`plan_speed` again at the video stage."""
+def check_memory_speed(memory_mode: str, *, compile: str, fp8: str) -> dict[str, str]:
+    """Refuse a requested speed option that ``memory_mode`` rules out; else -> :func:`memory_speed_blockers`.
+    The pipeline calls this before any stage runs, :func:`plan_speed` again at the video stage."""
     blockers = memory_speed_blockers(memory_mode)
     for option, value, requested in (("compile", compile, "blocks"), ("fp8", fp8, "rowwise")):
         if value == requested and option in blockers:
             raise InputError(f"--video-{option} {requested}: {blockers[option]}; use --video-{option} off (or auto) "
                              f"with --memory {memory_mode}")
+    return blockers
 
 
 def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "auto", cache: str = "off",
@@ -184,8 +185,7 @@ def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "au
         if package and not (sage_installed() if attention == "sage" else _installed(package[0])):
             raise InputError(f"--video-attention {attention} needs the package {package[0]}: {package[1]}")
         reasons["attention"] = "requested"
-    check_memory_speed(memory_mode, compile=compile, fp8=fp8)
-    blockers = memory_speed_blockers(memory_mode)
+    blockers = check_memory_speed(memory_mode, compile=compile, fp8=fp8)
     # compile
     compile_blocker = blockers.get("compile")
     if compile == "auto":
@@ -200,13 +200,12 @@ def plan_speed(*, attention: str = "auto", compile: str = "auto", fp8: str = "au
     else:
         reasons["compile"] = "requested"
     # fp8
-    fp8_blocker = None
     if cap is None or cap < (8, 9):
-        fp8_blocker = "FP8 matmuls need a GPU of compute capability >= 8.9 (Ada, Hopper)"
+        fp8_blocker: str | None = "FP8 matmuls need a GPU of compute capability >= 8.9 (Ada, Hopper)"
     elif not _installed("torchao"):
         fp8_blocker = "FP8 needs torchao: pip install torchao"
-    elif "fp8" in blockers:
-        fp8_blocker = blockers["fp8"]
+    else:
+        fp8_blocker = blockers.get("fp8")
     if fp8 == "auto":
         if fp8_blocker:
             fp8, reasons["fp8"] = "off", f"auto: {fp8_blocker}"
