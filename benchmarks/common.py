@@ -20,7 +20,7 @@ import torch
 from matrix_world.rundir import jsonable
 
 
-GB = 1024**3
+GB = 1e9  # decimal gigabytes, as generation.memory.GB and FACTS §A: every benchmark's memory figure is in these
 
 
 def sync(device: torch.device) -> None:

@@ -28,9 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from common import write_results  # benchmarks/common.py (scripts run from this folder)
+from common import GB, write_results  # benchmarks/common.py (scripts run from this folder)
 
-GB = 1024**3
 
 MOGE2_VITL = dict(
     encoder=dict(backbone="dinov2_vitl14", intermediate_layers=[5, 11, 17, 23], dim_out=1024),

@@ -85,10 +85,11 @@ for j in "$@"; do
     e2e_profile)   # cProfile of one world (default: turbo in lowvram): where a stage's time outside the transformer goes
       job e2e_profile ${PROFILE_LIMIT:-400} "python -m cProfile -o $OUT/e2e_profile.prof benchmarks/e2e.py --variants ${PROFILE_VARIANTS:-turbo:lowvram:auto} --run-dir /tmp/matrix_world_e2e_profile && \
         python -c 'import pstats, sys; s = pstats.Stats(sys.argv[1]); s.sort_stats(\"tottime\").print_stats(50); s.sort_stats(\"cumulative\").print_stats(120)' $OUT/e2e_profile.prof > $OUT/e2e_profile_top.txt; head -c 3000 $OUT/e2e_profile_top.txt" ;;
+    vae_bench)     job vae_bench 240 "python benchmarks/vae.py ${VAE_ARGS:-}" ;;  # the Wan VAE untiled vs tiled: encode/decode seconds and peak rise (480p, 720p)
     e2e_lowvram)   # the turbo world in full memory and in lowvram, measured end to end
       job e2e_lowvram 590 "( while sleep 2; do echo \$(date +%s) \$(grep MemAvailable /proc/meminfo); done ) > $OUT/host_mem.log & W=\$!; \
         python benchmarks/e2e.py --variants ${LOWVRAM_VARIANTS:-turbo:full:auto turbo:lowvram:auto} --budget-s $(( ${T_END:-$(( $(date +%s) + 580 ))} - $(date +%s) - 20 )); rc=\$?; kill \$W; \
-        sort -k3 -n $OUT/host_mem.log | head -1 | awk '{printf \"lowest host MemAvailable: %.1f GB (at epoch %s s)\\n\", \$3 / 1048576, \$1}'; exit \$rc" ;;
+        sort -k3 -n $OUT/host_mem.log | head -1 | awk '{printf \"lowest host MemAvailable: %.1f GB (at epoch %s s)\\n\", \$3 * 1024 / 1e9, \$1}'; exit \$rc" ;;
     video2pano_bench) # wan (full-size random weights) on the canvas of docs/video2pano/city_pan.mp4: erp, windows, viewpoint
       job video2pano_bench 270 "python benchmarks/video2pano_wan.py \$( [ -f build/city_pan_frames.npz ] && echo --video build/city_pan_frames.npz )" ;;
     train_video_bench) job train_video_bench ${TV_LIMIT:-590} "python benchmarks/train_video.py ${TV_ARGS:-}" ;;  # json + loss curve in results.tgz

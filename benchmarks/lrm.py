@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from common import write_results  # benchmarks/common.py (scripts run from this folder)
+from common import GB, write_results  # benchmarks/common.py (scripts run from this folder)
 
 SIZES = {"480p": (60, 120), "720p": (90, 180)}  # latent grid (h, w); the video is 8x
 SMOKE_SIZES = {"480p": (4, 8), "720p": (6, 12)}
@@ -93,7 +93,7 @@ def run_row(model, res: str, grid: tuple[int, int], args, device: torch.device, 
             for key, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
                 times[key].append(dt)
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 1e9
+        peak = torch.cuda.max_memory_allocated(device) / GB
     row: dict[str, Any] = {"resolution": res, "video": f"{width}x{height}", "frames": frames, "latent_frames": t,
                            "tokens": t * (h // cfg.latent_patch) * (w // cfg.latent_patch),
                            "output": f"{width // 2}x{height // 2}", "gaussians": n_gaussians}

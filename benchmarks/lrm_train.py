@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import write_results  # benchmarks/common.py (scripts run from this folder)
+from common import GB, write_results  # benchmarks/common.py (scripts run from this folder)
 from recon import backend_configs, evaluate, run_backend, warm_up
 
 
@@ -131,7 +131,7 @@ def lrm_row(model, clip: dict, device: torch.device, eval_size: int, frame_strid
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    peak = torch.cuda.max_memory_allocated() / GB if device.type == "cuda" else float("nan")
     metrics = evaluate(gaussians, clip["heldout_c2w"], clip["heldout_rgb"], eval_size, device)
     return {"clip": clip["name"], "backend": "lrm", "psnr": metrics["psnr"], "ssim": metrics["ssim"], "crops": metrics["crops"],
             "gaussians": len(gaussians), "seconds": seconds, "peak_gb": peak}

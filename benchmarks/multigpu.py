@@ -40,7 +40,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
-from common import write_results  # noqa: E402  (benchmarks/common.py)
+from common import GB, write_results  # noqa: E402  (benchmarks/common.py)
 
 SIZES = {"480p": (480, 960), "720p": (720, 1440), "tiny": (64, 128)}
 
@@ -121,7 +121,7 @@ def worker(args) -> int:
         row = {"resolution": res, "gpus": world, "height": height, "width": width, "frames": args.frames,
                "s_per_step": round(timer.per_step(args.warmup), 4), "first_step_s": round(timer.times[0] - t0 - build_s, 2),
                "build_s": round(build_s, 1), "parallel": info.get("parallel"), "speed": info.get("speed"),
-               "peak_gb": round(torch.cuda.max_memory_allocated(device) / 1024**3, 1) if device.type == "cuda" else None}
+               "peak_gb": round(torch.cuda.max_memory_allocated(device) / GB, 1) if device.type == "cuda" else None}
         rows.append(row)
         if rank == 0:
             print(f"[multigpu] {json.dumps(row)}", flush=True)

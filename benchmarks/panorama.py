@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from common import write_results  # benchmarks/common.py (scripts run from this folder)
+from common import GB, write_results  # benchmarks/common.py (scripts run from this folder)
 
 FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                 num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
@@ -49,7 +49,6 @@ TINY_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlo
                 up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
                 latent_channels=4, norm_num_groups=4, scaling_factor=0.5, shift_factor=0.1,
                 use_quant_conv=False, use_post_quant_conv=False)
-GB = 1024**3
 
 
 def build_on(device, dtype, fn):

@@ -19,10 +19,9 @@ import time
 
 import torch
 
-from common import write_results  # benchmarks/common.py
+from common import GB, write_results  # benchmarks/common.py
 from matrix_world.pipeline.context import empty_host_cache
 
-GB = 1e9
 
 
 def _rate(nbytes: int, fn, device: torch.device) -> float:

@@ -42,7 +42,7 @@ from matrix_world.reconstruction.optimize import OptimizeConfig
 from matrix_world.reconstruction.render import Cameras, render
 from matrix_world.reconstruction.stage import ReconConfig, reconstruct
 
-from common import write_results  # benchmarks/common.py (scripts run from this folder)
+from common import GB, write_results  # benchmarks/common.py (scripts run from this folder)
 
 TARGETS = {"lift": (24.0, 10.0), "optimize": (30.0, 120.0)}  # (min PSNR dB, max seconds)
 
@@ -127,7 +127,7 @@ def run_backend(name: str, clip: dict, config: ReconConfig, device: torch.device
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    peak = torch.cuda.max_memory_allocated() / GB if device.type == "cuda" else float("nan")
     metrics = evaluate(gaussians, clip["heldout_c2w"], clip["heldout_rgb"], eval_size, device)
     psnr_min, sec_max = TARGETS[name]
     row = {"clip": f"{clip['kind']}-{clip['seed']}", "backend": name, "psnr": metrics["psnr"], "ssim": metrics["ssim"],

@@ -32,7 +32,7 @@ from matrix_world.equirect import equirect_directions, resize_equirect
 from matrix_world.scaffold.mesh import ScaffoldConfig, build_scaffold_mesh
 from matrix_world.scaffold.render import render_scaffold
 
-from common import write_results  # benchmarks/common.py (scripts run from this folder)
+from common import GB, write_results  # benchmarks/common.py (scripts run from this folder)
 
 ROOM_LO = torch.tensor([-3.0, -1.6, -3.5], dtype=torch.float64)
 ROOM_HI = torch.tensor([4.0, 1.4, 5.0], dtype=torch.float64)
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
             )
             del out
     if device.type == "cuda":
-        info["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        info["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / GB, 2)
     if device.type == "cpu" and hasattr(os, "getloadavg"):
         info["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
 

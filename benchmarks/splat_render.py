@@ -24,7 +24,7 @@ from matrix_world.cameras import crops_12
 from matrix_world.gaussians import Gaussians
 from matrix_world.reconstruction.render import Cameras, render, render_panorama
 
-from common import write_results  # benchmarks/common.py (scripts run from this folder)
+from common import GB, write_results  # benchmarks/common.py (scripts run from this folder)
 
 
 def room_scene(n: int, sh_degree: int, device, seed: int = 0) -> Gaussians:
@@ -105,7 +105,7 @@ def speed(n: int, size: int, cams: int, device, backend: str, iters: int) -> dic
 
     fwd = timed(forward, device, iters)
     fwd_bwd = timed(forward_backward, device, iters)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    peak = torch.cuda.max_memory_allocated() / GB if device.type == "cuda" else float("nan")
     return {"backend": backend, "n": n, "size": size, "cameras": cams, "forward_ms": 1e3 * fwd, "forward_backward_ms": 1e3 * fwd_bwd,
             "ms_per_image_fwd": 1e3 * fwd / cams, "peak_gb": peak}
 

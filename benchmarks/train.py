@@ -39,9 +39,8 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE)]
 
 import panorama as bench_panorama  # noqa: E402  (benchmarks/panorama.py: FLUX configs, build_on)
-from common import write_results  # noqa: E402  (benchmarks/common.py)
+from common import GB, write_results  # noqa: E402  (benchmarks/common.py)
 
-GB = 1024**3
 
 
 def sync(device: torch.device) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from common import write_results  # benchmarks/common.py (scripts run from this folder)
+from common import GB, write_results  # benchmarks/common.py (scripts run from this folder)
 
 TINY_CONFIG = {
     "patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 12, "in_channels": 36, "out_channels": 16, "text_dim": 32,
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
         call_s = time.perf_counter() - t0
         s_step = timer.per_step(args.warmup)
         step_guess[res] = max(step_guess.get(res, 0.0), s_step)
-        peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+        peak = torch.cuda.max_memory_allocated(device) / GB if device.type == "cuda" else None
         row = {"pipeline": which, "mode": mode, "resolution": res, "cfg_batch": cfg_batch, "s_per_step": round(s_step, 3),
                    "steps_measured": args.steps, "peak_gb": None if peak is None else round(peak, 1), "call_s": round(call_s, 1), "note": note}
         rows.append(row)

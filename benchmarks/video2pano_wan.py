@@ -30,7 +30,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # e2e.build_wan and the tiny-model builders
 
-from common import write_results  # noqa: E402  (benchmarks/common.py)
+from common import GB, write_results  # noqa: E402  (benchmarks/common.py)
 
 EXAMPLE = HERE.parent / "docs" / "video2pano" / "city_pan.mp4"
 
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         seconds = time.perf_counter() - t0
         row = {"row": name, "frames": count, "seconds": round(seconds, 2), "shape": list(out.frames.shape),
                "finite": bool(np.isfinite(out.frames).all()),
-               "peak_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 1) if device.type == "cuda" else None,
+               "peak_gb": round(torch.cuda.max_memory_allocated(device) / GB, 1) if device.type == "cuda" else None,
                "windows": out.info.get("windows"), "viewpoint_size": out.info.get("viewpoint_size")}
         results["rows"].append(row)
         print(json.dumps(row), flush=True)

@@ -42,9 +42,8 @@ from typing import Any
 
 import torch
 
-from common import write_results  # benchmarks/common.py (scripts run from this folder)
+from common import GB, write_results  # benchmarks/common.py (scripts run from this folder)
 
-GB = 1e9
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,8 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
 import e2e  # benchmarks/e2e.py: build_wan  # noqa: E402
-from common import PassTimer, write_results  # noqa: E402
+from common import GB, PassTimer, write_results  # noqa: E402
 
-GB = 1024**3
 
 
 def main(argv=None) -> int:

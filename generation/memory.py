@@ -5,11 +5,11 @@
               transformer alone: ~41 GB at 480p, ~52 GB at 720p, FACTS §A); VAE tiling on.
 * ``lowvram`` diffusers group offloading, block level, one block per group, prefetched on a
               CUDA stream (weights live in CPU RAM; ~11 GB at 480p at ~1.07x the time over 50
-              steps, FACTS §A). The VAE stays on the GPU (0.25 GB; its encoder and decoder run once
-              per latent-frame chunk and tile, each call re-streaming its weights when offloaded) and
-              is tiled only where the untiled decode would set the peak (:func:`lowvram_vae_tiling`):
-              with both, the turbo video stage's time outside the transformer fell from 43.2 to
-              17.2 s on an H200 (RESULTS.md).
+              steps, FACTS §A). The VAE stays on the GPU (0.5 GB in float32; its encoder and decoder run
+              once per latent-frame chunk and tile, each call re-streaming its weights when offloaded) and
+              is tiled (:data:`VAE_TILE_PX`): untiled, its decode adds 11.2 GB at 480p and set the quality
+              world's lowvram peak (RESULTS.md, 2026-12-04). With the VAE resident, the turbo video stage's
+              time outside the transformer fell from 43.2 to 17.2 s on an H200 (RESULTS.md).
               The encoders stream a layer at a time (:data:`LOWVRAM_LEAF_LEVEL`), the transformer's
               top-level leftovers stay on the GPU (:func:`keep_unstreamed_groups_resident`), offloads
               do not wait for the GPU (``record_stream``), and torch pins through cudaHostRegister
@@ -187,19 +187,35 @@ def pack_pinned(modules, *, chunk_bytes: int = PIN_CHUNK_BYTES, pin: bool = True
     return {"packed_gb": round(packed / GB, 3), "chunks": chunks, "seconds": round(time.perf_counter() - started, 3)}
 
 
-LOWVRAM_UNTILED_DECODE_MAX_GB = 8.0  # untiled Wan decode at 480p / 81 frames: ~6 GB (FACTS §A), under lowvram's ~11 GB
+VAE_TILE_PX = (384, 320)
+"""The Wan VAE's tile (size, stride) in pixels where it is tiled (offload, lowvram). Measured on an H200 with the
+float32 VAE at 480p, 81 frames (benchmarks/vae.py, RESULTS.md 2026-12-04), decode seconds / peak rise GB:
+untiled 3.54 / 11.23, 512:448 4.53 / 6.03, 384:320 5.02 / 3.63, diffusers' default 256:192 6.54 / 2.17; the
+encode 2.74 s at 384:320 against 3.03 untiled. 384:320 keeps the decode under lowvram's streamed transformer
+(~9 GB) at 1.5 s more; a smaller tile lowers nothing that sets the peak and costs more."""
 
 
-def vae_decode_gb(height: int, width: int, num_frames: int) -> float:
-    """Estimated GPU memory (GB) of one untiled Wan VAE decode: 6 GB at 480x960 x 81 frames (FACTS §A),
-    linear in pixels and frames."""
-    return 6.0 * (height * width) / (480 * 960) * num_frames / 81
+def vae_decode_gb(height: int, width: int, num_frames: int, *, tiled: bool = False) -> float:
+    """Estimated rise of the peak GPU memory (GB) in one seam-aware decode by the float32 Wan VAE.
+
+    Untiled: 11.2 GB at 480x960 x 81 frames, linear in pixels x frames (24.98 GB measured at 720p, 25.3
+    predicted). Tiled at :data:`VAE_TILE_PX`: a fixed part for the tiles' activations and a part linear in the
+    output, fitted on 3.63 GB (480p) and 4.59 GB (720p). benchmarks/vae.py, H200, 2026-12-04."""
+    scale = (height * width) / (480 * 960) * num_frames / 81
+    return 2.86 + 0.77 * scale if tiled else 11.2 * scale
 
 
-def lowvram_vae_tiling(decode_gb: float) -> bool:
-    """Tile the VAE in lowvram only where the untiled decode (``decode_gb``) would set the peak above the
-    transformer's (LOWVRAM_UNTILED_DECODE_MAX_GB): tiling is slower, and at 480p it saves nothing."""
-    return decode_gb > LOWVRAM_UNTILED_DECODE_MAX_GB
+def set_vae_tiling(vae, on: bool) -> None:
+    """Tile ``vae``'s encode and decode or not. A Wan VAE (diffusers' ``AutoencoderKLWan``, which takes tile
+    sizes) tiles at :data:`VAE_TILE_PX`; another VAE at its own default."""
+    if not on:
+        vae.disable_tiling()
+    elif hasattr(vae, "tile_sample_stride_height"):
+        size, stride = VAE_TILE_PX
+        vae.enable_tiling(tile_sample_min_height=size, tile_sample_min_width=size,
+                          tile_sample_stride_height=stride, tile_sample_stride_width=stride)
+    else:
+        vae.enable_tiling()
 
 
 def estimate_memory_gb(pipe, *, height: int, width: int, num_frames: int, cfg_batch: bool = False) -> dict[str, float]:
@@ -213,14 +229,14 @@ def estimate_memory_gb(pipe, *, height: int, width: int, num_frames: int, cfg_ba
     weights = {name: module_bytes(getattr(pipe, name, None)) for name in ("transformer", "text_encoder", "image_encoder", "vae")}
     block = weights["transformer"] / max(len(tr.blocks), 1)
     vae_decode = vae_decode_gb(height, width, num_frames) * GB
-    vae_tiled = 2.0 * GB
+    vae_tiled = vae_decode_gb(height, width, num_frames, tiled=True) * GB
     full = sum(weights.values()) + max(act, vae_decode)
     offload = max(weights["transformer"] + act, weights["text_encoder"], weights["vae"] + vae_tiled)
     lowvram = 3 * block + act + vae_tiled
     return {"full": full / GB, "offload": offload / GB, "lowvram": lowvram / GB}
 
 
-FLUX_ACTIVATION_BYTES_PER_TOKEN_PER_DIM = 200.0  # FLUX.1-dev: +3.7 GB from 2,048 to 8,192 image tokens, dim 3072
+FLUX_ACTIVATION_BYTES_PER_TOKEN_PER_DIM = 215.0  # FLUX.1-dev: +3.97 GB (3.7 GiB) from 2,048 to 8,192 image tokens, dim 3072
 
 
 def estimate_flux_memory_gb(pipe, *, height: int) -> dict[str, float]:
@@ -228,7 +244,7 @@ def estimate_flux_memory_gb(pipe, *, height: int) -> dict[str, float]:
 
     Weights are the loaded modules' bytes; activations grow with the image tokens
     ((height/16) x (2*height/16)), calibrated on the FLUX.1-dev measurements in
-    benchmarks/RESULTS.md (23.6 GB at 1024x512, 27.3 GB at 2048x1024 for the transformer).
+    benchmarks/RESULTS.md (23.6 / 27.3 GiB = 25.3 / 29.3 GB at 1024x512 / 2048x1024 for the transformer).
     """
     tr = pipe.transformer
     tokens = (height // 16) * (2 * height // 16)
@@ -311,14 +327,12 @@ def keep_unstreamed_groups_resident(module: torch.nn.Module, device: torch.devic
     return kept / GB
 
 
-def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None, passes: int | None = None,
-                      decode_gb: float | None = None) -> dict:
+def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None, passes: int | None = None) -> dict:
     """Place ``pipe`` for ``mode`` on ``device``; returns {'memory_mode', 'vae_tiling', 'placement_s'}
     (+ in lowvram 'pinning': how streamed offloading pins the weights, :func:`pin_up_front`, for ``passes``
     transformer passes (None: unknown), 'packed' where they were pinned up front (:func:`pack_pinned`),
     'pinned_allocator', 'resident', 'leaf_level', 'resident_leftovers_gb').
-    ``vae_tiling`` None: off in full memory, on in offload, in lowvram :func:`lowvram_vae_tiling` of
-    ``decode_gb`` (the untiled decode's estimate; None: unknown, on).
+    ``vae_tiling`` None: off in full memory, on (:func:`set_vae_tiling`) in offload and lowvram.
 
     Lowvram on CUDA: the VAE on the GPU (:data:`LOWVRAM_RESIDENT`), the encoders streamed a layer at a time
     (:data:`LOWVRAM_LEAF_LEVEL`), the transformer a block at a time with its top-level leftovers kept
@@ -369,16 +383,8 @@ def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None
                 if use_stream:
                     kept += keep_unstreamed_groups_resident(module, device)
         info.update(resident=resident, leaf_level=leaf, resident_leftovers_gb=round(kept, 3))
-    if vae_tiling is not None:
-        tiling = bool(vae_tiling)
-    elif mode == "lowvram" and decode_gb is not None:
-        tiling = lowvram_vae_tiling(decode_gb)
-    else:
-        tiling = mode != "full"
-    if tiling:
-        pipe.vae.enable_tiling()
-    else:
-        pipe.vae.disable_tiling()
+    tiling = bool(vae_tiling) if vae_tiling is not None else mode != "full"
+    set_vae_tiling(pipe.vae, tiling)
     if device.type == "cuda" and torch.cuda.is_initialized():
         torch.cuda.synchronize(device)
     return {**info, "vae_tiling": tiling, "placement_s": round(time.perf_counter() - started, 3)}

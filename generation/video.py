@@ -51,7 +51,7 @@ class VideoConfig:
     prompt_suffix: str | None = None  # None -> Matrix-3D's quality suffix
     negative_prompt: str | None = None  # None -> Matrix-3D's negative prompt
     memory: str = "auto"  # auto | full | offload | lowvram
-    vae_tiling: bool | None = None  # None: on for offload; lowvram where the untiled decode would set the peak (memory.lowvram_vae_tiling)
+    vae_tiling: bool | None = None  # None: off in full memory, on in offload and lowvram (memory.VAE_TILE_PX)
     dtype: str = "bfloat16"
     cfg_batch: bool = False
     seam: str = "wrap"  # wrap | blend | none
@@ -241,7 +241,6 @@ def place_video_pipeline(pipe, config: VideoConfig, device, *, num_frames: int, 
         choose_memory_mode,
         estimate_memory_gb,
         free_gpu_gb,
-        vae_decode_gb,
     )
 
     if getattr(pipe, "_matrix_world_placed", None) is not None:
@@ -250,8 +249,7 @@ def place_video_pipeline(pipe, config: VideoConfig, device, *, num_frames: int, 
     estimate = estimate_memory_gb(pipe, height=height, width=2 * height, num_frames=num_frames, cfg_batch=config.cfg_batch)
     free = free_gpu_gb(device)
     mode, reason = choose_memory_mode(config.memory, estimate_gb=estimate, free_gb=free)
-    info = apply_memory_mode(pipe, mode, device, vae_tiling=config.vae_tiling, passes=transformer_passes(config),
-                             decode_gb=vae_decode_gb(height, 2 * height, num_frames))
+    info = apply_memory_mode(pipe, mode, device, vae_tiling=config.vae_tiling, passes=transformer_passes(config))
     info.update({"memory_reason": reason, "memory_estimate_gb": {k: round(v, 1) for k, v in estimate.items()},
                  "free_gpu_gb": None if free is None else round(free, 1)})
     info["speed"] = apply_video_speed(pipe, config, device, memory_mode=info.get("memory_mode", mode), parallelize=parallelize)
