@@ -82,3 +82,21 @@ def test_prompt_note_on_backends_that_read_no_text():
     assert prompt_note("", files) is None and prompt_note("   ", preview) is None
     assert prompt_note("a harbour", {**preview, "video": "wan"}) is None
     assert prompt_note("a harbour", {**files, "panorama": "flux"}) is None
+
+
+def test_summary_prints_the_peaks_the_stages_measured_in_decimal_gb(tmp_path):
+    """The run's summary reports each stage's own peak (the video stage resets torch's peak counter when it
+    starts, so a process-wide max_memory_allocated read at the end would cover only the stages after it)."""
+    from types import SimpleNamespace
+
+    from matrix_world.pipeline.report import summarize
+
+    lines: list[str] = []
+    result = SimpleNamespace(out=tmp_path, seconds={"panorama": 1.0, "video": 2.5}, num_gaussians=10,
+                             plan=SimpleNamespace(preview_only=False), peak_gpu_gb={"video": 8.4238})
+    summarize(result, wall=3.5, log=lines.append)
+    assert "  peak GPU memory of the video stage: 8.4 GB" in lines
+    result.peak_gpu_gb = {}
+    lines.clear()
+    summarize(result, wall=3.5, log=lines.append)
+    assert not any("peak GPU memory" in line for line in lines)  # no stage measured one (a CPU run): no line

@@ -197,5 +197,5 @@ def summarize(result, *, wall: float, log=print) -> None:
     log(f"  continue: python scripts/explore.py {result.out} --trajectory straight")
     if result.plan.preview_only:
         log("  This was a PREVIEW run (no-weight backends). Real models: see README 'Real weights', then rerun on a GPU.")
-    if torch.cuda.is_available():
-        log(f"  peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    for stage, gb in result.peak_gpu_gb.items():  # the stages that measure their own (the video stage)
+        log(f"  peak GPU memory of the {stage} stage: {gb:.1f} GB")

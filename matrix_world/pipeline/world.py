@@ -64,6 +64,7 @@ class WorldResult:
     plan: Plan
     num_gaussians: int
     seconds: dict[str, float]
+    peak_gpu_gb: dict[str, float] = dataclasses.field(default_factory=dict)  # per stage that measures its own
 
 
 class WorldPipeline:
@@ -120,7 +121,9 @@ class WorldPipeline:
             ctx.release(*ctx.owned)  # after a failure too: no model this run loaded outlives it
 
         seconds = {name: rec.get("seconds", 0.0) for name, rec in run.manifest["stages"].items()}
-        result = WorldResult(out=out, plan=plan, num_gaussians=num_gaussians, seconds=seconds)
+        peaks = {name: rec["info"]["peak_gpu_gb"] for name, rec in run.manifest["stages"].items()
+                 if isinstance((rec.get("info") or {}).get("peak_gpu_gb"), (int, float))}
+        result = WorldResult(out=out, plan=plan, num_gaussians=num_gaussians, seconds=seconds, peak_gpu_gb=peaks)
         summarize(result, wall=time.perf_counter() - start, log=self.log)
         return result
 
