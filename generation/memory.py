@@ -18,8 +18,8 @@
               a time. Up front, the weights are moved into page-locked 1 GiB chunks one storage at a time
               (:func:`pack_pinned`), so the host holds them once, not twice as diffusers' own up-front
               pinning does (its pinned copies, each rounded up to a power of two, beside the originals until
-              the first pass). The turbo world in lowvram: 1.21-1.39x the full-memory time, 12.8 GB
-              (RESULTS.md, 2026-12-02).
+              the first pass). A whole world in lowvram peaks at 8.4 GB, at 1.18x (quality), 1.23x (fast)
+              and 1.34-1.53x (turbo) the full-memory time (RESULTS.md, 2026-12-04).
 
 ``auto`` picks the fastest mode whose estimate fits the free GPU memory, with a margin. The
 estimate is weights (bytes of the loaded modules) + transformer activations, calibrated on
