@@ -13,13 +13,13 @@
               The encoders stream a layer at a time (:data:`LOWVRAM_LEAF_LEVEL`), the transformer's
               top-level leftovers stay on the GPU (:func:`keep_unstreamed_groups_resident`), offloads
               do not wait for the GPU (``record_stream``), and torch pins through cudaHostRegister
-              (:func:`use_registering_pinned_allocator`). Pinning every weight up front costs time and is
-              repaid only over many transformer passes (:func:`pin_up_front`); else a group is pinned at
-              a time. Up front, the weights are moved into page-locked 1 GiB chunks one storage at a time
+              (:func:`use_registering_pinned_allocator`). Pinning the transformer's weights up front costs
+              time and is repaid only over several passes (:func:`pin_up_front`); else, and always for the
+              encoders (they run once), a group is pinned at a time. Up front, the weights are moved into page-locked 1 GiB chunks one storage at a time
               (:func:`pack_pinned`), so the host holds them once, not twice as diffusers' own up-front
               pinning does (its pinned copies, each rounded up to a power of two, beside the originals until
-              the first pass). A whole world in lowvram peaks at 8.4 GB, at 1.18x (quality), 1.23x (fast)
-              and 1.34-1.53x (turbo) the full-memory time (RESULTS.md, 2026-12-04).
+              the first pass). A whole world in lowvram peaks at 8.4 GB, at 1.18x (quality), 1.15-1.23x (fast)
+              and 1.11-1.53x (turbo) the full-memory time (RESULTS.md, 2026-12-04).
 
 ``auto`` picks the fastest mode whose estimate fits the free GPU memory, with a margin. The
 estimate is weights (bytes of the loaded modules) + transformer activations, calibrated on
@@ -99,22 +99,22 @@ def use_registering_pinned_allocator() -> str:
 
 
 PIN_UP_FRONT_MIN_PASSES = 32
-"""Fewest transformer passes for which pinning every weight up front repays its cost under torch's
-default pinned allocator (cudaHostAlloc). Measured on an H200 host (benchmarks/pinning.py and the turbo
+"""Fewest transformer passes for which pinning up front repays its cost under torch's default pinned
+allocator (cudaHostAlloc), where the registering allocator cannot be switched on. Measured with diffusers' own
+up-front pinning of every streamed weight on an H200 host (benchmarks/pinning.py and the turbo
 worlds of 2026-12-02, benchmarks/RESULTS.md): it page-locks at 1.75 GB/s, so FLUX + T5 (50.8 GB rounded)
 take ~29 s up front and Wan + UMT5 + CLIP (67.4 GB) ~38 s; pinning a group at a time instead costs a host
 copy per pass (~32 GB/s, then the 55 GB/s DMA): FLUX 1.41 s a pass against 0.47 s pinned up front
 (break-even ≈ 31 passes)."""
 
-PIN_UP_FRONT_MIN_PASSES_REGISTERED = 16
-"""The same under the cudaHostRegister allocator lowvram switches to (:func:`use_registering_pinned_allocator`):
-a 4 GB buffer page-locks at 7.6 GB/s, but diffusers pins tensor by tensor, and FLUX + T5 up front took 14.5 s
-(3.5 GB/s) in the turbo world of 2026-12-02 against 0.94 s saved a FLUX pass (1.41 -> 0.45 s): break-even ≈
-15.4 passes. So turbo's 8 FLUX passes and 4 Wan passes pin a group at a time, fast's 28 / 60 and quality's
-50 / 100 up front. (The Wan transformer's passes are compute-bound and gain little: 4.84 s a group at a time
-against 4.77 up front, RESULTS.md.) Both thresholds were measured with diffusers' own up-front pinning (a
-rounded copy per tensor); :func:`pack_pinned` copies into 1 GiB chunks instead, measured in RESULTS.md
-(seventh session)."""
+PIN_UP_FRONT_MIN_PASSES_REGISTERED = 8
+"""The same under the cudaHostRegister allocator lowvram switches to (:func:`use_registering_pinned_allocator`),
+for the transformer alone (the only streamed module that runs more than once; its encoders pin a group at a
+time either way). :func:`pack_pinned` moved 33.6 GB in 6.73-7.40 s and 46.7 GB in 9.34-10.44 s on an H200 host
+(4.5-5.0 GB/s, RESULTS.md 2026-12-04), so FLUX.1-dev's 23.8 GB cost ~5 s up front; a FLUX pass at 1024x512
+takes 1.22-1.40 s pinned a group at a time against ~0.45 s pinned up front: break-even 5-7 passes. So
+turbo's 8 FLUX passes and the fast / quality presets' 28-100 passes pin up front, turbo's 4 Wan passes a group
+at a time (the Wan pass is compute-bound and gains little: 4.84 s a group at a time against 4.77 up front)."""
 
 
 PIN_CHUNK_BYTES = 1 << 30
@@ -126,8 +126,8 @@ PIN_ALIGN = 512  # bytes: each storage starts on this boundary inside its chunk 
 
 def pin_up_front(weights_gb: float, available_gb: float | None, *, passes: int | None = None, margin_gb: float = 8.0,
                  registered: bool = False) -> tuple[bool, str]:
-    """(pin every weight when group offloading starts?, reason). Up front is the fastest per pass (transfers
-    overlap the compute from the first pass) but pays for page-locking all ``weights_gb`` before the first;
+    """(pin the transformer's ``weights_gb`` when group offloading starts?, reason). Up front is the fastest per
+    pass (transfers overlap the compute from the first pass) but pays for page-locking them before the first;
     a group at a time (diffusers' ``low_cpu_mem_usage``) when ``passes`` (the transformer passes this
     placement will run; None: unknown, many) are too few to repay that (``registered``: the faster
     cudaHostRegister allocator pins, :data:`PIN_UP_FRONT_MIN_PASSES_REGISTERED`). Up front the weights are
@@ -355,14 +355,18 @@ def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None
         use_stream = device.type == "cuda"  # streamed transfers read from pinned host memory
         modules = {name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
         resident = [name for name in LOWVRAM_RESIDENT if name in modules]
-        streamed = [m for name, m in modules.items() if name not in resident]
+        streamed_names = [name for name in modules if name not in resident]
+        streamed = [modules[name] for name in streamed_names]
         if use_stream:
             info["pinned_allocator"] = use_registering_pinned_allocator()
-            weights = sum(module_bytes(m) for m in streamed)
+            # only the transformer runs ``passes`` times; the encoders run once, so pinning them up front would
+            # cost what pinning them a group at a time costs, before the first step
+            repeated = [modules["transformer"]] if "transformer" in streamed_names else streamed
+            weights = sum(module_bytes(m) for m in repeated)
             up_front, info["pinning"] = pin_up_front(weights / GB, host_available_gb(), passes=passes,
                                                      registered=info["pinned_allocator"] == REGISTERED_ALLOCATOR)
             if up_front:
-                info["packed"] = pack_pinned(streamed)
+                info["packed"] = pack_pinned(repeated)
         # record_stream: a group's offload does not wait for the GPU to finish the group (diffusers' default
         # synchronises the host with the compute stream after every block, so the next block's host copy leaves
         # the GPU idle); the freed blocks' memory is reused only once the compute stream has passed them.
