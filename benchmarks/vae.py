@@ -40,15 +40,6 @@ def tiling_arg(text: str) -> tuple[int, int] | None:
     return size, stride
 
 
-def set_tiling(vae, tiling: tuple[int, int] | None) -> None:
-    if tiling is None:
-        vae.disable_tiling()
-    else:
-        size, stride = tiling
-        vae.enable_tiling(tile_sample_min_height=size, tile_sample_min_width=size,
-                          tile_sample_stride_height=stride, tile_sample_stride_width=stride)
-
-
 def measured(device: torch.device, fn):
     """(result, seconds, GB the call raised the peak above what was allocated before it)."""
     cuda = device.type == "cuda"
@@ -76,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from diffusers import AutoencoderKLWan
 
+    from matrix_world.generation.memory import set_vae_tiling
     from matrix_world.generation.wan_pipeline import PanoVideoPipeline
 
     torch.set_num_threads(min(torch.get_num_threads(), 2)) if args.smoke else None
@@ -84,7 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
     frames = 9 if args.smoke else args.frames
     tilings = [None, (16, 8)] if args.smoke else args.tilings
 
-    # 1. The VAE (random, float32) on the device, in a pipeline that holds nothing else.
+    # 1. The VAE (random, seeded, float32) on the device, in a pipeline that holds nothing else.
+    torch.manual_seed(0)
     kw = {"base_dim": 8, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1} if args.smoke else {}
     with torch.device(device):
         vae = AutoencoderKLWan(**kw).eval().requires_grad_(False)
@@ -103,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         latents = torch.randn(1, 16, t_lat, h // 8, w // 8, generator=g).to(device)
         reference = None
         for tiling in tilings:
-            set_tiling(vae, tiling)
+            set_vae_tiling(vae, tiling is not None, tile=tiling)
             _, enc_s, enc_gb = measured(device, lambda s=scaffold, m=mask: pipe.encode_scaffold(s, m, device=device))
             video, dec_s, dec_gb = measured(device, lambda z=latents: pipe.decode_latents(z, seam="wrap"))
             row = {"height": h, "width": w, "tiling": "none" if tiling is None else f"{tiling[0]}:{tiling[1]}",

@@ -205,13 +205,13 @@ def vae_decode_gb(height: int, width: int, num_frames: int, *, tiled: bool = Fal
     return 2.86 + 0.77 * scale if tiled else 11.2 * scale
 
 
-def set_vae_tiling(vae, on: bool) -> None:
+def set_vae_tiling(vae, on: bool, *, tile: tuple[int, int] | None = None) -> None:
     """Tile ``vae``'s encode and decode or not. A Wan VAE (diffusers' ``AutoencoderKLWan``, which takes tile
-    sizes) tiles at :data:`VAE_TILE_PX`; another VAE at its own default."""
+    sizes) tiles at ``tile`` (size, stride) in pixels, default :data:`VAE_TILE_PX`; another VAE at its own default."""
     if not on:
         vae.disable_tiling()
     elif hasattr(vae, "tile_sample_stride_height"):
-        size, stride = VAE_TILE_PX
+        size, stride = tile or VAE_TILE_PX
         vae.enable_tiling(tile_sample_min_height=size, tile_sample_min_width=size,
                           tile_sample_stride_height=stride, tile_sample_stride_width=stride)
     else:
@@ -355,13 +355,12 @@ def apply_memory_mode(pipe, mode: str, device, *, vae_tiling: bool | None = None
         use_stream = device.type == "cuda"  # streamed transfers read from pinned host memory
         modules = {name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
         resident = [name for name in LOWVRAM_RESIDENT if name in modules]
-        streamed_names = [name for name in modules if name not in resident]
-        streamed = [modules[name] for name in streamed_names]
+        streamed = [m for name, m in modules.items() if name not in resident]
         if use_stream:
             info["pinned_allocator"] = use_registering_pinned_allocator()
             # only the transformer runs ``passes`` times; the encoders run once, so pinning them up front would
             # cost what pinning them a group at a time costs, before the first step
-            repeated = [modules["transformer"]] if "transformer" in streamed_names else streamed
+            repeated = [modules["transformer"]] if "transformer" in modules else streamed
             weights = sum(module_bytes(m) for m in repeated)
             up_front, info["pinning"] = pin_up_front(weights / GB, host_available_gb(), passes=passes,
                                                      registered=info["pinned_allocator"] == REGISTERED_ALLOCATOR)
