@@ -353,7 +353,8 @@ def train(config: PanoLoraTrainConfig, *, say: Callable[[str], None] | None = No
 
     from matrix_world.generation.flux_pano import load_flux_pipeline
     from matrix_world.generation.tiny_models import build_tiny_flux
-    from matrix_world.rundir import jsonable, package_versions, run_lock
+    from matrix_world.rundir import jsonable, package_versions
+    from matrix_world.runlock import run_lock
 
     # 1. options and data, checked before any model is loaded or anything is written
     config.check()

@@ -17,7 +17,8 @@ from matrix_world.errors import InputError
 from matrix_world.pipeline.explore import ExploreConfig, explore
 from matrix_world.pipeline import WorldPipeline
 from matrix_world.pipeline.plan import check_plan, make_plan
-from matrix_world.rundir import RunDir, run_lock
+from matrix_world.rundir import RunDir
+from matrix_world.runlock import run_lock
 from matrix_world.runtime import default_threads
 from matrix_world.app.world_cli import explore_main, text2world_main
 from script_helpers import TINY_PROMPT as PROMPT
@@ -108,7 +109,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
 
 def test_a_killed_holder_does_not_block(tmp_path):
     out = tmp_path / "run"
-    code = f"from matrix_world.rundir import run_lock\nimport os\nwith run_lock({str(out)!r}):\n    os._exit(0)\n"
+    code = f"from matrix_world.runlock import run_lock\nimport os\nwith run_lock({str(out)!r}):\n    os._exit(0)\n"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     assert (out / ".lock").exists()  # the file stayed, the lock died with the process:
     with run_lock(out):  # taken at once

@@ -40,7 +40,8 @@ import torch
 
 from matrix_world.errors import InputError
 from matrix_world.io import load_npz, read_image, save_npz, write_image
-from matrix_world.rundir import RunDir, run_lock
+from matrix_world.rundir import RunDir
+from matrix_world.runlock import run_lock
 from matrix_world.runtime import apply_threads
 from matrix_world.scaffold.build import load_scaffold, panorama_mesh, resize_nearest, resize_rgb
 from matrix_world.scaffold.mesh import ScaffoldConfig

@@ -32,7 +32,8 @@ import numpy as np
 from matrix_world.errors import InputError
 from matrix_world.io import read_distance, read_image
 from matrix_world.pipeline.scaffold import build_and_write, choose
-from matrix_world.rundir import RunDir, run_lock
+from matrix_world.rundir import RunDir
+from matrix_world.runlock import run_lock
 from matrix_world.runtime import RASTERISER_CHOICES
 from matrix_world.trajectory import (
     PRESETS,

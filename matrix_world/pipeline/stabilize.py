@@ -25,7 +25,8 @@ import numpy as np
 
 from matrix_world.errors import InputError
 from matrix_world.io import read_image, read_video, video_length, write_image
-from matrix_world.rundir import RunDir, run_lock
+from matrix_world.rundir import RunDir
+from matrix_world.runlock import run_lock
 from matrix_world.trajectory import Trajectory, smooth_path
 
 

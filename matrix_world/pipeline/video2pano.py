@@ -40,7 +40,8 @@ import torch
 from matrix_world.errors import InputError
 from matrix_world.pipeline.config import WorldConfig
 from matrix_world.pipeline.context import StageContext, log_stage
-from matrix_world.rundir import RunDir, run_lock
+from matrix_world.rundir import RunDir
+from matrix_world.runlock import run_lock
 from matrix_world.scaffold.build import Scaffold, load_scaffold
 from matrix_world.trajectory import Trajectory
 

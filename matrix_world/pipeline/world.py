@@ -41,7 +41,8 @@ from matrix_world.pipeline.scaffold import OCCLUSION_THRESHOLD, scaffold_stage
 from matrix_world.pipeline.trajectory import trajectory_stage
 from matrix_world.pipeline.video import video_stage
 from matrix_world.pipeline.views import video_anchors, view_cache, views_stage
-from matrix_world.rundir import RunDir, file_sha256, jsonable, run_lock
+from matrix_world.rundir import RunDir, file_sha256, jsonable
+from matrix_world.runlock import run_lock
 from matrix_world.runtime import apply_threads
 
 
@@ -228,7 +229,8 @@ def _world_changed(manifest: dict, config: WorldConfig, hashes: dict) -> bool:
 
 def check_out_folder(out: Path, config: WorldConfig, hashes: dict) -> None:
     """``--out`` must be new, empty, or this same world (to resume); anything else only with --overwrite."""
-    from matrix_world.rundir import LOCK, MANIFEST
+    from matrix_world.rundir import MANIFEST
+    from matrix_world.runlock import LOCK
 
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; expected a folder (created if missing)")
